@@ -1,0 +1,5 @@
+import sys
+
+from hafs.cli import main
+
+sys.exit(main())

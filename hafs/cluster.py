@@ -1,0 +1,474 @@
+"""The one cluster model: nodes, virtual IPs, advskew layout and shares.
+
+Everything in hafs (check, render, deploys, agent config, lab, verify) reads a
+:class:`Cluster`; nothing else defines the cluster. It is built from a pyinfra
+inventory, read by pyinfra's own loader so that hafs and ``pyinfra`` always agree:
+
+``inventory.py``
+    groups of ``(host, data)`` tuples. Host data keys read here:
+    ``os`` (``freebsd`` | ``linux``), ``interface``, ``address`` (the node's fixed,
+    non-CARP address with prefix, e.g. ``"172.21.0.201/20"``), ``gateway``,
+    ``carp_preempt`` (default: the cluster's ``failback``), ``link_mode``
+    (``garp`` | ``vmac``, Linux agent), ``rc_conf`` / ``loader_conf`` / ``sysctl``
+    (extra FreeBSD settings), and ``vips``: the VIPs this node is home of.
+``group_data/*.py`` (beside the inventory)
+    cluster-wide keys: ``carp_pass``, ``carp_advbase`` (1), ``failback`` (True),
+    ``advskew_step`` (10), ``zfs_pool`` ("tank"), ``replication_interval`` (10 s),
+    ``smb_users`` (name -> password), ``check_user``, ``secrets_file`` (a TOML file,
+    mode 0600, that may hold ``carp_pass`` and ``[smb_users]``).
+
+A VIP is a dict: ``vhid``, ``address`` (optionally with the subnet prefix, as the
+seed's ``172.21.0.211/20``), ``name`` (default ``vip<vhid>``), ``advbase``,
+``shares`` (names or dicts with ``name``, ``writable``, ``users``, ``comment``) and
+``advskew``: an explicit ``{node: advskew}`` map naming exactly the nodes that carry
+the VIP. Without it every node carries it with a derived layout (:func:`derive_layout`).
+
+Problems that make the inventory unreadable (a field of the wrong type, an address
+that does not parse, an unknown OS) raise :class:`InventoryError` with one line naming
+the host and key; problems of a readable cluster (ties, ranges, subnets) are reported
+by :mod:`hafs.check`.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tomllib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, ip_address, ip_interface
+from pathlib import Path
+from typing import Any, Literal, cast
+
+from hafs.errors import HafsError
+
+OS = Literal["freebsd", "linux"]
+LinkMode = Literal["garp", "vmac"]
+
+VIP_KEYS = {"vhid", "address", "name", "advbase", "advskew", "shares"}
+SHARE_KEYS = {"name", "writable", "users", "comment"}
+SECRETS_KEYS = {"carp_pass", "smb_users"}
+
+
+class InventoryError(HafsError):
+    """The inventory cannot be read into a cluster (one line: where, what, how to fix)."""
+
+
+@dataclass(frozen=True)
+class Share:
+    name: str
+    writable: bool = True
+    users: tuple[str, ...] = ()
+    comment: str = ""
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    os: OS
+    interface: str
+    address: IPv4Interface | None
+    gateway: IPv4Address | None = None
+    preempt: bool = True
+    link_mode: LinkMode = "garp"
+    rc_conf: Mapping[str, str] = field(default_factory=dict)
+    loader_conf: Mapping[str, str] = field(default_factory=dict)
+    sysctl: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Vip:
+    name: str
+    vhid: int
+    address: IPv4Address
+    prefixlen: int | None
+    home: str
+    advbase: int
+    advskew: Mapping[str, int]
+    explicit: bool
+    shares: tuple[Share, ...] = ()
+
+    @property
+    def carriers(self) -> list[str]:
+        """Nodes carrying this VIP, best (lowest advskew) first; home first on ties."""
+        return sorted(self.advskew, key=lambda n: (self.advskew[n], n != self.home))
+
+    @property
+    def backups(self) -> list[str]:
+        """The carriers other than the home node, in takeover order."""
+        return [n for n in self.carriers if n != self.home]
+
+
+@dataclass(frozen=True)
+class Cluster:
+    source: Path
+    nodes: tuple[Node, ...]
+    vips: tuple[Vip, ...]
+    carp_pass: str
+    failback: bool = True
+    zfs_pool: str = "tank"
+    replication_interval: float = 10.0
+    smb_users: Mapping[str, str] = field(default_factory=dict)
+    check_user: str | None = None
+
+    def node(self, name: str) -> Node:
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        known = ", ".join(n.name for n in self.nodes)
+        raise HafsError(f"unknown node {name!r}: the inventory has {known}")
+
+    def vips_of(self, node: str) -> list[Vip]:
+        """The VIPs that ``node`` carries (as home or backup), by vhid."""
+        return sorted((v for v in self.vips if node in v.advskew), key=lambda v: v.vhid)
+
+    def vip(self, vhid: int) -> Vip:
+        for vip in self.vips:
+            if vip.vhid == vhid:
+                return vip
+        raise HafsError(f"unknown vhid {vhid}: the inventory has {[v.vhid for v in self.vips]}")
+
+    def subnet(self, node: Node) -> IPv4Network | None:
+        """The node's subnet: from its fixed address, else from its home VIP's prefix."""
+        if node.address is not None:
+            return node.address.network
+        for vip in self.vips:
+            if vip.home == node.name and vip.prefixlen is not None:
+                return IPv4Interface(f"{vip.address}/{vip.prefixlen}").network
+        return None
+
+    def source_address(self, node: Node) -> IPv4Address | None:
+        """The address the node sends adverts from: its fixed address, else its home VIP."""
+        if node.address is not None:
+            return node.address.ip
+        homes = [v for v in self.vips if v.home == node.name]
+        return homes[0].address if homes else None
+
+
+def derive_layout(
+    nodes: Sequence[str], homes: Sequence[str], step: int = 10
+) -> list[dict[str, int]]:
+    """Advskews for VIPs homed at ``homes[i]`` (one map per VIP), every node carrying each.
+
+    The home gets 0. The backups of the VIP homed at node index h are ranked
+    h+1, h-1, h+2, h-2, ... around the inventory's node order, so that when two
+    nodes die their VIPs land on different survivors (with 4 or more nodes), and
+    the j-th VIP of one home rotates that order by j so one node's VIPs spread over
+    different backups. Ranks are distinct, so no vhid ever has a tie.
+    """
+    count = len(nodes)
+    seen_per_home: dict[str, int] = {}
+    layout: list[dict[str, int]] = []
+    for home in homes:
+        h = nodes.index(home)
+        order: list[str] = []
+        for distance in range(1, count):
+            for candidate in (nodes[(h + distance) % count], nodes[(h - distance) % count]):
+                if candidate != home and candidate not in order:
+                    order.append(candidate)
+        j = seen_per_home.get(home, 0)
+        seen_per_home[home] = j + 1
+        if order:
+            shift = j % len(order)
+            order = order[shift:] + order[:shift]
+        skews = {home: 0}
+        skews.update({name: step * (rank + 1) for rank, name in enumerate(order)})
+        layout.append(skews)
+    return layout
+
+
+# --- reading the inventory -------------------------------------------------------------
+
+
+def load(inventory: str | os.PathLike[str]) -> Cluster:
+    """Load ``inventory`` (and ``group_data/`` beside it) into a :class:`Cluster`."""
+    path = Path(inventory)
+    if not path.is_file():
+        raise InventoryError(f"inventory {str(path)!r} not found: pass -i PATH to an inventory.py")
+    return from_pyinfra(_read_pyinfra_inventory(path), path)
+
+
+def _read_pyinfra_inventory(path: Path) -> Any:
+    from pyinfra.api.state import State
+    from pyinfra.context import ctx_state
+    from pyinfra_cli.inventory import make_inventory_from_files
+
+    try:
+        with ctx_state.use(State()):
+            # group_data/ is read beside the inventory (pyinfra also reads the one of the
+            # directory it runs in: run pyinfra from the inventory's directory).
+            return make_inventory_from_files(str(path), cwd=str(path.parent.resolve()))
+    except Exception as exc:  # user code in the inventory: report, never a traceback
+        cause = getattr(exc, "exception", exc)  # pyinfra wraps errors of user code
+        raise InventoryError(f"{path}: cannot be read: {type(cause).__name__}: {cause}") from exc
+
+
+def from_pyinfra(inventory: Any, source: Path) -> Cluster:
+    """Build the cluster from a pyinfra ``Inventory`` (also used inside deploys)."""
+    hosts: list[tuple[str, dict[str, Any]]] = [(h.name, h.data.dict()) for h in inventory]
+    if not hosts:
+        raise InventoryError(f"{source}: no hosts: define groups of (host, data) tuples")
+    cluster_data = _cluster_data(hosts)
+    secrets = _read_secrets(source, cluster_data)
+
+    nodes = tuple(
+        _node(name, data, bool(cluster_data.get("failback", True))) for name, data in hosts
+    )
+    names = [n.name for n in nodes]
+    advbase = _int(cluster_data, "carp_advbase", "group_data", default=1)
+    step = _int(cluster_data, "advskew_step", "group_data", default=10)
+
+    raw_vips: list[tuple[str, dict[str, Any]]] = []
+    for name, data in hosts:
+        vips = data.get("vips", [])
+        if not isinstance(vips, list):
+            raise InventoryError(
+                f"host {name}: vips: must be a list like [{{'vhid': 1, 'address': '10.0.0.10'}}]"
+            )
+        for index, raw in enumerate(vips):
+            where = f"host {name}: vips[{index}]"
+            if not isinstance(raw, dict):
+                raise InventoryError(f"{where}: must be a dict with vhid and address")
+            unknown = sorted(set(raw) - VIP_KEYS)
+            if unknown:
+                raise InventoryError(f"{where}: unknown key {unknown[0]!r}: use {sorted(VIP_KEYS)}")
+            raw_vips.append((name, raw))
+
+    derived = derive_layout(names, [home for home, _ in raw_vips], step)
+    vips = tuple(
+        _vip(home, raw, names, advbase, derived[i], secrets["smb_users"])
+        for i, (home, raw) in enumerate(raw_vips)
+    )
+    check_user = cluster_data.get("check_user")
+    if check_user is not None and not isinstance(check_user, str):
+        raise InventoryError("group_data: check_user: must be a user name from smb_users")
+    return Cluster(
+        source=source,
+        nodes=nodes,
+        vips=vips,
+        carp_pass=secrets["carp_pass"],
+        failback=bool(cluster_data.get("failback", True)),
+        zfs_pool=str(cluster_data.get("zfs_pool", "tank")),
+        replication_interval=float(
+            _int(cluster_data, "replication_interval", "group_data", default=10)
+        ),
+        smb_users=secrets["smb_users"],
+        check_user=check_user,
+    )
+
+
+CLUSTER_KEYS = (
+    "carp_pass",
+    "carp_advbase",
+    "failback",
+    "advskew_step",
+    "zfs_pool",
+    "replication_interval",
+    "smb_users",
+    "check_user",
+    "secrets_file",
+)
+
+
+def _cluster_data(hosts: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+    """Cluster-wide keys must have one value across hosts (set them in group_data/all.py)."""
+    result: dict[str, Any] = {}
+    first = hosts[0][0]
+    for key in CLUSTER_KEYS:
+        values = {name: data[key] for name, data in hosts if key in data}
+        if not values:
+            continue
+        distinct = {repr(v) for v in values.values()}
+        if len(distinct) > 1 or len(values) != len(hosts):
+            other = next(n for n, _ in hosts if repr(values.get(n)) != repr(values.get(first)))
+            raise InventoryError(
+                f"{key}: differs between hosts {first} and {other}: "
+                "it is cluster-wide, set it once in group_data/all.py"
+            )
+        result[key] = next(iter(values.values()))
+    return result
+
+
+def _read_secrets(source: Path, data: dict[str, Any]) -> dict[str, Any]:
+    secrets: dict[str, Any] = {
+        "carp_pass": data.get("carp_pass"),
+        "smb_users": data.get("smb_users", {}),
+    }
+    file_name = data.get("secrets_file")
+    if file_name is not None:
+        path = source.parent / str(file_name)
+        try:
+            mode = path.stat().st_mode
+        except OSError as exc:
+            raise InventoryError(
+                f"secrets_file: {path}: {exc.strerror}: create it (mode 0600)"
+            ) from exc
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise InventoryError(
+                f"secrets_file: {path} is readable by group or others: chmod 600 {path}"
+            )
+        try:
+            loaded = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise InventoryError(f"secrets_file: {path}: not valid TOML: {exc}") from exc
+        unknown = sorted(set(loaded) - SECRETS_KEYS)
+        if unknown:
+            raise InventoryError(
+                f"secrets_file: {path}: unknown key {unknown[0]!r}: use {sorted(SECRETS_KEYS)}"
+            )
+        secrets.update(loaded)
+    if secrets["carp_pass"] is None:
+        raise InventoryError("carp_pass: missing: set it in group_data/all.py or in secrets_file")
+    if not isinstance(secrets["carp_pass"], str):
+        raise InventoryError("carp_pass: must be a string")
+    users = secrets["smb_users"]
+    if not isinstance(users, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in users.items()
+    ):
+        raise InventoryError("smb_users: must map user names to password strings")
+    return secrets
+
+
+def _node(name: str, data: dict[str, Any], failback: bool) -> Node:
+    where = f"host {name}"
+    os_name = data.get("os")
+    if os_name not in ("freebsd", "linux"):
+        raise InventoryError(f"{where}: os: must be 'freebsd' or 'linux', got {os_name!r}")
+    interface = data.get("interface")
+    if not isinstance(interface, str) or not interface:
+        raise InventoryError(f"{where}: interface: missing: name the network interface, e.g. 'em0'")
+    address = None
+    if data.get("address") is not None:
+        address = _interface(data["address"], f"{where}: address")
+    gateway = None
+    if data.get("gateway") is not None:
+        gateway = _ipv4(data["gateway"], f"{where}: gateway")
+    link_mode = data.get("link_mode", "garp")
+    if link_mode not in ("garp", "vmac"):
+        raise InventoryError(f"{where}: link_mode: must be 'garp' or 'vmac', got {link_mode!r}")
+    return Node(
+        name=name,
+        os=cast(OS, os_name),
+        interface=interface,
+        address=address,
+        gateway=gateway,
+        preempt=_bool(data, "carp_preempt", where, default=failback),
+        link_mode=cast(LinkMode, link_mode),
+        rc_conf=_str_map(data, "rc_conf", where),
+        loader_conf=_str_map(data, "loader_conf", where),
+        sysctl=_str_map(data, "sysctl", where),
+    )
+
+
+def _vip(
+    home: str,
+    raw: dict[str, Any],
+    names: list[str],
+    advbase: int,
+    derived: dict[str, int],
+    users: Mapping[str, str],
+) -> Vip:
+    where = f"host {home}: vip {raw.get('vhid', raw.get('address', '?'))}"
+    if "vhid" not in raw or "address" not in raw:
+        raise InventoryError(f"{where}: needs both 'vhid' and 'address'")
+    vhid = _int(raw, "vhid", where)
+    address = _interface(raw["address"], f"{where}: address")
+    has_prefix = "/" in str(raw["address"])
+    explicit = "advskew" in raw
+    if explicit:
+        skews = raw["advskew"]
+        if not isinstance(skews, dict) or not all(isinstance(v, int) for v in skews.values()):
+            raise InventoryError(f"{where}: advskew: must map node names to integers")
+        for node in skews:
+            if node not in names:
+                raise InventoryError(f"{where}: advskew: unknown node {node!r}: use one of {names}")
+        if home not in skews:
+            raise InventoryError(
+                f"{where}: advskew: must include the home node {home!r} (usually 0)"
+            )
+        advskew = dict(skews)
+    else:
+        advskew = derived
+    shares = tuple(
+        _share(s, f"{where}: shares[{i}]", users) for i, s in enumerate(raw.get("shares", []))
+    )
+    return Vip(
+        name=str(raw.get("name", f"vip{vhid}")),
+        vhid=vhid,
+        address=address.ip,
+        prefixlen=address.network.prefixlen if has_prefix else None,
+        home=home,
+        advbase=_int(raw, "advbase", where, default=advbase),
+        advskew=advskew,
+        explicit=explicit,
+        shares=shares,
+    )
+
+
+def _share(raw: Any, where: str, users: Mapping[str, str]) -> Share:
+    if isinstance(raw, str):
+        raw = {"name": raw}
+    if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
+        raise InventoryError(f"{where}: must be a share name or a dict with 'name'")
+    unknown = sorted(set(raw) - SHARE_KEYS)
+    if unknown:
+        raise InventoryError(f"{where}: unknown key {unknown[0]!r}: use {sorted(SHARE_KEYS)}")
+    share_users = raw.get("users", sorted(users))
+    if not isinstance(share_users, list) or not all(isinstance(u, str) for u in share_users):
+        raise InventoryError(f"{where}: users: must be a list of user names")
+    return Share(
+        name=raw["name"],
+        writable=_bool(raw, "writable", where, default=True),
+        users=tuple(share_users),
+        comment=str(raw.get("comment", "")),
+    )
+
+
+def _interface(value: Any, where: str) -> IPv4Interface:
+    try:
+        parsed = ip_interface(str(value))
+    except ValueError:
+        raise InventoryError(
+            f"{where}: {value!r} is not an IPv4 address like '10.0.0.10/24'"
+        ) from None
+    if not isinstance(parsed, IPv4Interface):
+        raise InventoryError(f"{where}: {value!r}: only IPv4 addresses are supported")
+    return parsed
+
+
+def _ipv4(value: Any, where: str) -> IPv4Address:
+    try:
+        parsed = ip_address(str(value))
+    except ValueError:
+        raise InventoryError(f"{where}: {value!r} is not an IPv4 address") from None
+    if not isinstance(parsed, IPv4Address):
+        raise InventoryError(f"{where}: {value!r}: only IPv4 addresses are supported")
+    return parsed
+
+
+def _int(data: Mapping[str, Any], key: str, where: str, default: int | None = None) -> int:
+    value = data.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InventoryError(f"{where}: {key}: must be an integer, got {value!r}")
+    return value
+
+
+def _bool(data: Mapping[str, Any], key: str, where: str, default: bool) -> bool:
+    value = data.get(key, default)
+    if not isinstance(value, bool):
+        raise InventoryError(f"{where}: {key}: must be True or False, got {value!r}")
+    return value
+
+
+def _str_map(data: Mapping[str, Any], key: str, where: str) -> dict[str, str]:
+    value = data.get(key, {})
+    if not isinstance(value, dict):
+        raise InventoryError(f"{where}: {key}: must be a dict of name -> value")
+    return {str(k): str(v) for k, v in value.items()}
+
+
+def iter_carriers(cluster: Cluster) -> Iterator[tuple[Vip, Node, int]]:
+    """Every (VIP, node, advskew) the cluster configures, by vhid then takeover order."""
+    for vip in sorted(cluster.vips, key=lambda v: v.vhid):
+        for name in vip.carriers:
+            yield vip, cluster.node(name), vip.advskew[name]

@@ -1,0 +1,121 @@
+"""Configuration files of one node, rendered from the cluster model (`hafs render`).
+
+FreeBSD: ``rc.conf`` (CARP lines in the seed's own syntax), ``loader.conf``,
+``sysctl.conf`` and the ``devd.conf`` stanza that calls ``hafs event``.
+Linux: ``agent.toml`` (see :mod:`hafs.agentconf`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+from hafs import agentconf
+from hafs.cluster import Cluster, Node, Vip
+from hafs.errors import HafsError
+
+HAFS_BIN = "/usr/local/bin/hafs"
+LOADER_DEFAULTS = {"carp_load": "YES", "vfs.maxbcachebuf": "1048576"}
+
+
+def _assign(key: str, value: str, quote_numbers: bool = True) -> str:
+    if not quote_numbers and value.isdigit():
+        return f"{key}={value}"
+    return f'{key}="{value}"'
+
+
+def carp_args(cluster: Cluster, node: Node, vip: Vip, prefixlen: int, up: bool = False) -> str:
+    """ifconfig arguments of one CARP address, as FreeBSD's rc.conf takes them."""
+    words = [f"vhid {vip.vhid}"]
+    if vip.advbase != 1:
+        words.append(f"advbase {vip.advbase}")
+    if vip.advskew[node.name]:
+        words.append(f"advskew {vip.advskew[node.name]}")
+    words.append(f"pass {cluster.carp_pass}")
+    words.append(f"{vip.address}/{prefixlen}")
+    if up:
+        words.append("up")
+    return " ".join(words)
+
+
+def rc_conf(cluster: Cluster, node: Node) -> str:
+    """rc.conf: hostname, the interface with its CARP addresses, router, services.
+
+    A node with a fixed address gets it as the interface's address and every VIP as
+    a /32 alias. A node without one (the seed's layout) gets its home VIP, with the
+    subnet prefix, as the interface's address, as FreeBSD allows.
+    """
+    ifname = node.interface
+    lines = [_assign("hostname", node.name)]
+    vips = cluster.vips_of(node.name)
+    aliases = list(vips)
+    if node.address is not None:
+        lines.append(_assign(f"ifconfig_{ifname}", f"inet {node.address.with_prefixlen}"))
+    else:
+        home = next((v for v in vips if v.home == node.name and v.prefixlen is not None), None)
+        if home is None or home.prefixlen is None:
+            raise HafsError(
+                f"rc.conf: node {node.name}: no address: set 'address' (e.g. '10.0.0.5/24') "
+                "or give its home VIP a prefix"
+            )
+        lines.append(
+            _assign(f"ifconfig_{ifname}", carp_args(cluster, node, home, home.prefixlen, up=True))
+        )
+        aliases.remove(home)
+    for index, vip in enumerate(aliases):
+        lines.append(_assign(f"ifconfig_{ifname}_alias{index}", carp_args(cluster, node, vip, 32)))
+    if node.gateway is not None:
+        lines.append(_assign("defaultrouter", str(node.gateway)))
+    settings = {"zfs_enable": "YES", **node.rc_conf}
+    lines += [_assign(key, value) for key, value in settings.items()]
+    return "\n".join(lines) + "\n"
+
+
+def loader_conf(cluster: Cluster, node: Node) -> str:
+    """loader.conf: the CARP module and the buffer-cache tunable (both need a reboot)."""
+    settings: Mapping[str, str] = {**LOADER_DEFAULTS, **node.loader_conf}
+    return "".join(_assign(k, v, quote_numbers=False) + "\n" for k, v in settings.items())
+
+
+def sysctl_conf(cluster: Cluster, node: Node) -> str:
+    """sysctl.conf: preempt (so the node takes its own VIP back) plus the node's extras."""
+    settings: dict[str, str] = {}
+    if node.preempt:
+        settings["net.inet.carp.preempt"] = "1"
+    settings.update(node.sysctl)
+    return "".join(f"{k}={v}\n" for k, v in settings.items())
+
+
+def devd_conf(cluster: Cluster, node: Node) -> str:
+    """The devd stanza: every CARP state change runs ``hafs event <vhid>@<if> <STATE>``."""
+    return (
+        "# hafs: move the VIP's service with the VIP on every CARP state change\n"
+        "notify 0 {\n"
+        '\tmatch "system" "CARP";\n'
+        '\tmatch "subsystem" "[0-9]+@[0-9a-zA-Z._]+";\n'
+        '\tmatch "type" "(MASTER|BACKUP|INIT)";\n'
+        f'\taction "{HAFS_BIN} event $subsystem $type";\n'
+        "};\n"
+    )
+
+
+# file name -> (the OS it is for, renderer)
+RENDERERS: dict[str, tuple[str, Callable[[Cluster, Node], str]]] = {
+    "rc.conf": ("freebsd", rc_conf),
+    "loader.conf": ("freebsd", loader_conf),
+    "sysctl.conf": ("freebsd", sysctl_conf),
+    "devd.conf": ("freebsd", devd_conf),
+    "agent.toml": ("linux", agentconf.render),
+}
+
+
+def render(cluster: Cluster, node_name: str, file: str) -> str:
+    node = cluster.node(node_name)
+    if file not in RENDERERS:
+        raise HafsError(f"unknown file {file!r}: choose one of {', '.join(RENDERERS)}")
+    os_name, renderer = RENDERERS[file]
+    if node.os != os_name:
+        others = ", ".join(f for f, (o, _) in RENDERERS.items() if o == node.os)
+        raise HafsError(
+            f"{file} is for {os_name} nodes; node {node.name} runs {node.os}: render {others}"
+        )
+    return renderer(cluster, node)
