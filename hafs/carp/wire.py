@@ -1,0 +1,244 @@
+"""The CARP advertisement on the wire, byte for byte as FreeBSD's kernel and stock ucarp speak it.
+
+Sans-IO: bytes in, typed values out; no sockets, no clock, no logging. CARP-SPEC.md is the
+authority (sections 1-3); the names follow FreeBSD's ``ip_carp.c``.
+
+Rules:
+
+1. Parsing never raises. ``decode`` and ``decode_ipv4`` return either a value or a ``Rejected``
+   naming the ``Drop`` reason, so a hostile or broken packet can never stop a receive loop.
+2. Parsing checks only what FreeBSD checks (spec section 3): not the type nibble, authlen,
+   reserved byte or TOS. The vhid, "is it one of ours" and digest checks need configuration,
+   so the agent makes them (``verify`` for the digest) and counts them with the same ``Drop``.
+3. Encoding refuses impossible input with ``ValueError`` naming the argument: that is a bug
+   in the caller, never something a peer can trigger.
+4. The digest is HMAC-SHA1 keyed with ``make_key(pass)`` over ``02 01 <vhid>``, the vhid's
+   IPv4 addresses (sorted as integers, each once), its IPv6 addresses (link-local scope bytes
+   zeroed, sorted bytewise, each once), then the 64-bit counter. Like FreeBSD's selection sort,
+   which starts above 0 and below all-ones, the all-zeros and all-ones addresses are skipped.
+   Stock ucarp hashes its single IPv4 address, which is the same bytes when the vhid has exactly
+   one IPv4 address and nothing else; ``ucarp_refusal`` says when that does not hold.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv6Address
+
+CARP_PROTO = 112
+CARP_GROUP_V4 = IPv4Address("224.0.0.18")
+CARP_GROUP_V6 = IPv6Address("ff02::12")
+HEADER_LEN = 36
+TTL = 255
+BOWOUT_ADVBASE = 255
+BOWOUT_ADVSKEW = 255
+MAX_SKEW = 240
+
+CARP_VERSION = 2
+CARP_ADVERTISEMENT = 1
+AUTHLEN = 7
+KEY_LEN = 20
+PASS_MAX = KEY_LEN - 1
+COUNTER_MAX = (1 << 64) - 1
+
+IPV4_HEADER_LEN = 20
+IP_DF = 0x4000
+
+# version<<4|type, vhid, advskew, authlen, reserved, advbase, checksum, counter hi, counter lo, md
+_HEADER = struct.Struct("!BBBBBBHII20s")
+_IPV4 = struct.Struct("!BBHHHBBH4s4s")
+_V4_SKIP = (0, (1 << 32) - 1)
+_V6_SKIP = (bytes(16), b"\xff" * 16)
+
+Address = IPv4Address | IPv6Address
+
+
+@dataclass(frozen=True)
+class Advert:
+    """A CARP advertisement whose header checksum and version were right."""
+
+    vhid: int
+    advskew: int
+    advbase: int
+    counter: int
+    digest: bytes
+    version: int = CARP_VERSION
+    type: int = CARP_ADVERTISEMENT
+
+
+class Drop(enum.Enum):
+    """Why a received packet is dropped; the value is the reason as operators read it."""
+
+    SHORT = "too short"
+    TTL = "bad ttl"
+    CHECKSUM = "bad checksum"
+    VERSION = "bad version"
+    VHID = "unknown vhid"
+    OURS = "sent by us"
+    DIGEST = "bad digest"
+    NOT_CARP = "not carp"
+    BAD_IP = "bad ip header"
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A packet that must be dropped, with the reason and a detail for the log."""
+
+    reason: Drop
+    detail: str = ""
+
+
+def pass_bytes(passphrase: str | bytes) -> bytes:
+    """The passphrase as C tools see it: UTF-8, with argv's undecodable bytes restored."""
+    if isinstance(passphrase, str):
+        return passphrase.encode("utf-8", "surrogateescape")
+    return bytes(passphrase)
+
+
+def make_key(passphrase: str | bytes) -> bytes:
+    """The 20-byte HMAC key: the first 19 bytes of the (UTF-8) passphrase, zero padded."""
+    return pass_bytes(passphrase)[:PASS_MAX].ljust(KEY_LEN, b"\0")
+
+
+def ucarp_refusal(passphrase: str | bytes, addrs: Sequence[Address]) -> str | None:
+    """Why stock ucarp 1.5.2 cannot take part in this vhid, or None if it can."""
+    raw = pass_bytes(passphrase)
+    if not raw:
+        return "ucarp refuses an empty pass"
+    if b"\0" in raw:
+        return "ucarp cannot take a pass containing a NUL byte"
+    if len(raw) > PASS_MAX:
+        return f"ucarp refuses a pass of {PASS_MAX + 1} bytes or more (this one has {len(raw)})"
+    if len(addrs) != 1 or not isinstance(addrs[0], IPv4Address):
+        return f"ucarp hashes exactly one IPv4 address, this vhid has {_describe(addrs)}"
+    if addrs[0] == IPv4Address(0):
+        return "ucarp takes 0.0.0.0 as no address"
+    return None
+
+
+def _describe(addrs: Sequence[Address]) -> str:
+    v4 = sum(isinstance(a, IPv4Address) for a in addrs)
+    return f"{v4} IPv4 and {len(addrs) - v4} IPv6"
+
+
+def check_range(name: str, value: int, low: int, high: int) -> None:
+    """Raise ValueError naming ``name`` unless low <= value <= high."""
+    if not low <= value <= high:
+        raise ValueError(f"{name}: must be {low}..{high}, got {value}")
+
+
+def _scope_zeroed(addr: IPv6Address) -> bytes:
+    """FreeBSD's IN6_IS_SCOPE_EMBED addresses carry the zone in bytes 2-3: hash them zeroed."""
+    raw = addr.packed
+    link_local = raw[0] == 0xFE and raw[1] & 0xC0 == 0x80
+    scoped_multicast = raw[0] == 0xFF and raw[1] & 0x0F in (0x01, 0x02)
+    if link_local or scoped_multicast:
+        return raw[:2] + b"\0\0" + raw[4:]
+    return raw
+
+
+def _auth_prefix(vhid: int, addrs: Sequence[Address]) -> bytes:
+    v4 = sorted({int(a) for a in addrs if isinstance(a, IPv4Address)} - set(_V4_SKIP))
+    v6 = sorted({_scope_zeroed(a) for a in addrs if isinstance(a, IPv6Address)} - set(_V6_SKIP))
+    return (
+        bytes((CARP_VERSION, CARP_ADVERTISEMENT, vhid))
+        + b"".join(a.to_bytes(4, "big") for a in v4)
+        + b"".join(v6)
+    )
+
+
+def compute_digest(key: bytes, vhid: int, addrs: Sequence[Address], counter: int) -> bytes:
+    """The 20-byte HMAC-SHA1 that authenticates an advert (rule 4)."""
+    mac = hmac.new(key, _auth_prefix(vhid, addrs), hashlib.sha1)
+    mac.update(counter.to_bytes(8, "big"))
+    return mac.digest()
+
+
+def internet_checksum(data: bytes) -> int:
+    """RFC 1071 one's-complement checksum of an even-length buffer."""
+    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total > 0xFFFF:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def encode(
+    vhid: int,
+    advskew: int,
+    advbase: int,
+    counter: int,
+    key: bytes,
+    addrs: Sequence[Address],
+) -> bytes:
+    """The 36-byte CARP header with digest and checksum filled in.
+
+    ``advskew`` is the skew to put on the wire (already demoted and capped by the caller);
+    ``key`` comes from ``make_key``.
+    """
+    check_range("vhid", vhid, 1, 255)
+    check_range("advskew", advskew, 0, 255)
+    check_range("advbase", advbase, 0, 255)
+    check_range("counter", counter, 0, COUNTER_MAX)
+    if len(key) != KEY_LEN:
+        raise ValueError(f"key: must be {KEY_LEN} bytes from make_key(), got {len(key)}")
+    digest = compute_digest(key, vhid, addrs, counter)
+    fields = (CARP_VERSION << 4 | CARP_ADVERTISEMENT, vhid, advskew, AUTHLEN, 0, advbase)
+    hi, lo = counter >> 32, counter & 0xFFFFFFFF
+    header = _HEADER.pack(*fields, 0, hi, lo, digest)
+    return _HEADER.pack(*fields, internet_checksum(header), hi, lo, digest)
+
+
+def decode(data: bytes) -> Advert | Rejected:
+    """Parse the CARP header at the start of ``data``: length, checksum and version only."""
+    if len(data) < HEADER_LEN:
+        return Rejected(Drop.SHORT, f"{len(data)} bytes, a CARP header needs {HEADER_LEN}")
+    header = bytes(data[:HEADER_LEN])
+    if internet_checksum(header) != 0:
+        return Rejected(Drop.CHECKSUM, f"checksum field 0x{header[6] << 8 | header[7]:04x}")
+    vt, vhid, advskew, _authlen, _reserved, advbase, _sum, hi, lo, md = _HEADER.unpack(header)
+    if vt >> 4 != CARP_VERSION:
+        return Rejected(Drop.VERSION, f"version {vt >> 4}")
+    return Advert(vhid, advskew, advbase, hi << 32 | lo, md, vt >> 4, vt & 0x0F)
+
+
+def verify(advert: Advert, key: bytes, addrs: Sequence[Address]) -> bool:
+    """Whether the advert's digest matches this key and address set (constant-time compare)."""
+    expected = compute_digest(key, advert.vhid, addrs, advert.counter)
+    return hmac.compare_digest(expected, advert.digest)
+
+
+def decode_ipv4(packet: bytes) -> tuple[IPv4Address, Advert] | Rejected:
+    """Parse a whole IPv4 packet as a raw socket returns it: source address and advert."""
+    if len(packet) < IPV4_HEADER_LEN:
+        return Rejected(Drop.SHORT, f"{len(packet)} bytes, an IPv4 header needs 20")
+    vihl, _tos, total, _id, _frag, ttl, proto, _sum, src, _dst = _IPV4.unpack_from(packet)
+    ihl = (vihl & 0x0F) * 4
+    if vihl >> 4 != 4 or ihl < IPV4_HEADER_LEN:
+        return Rejected(Drop.BAD_IP, f"version {vihl >> 4}, header length {ihl}")
+    if proto != CARP_PROTO:
+        return Rejected(Drop.NOT_CARP, f"protocol {proto}")
+    if ttl != TTL:
+        return Rejected(Drop.TTL, f"ttl {ttl}")
+    if total < ihl + HEADER_LEN:
+        return Rejected(Drop.SHORT, f"total length {total}, needs {ihl + HEADER_LEN}")
+    if len(packet) < total:
+        return Rejected(Drop.SHORT, f"{len(packet)} bytes, total length says {total}")
+    advert = decode(packet[ihl:total])
+    if isinstance(advert, Rejected):
+        return advert
+    return IPv4Address(src), advert
+
+
+def encode_ipv4(src: IPv4Address, carp: bytes, tos: int = 0x10) -> bytes:
+    """A whole IPv4 packet carrying ``carp`` to 224.0.0.18: TTL 255, DF, id 0, checksum set."""
+    check_range("tos", tos, 0, 255)
+    total = IPV4_HEADER_LEN + len(carp)
+    fields = (0x45, tos, total, 0, IP_DF, TTL, CARP_PROTO)
+    header = _IPV4.pack(*fields, 0, src.packed, CARP_GROUP_V4.packed)
+    header = _IPV4.pack(*fields, internet_checksum(header), src.packed, CARP_GROUP_V4.packed)
+    return header + carp

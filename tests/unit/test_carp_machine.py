@@ -1,0 +1,505 @@
+"""The per-vhid CARP machine, driven with a fake clock (plain floats) and fake adverts."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from ipaddress import IPv4Address, IPv6Address
+from itertools import count
+from typing import Any
+
+import pytest
+
+from hafs.carp import wire
+from hafs.carp.machine import (
+    Action,
+    AddVips,
+    AdvertReceived,
+    Announce,
+    DemotionChanged,
+    Event,
+    LinkDown,
+    LinkUp,
+    RemoveVips,
+    SendAdvert,
+    SetTimer,
+    Shutdown,
+    State,
+    Timeout,
+    Transition,
+    VhidConfig,
+    VhidMachine,
+)
+from hafs.carp.wire import Advert
+
+VIPS: tuple[wire.Address, ...] = (IPv4Address("10.0.0.101"), IPv6Address("2001:db8::101"))
+PEER = IPv4Address("10.0.0.2")
+KEY = wire.make_key("secret")
+INIT, BACKUP, MASTER = State.INIT, State.BACKUP, State.MASTER
+
+
+def randoms(start: int = 1000, step: int = 111) -> Callable[[], int]:
+    """A deterministic random64: 1000, 1111, 1222, ... (never consecutive)."""
+    values: Iterator[int] = count(start, step)
+    return lambda: next(values)
+
+
+def machine(random64: Callable[[], int] | None = None, **config: Any) -> VhidMachine:
+    settings: dict[str, Any] = {"vhid": 1, "addresses": VIPS, "passphrase": "secret"} | config
+    return VhidMachine(VhidConfig(**settings), random64 or randoms())
+
+
+def backup(now: float = 0.0, **config: Any) -> VhidMachine:
+    m = machine(**config)
+    m.handle(now, LinkUp())
+    assert m.state is BACKUP
+    return m
+
+
+def master(**config: Any) -> VhidMachine:
+    """A machine that became MASTER at t=3.0 + advskew/256 (master down, nobody heard)."""
+    m = backup(**config)
+    assert m.deadline is not None
+    m.handle(m.deadline, Timeout())
+    assert m.state is MASTER
+    return m
+
+
+def heard(advbase: int = 1, advskew: int = 0, counter: int = 7) -> AdvertReceived:
+    return AdvertReceived(Advert(1, advskew, advbase, counter, bytes(20)), PEER)
+
+
+def advert(skew: int, counter: int, advbase: int = 1) -> SendAdvert:
+    """The SendAdvert the machine under test must emit."""
+    packet = wire.encode(1, skew, advbase, counter, KEY, VIPS)
+    return SendAdvert(packet, skew, advbase, counter)
+
+
+# Construction and configuration.
+
+
+def test_starts_in_init_with_no_timer() -> None:
+    m = machine()
+    assert (m.state, m.deadline, m.since, m.reason) == (INIT, None, None, None)
+    assert (m.adverts_sent, m.adverts_received, m.foreign_masters_seen) == (0, 0, 0)
+    assert m.master_source is None
+    assert m.advertised_skew == 0
+
+
+def test_state_values_are_devd_words() -> None:
+    assert [s.value for s in State] == ["INIT", "BACKUP", "MASTER"]
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"vhid": 0}, "vhid: must be 1..255, got 0"),
+        ({"vhid": 256}, "vhid: must be 1..255, got 256"),
+        ({"advbase": 0}, "advbase: must be 1..255, got 0"),
+        ({"advskew": 255}, "advskew: must be 0..254, got 255"),
+        ({"addresses": (VIPS[0], VIPS[0])}, "addresses: 10.0.0.101 is listed twice"),
+        (
+            {"passphrase": "\ud800"},
+            "passphrase: cannot be encoded as UTF-8 (surrogates not allowed)",
+        ),
+    ],
+)
+def test_config_validation_names_the_field(config: dict[str, object], message: str) -> None:
+    settings: dict[str, object] = {"vhid": 1} | config
+    with pytest.raises(ValueError) as excinfo:
+        VhidConfig(**settings)  # type: ignore[arg-type]
+    assert str(excinfo.value) == message
+
+
+def test_config_rejects_address_strings() -> None:
+    with pytest.raises(TypeError, match=r"^addresses: '10\.0\.0\.1' is not an IPv4Address"):
+        VhidConfig(1, addresses=("10.0.0.1",))  # type: ignore[arg-type]
+
+
+def test_config_derives_key_hides_pass_and_freezes_addresses() -> None:
+    config = VhidConfig(1, advbase=2, advskew=128, addresses=list(VIPS), passphrase="secret")  # type: ignore[arg-type]
+    assert config.key == KEY
+    assert config.addresses == VIPS
+    assert "secret" not in repr(config)
+    assert config.master_down == 6.5
+    assert hash(config) == hash(replace(config))
+
+
+def test_demotion_must_not_be_negative() -> None:
+    with pytest.raises(ValueError, match=r"^demotion: must be >= 0, got -1$"):
+        DemotionChanged(-1)
+
+
+# INIT.
+
+
+def test_link_up_enters_backup_and_arms_master_down() -> None:
+    m = machine(advskew=100)
+    assert m.handle(10.0, LinkUp()) == [
+        Transition(INIT, BACKUP, "initialization complete"),
+        SetTimer(10.0 + 3 + 100 / 256),
+    ]
+    assert (m.state, m.since, m.reason) == (BACKUP, 10.0, "initialization complete")
+
+
+def test_link_up_without_addresses_stays_init() -> None:
+    m = machine(addresses=())
+    assert m.handle(0.0, LinkUp()) == []
+    assert m.state is INIT
+
+
+@pytest.mark.parametrize("event", [LinkDown(), Timeout(), heard(), DemotionChanged(240)], ids=repr)
+def test_init_ignores_everything_but_link_up(event: Event) -> None:
+    m = machine()
+    assert m.handle(5.0, event) == []
+    assert (m.state, m.deadline) == (INIT, None)
+
+
+# BACKUP.
+
+
+def test_master_down_timer_makes_master() -> None:
+    m = backup(advskew=10)
+    assert m.handle(3.0, Timeout()) == []  # stale: before the deadline
+    deadline = 3 + 10 / 256
+    assert m.handle(deadline, Timeout()) == [
+        Transition(BACKUP, MASTER, "master timed out"),
+        advert(10, 1000),
+        Announce(VIPS),
+        AddVips(VIPS),
+        SetTimer(deadline + 1 + 10 / 256),
+    ]
+    assert (m.state, m.since, m.reason) == (MASTER, deadline, "master timed out")
+    assert m.adverts_sent == 1
+
+
+def test_every_advert_restarts_master_down() -> None:
+    m = backup()
+    assert m.handle(2.0, heard()) == [SetTimer(5.0)]
+    assert m.handle(4.0, Timeout()) == []  # the old deadline 3.0 is gone
+    assert m.handle(4.5, heard()) == [SetTimer(7.5)]
+    assert m.state is BACKUP
+    assert (m.master_source, m.master_advbase, m.master_advskew) == (PEER, 1, 0)
+    assert m.adverts_received == 2
+
+
+# (our advskew, demotion, preempt, heard advbase, heard advskew) -> (state, reason or None)
+BACKUP_HEARS = [
+    # no preempt: a backup follows any master that will not time out
+    (10, 0, False, 1, 0, BACKUP, None),
+    (10, 0, False, 1, 10, BACKUP, None),
+    (10, 0, False, 1, 50, BACKUP, None),  # a worse master, no preempt: stays backup
+    (10, 0, False, 2, 0, BACKUP, None),
+    (0, 0, False, 3, 0, BACKUP, None),  # T(3, 0) is not slower than T(3*1, 0)
+    # a master slower than our master-down will time out anyway
+    (0, 0, False, 3, 1, MASTER, "master will time out"),
+    (0, 0, False, 4, 0, MASTER, "master will time out"),
+    (0, 0, False, 255, 255, MASTER, "master will time out"),  # bow-out
+    (0, 240, False, 3, 200, BACKUP, None),  # demotion raises our T(3*advbase, S) too
+    (0, 0, False, 3, 200, MASTER, "master will time out"),
+    # preempt: take over from any strictly slower master
+    (10, 0, True, 1, 11, MASTER, "preempting a slower master"),
+    (10, 0, True, 2, 0, MASTER, "preempting a slower master"),
+    (10, 0, True, 255, 255, MASTER, "preempting a slower master"),
+    (10, 0, True, 1, 10, BACKUP, None),  # equal is not slower
+    (10, 0, True, 1, 9, BACKUP, None),
+    (10, 50, True, 1, 50, BACKUP, None),  # demoted: S = 60 is worse than 50
+    (100, 240, True, 1, 241, MASTER, "preempting a slower master"),  # S capped at 240
+]
+
+
+@pytest.mark.parametrize(
+    ("advskew", "demotion", "preempt", "their_base", "their_skew", "state", "reason"),
+    BACKUP_HEARS,
+)
+def test_backup_hears_an_advert(
+    advskew: int,
+    demotion: int,
+    preempt: bool,
+    their_base: int,
+    their_skew: int,
+    state: State,
+    reason: str | None,
+) -> None:
+    m = backup(advskew=advskew, preempt=preempt)
+    m.handle(0.5, DemotionChanged(demotion))
+    actions = m.handle(1.0, heard(their_base, their_skew, counter=41))
+    assert m.state is state
+    if reason is None:
+        assert actions == [SetTimer(1.0 + 3 + advskew / 256)]
+        assert m.master_source == PEER
+        assert (m.master_advbase, m.master_advskew) == (their_base, their_skew)
+    else:
+        skew = min(advskew + demotion, 240)
+        assert actions == [
+            Transition(BACKUP, MASTER, reason),
+            advert(skew, 42),  # adopted the heard counter
+            Announce(VIPS),
+            AddVips(VIPS),
+            SetTimer(1.0 + 1 + skew / 256),
+        ]
+        assert m.master_source is None
+
+
+def test_backup_demotion_change_sends_nothing_and_keeps_its_timer() -> None:
+    m = backup(advskew=5)
+    assert m.handle(1.0, DemotionChanged(240)) == []
+    assert m.deadline == 3 + 5 / 256  # master-down uses the raw advskew
+    assert (m.demotion, m.advertised_skew) == (240, 240)
+
+
+# MASTER.
+
+
+def test_master_advertises_on_a_drift_free_rhythm() -> None:
+    m = master()  # master since 3.0, next advert due at 4.0
+    assert m.handle(3.9, Timeout()) == []
+    assert m.handle(4.0, Timeout()) == [advert(0, 1111), SetTimer(5.0)]
+    assert m.handle(5.25, Timeout()) == [advert(0, 1222), SetTimer(6.0)]  # late wake-up
+    assert m.handle(8.5, Timeout()) == [advert(0, 1333), SetTimer(9.5)]  # missed a whole slot
+    assert m.adverts_sent == 4
+
+
+def test_master_interval_includes_the_advertised_skew() -> None:
+    m = master(advbase=2, advskew=64)
+    start = 6 + 64 / 256
+    assert m.deadline == start + 2.25
+    assert m.handle(start + 2.25, Timeout()) == [advert(64, 1111, 2), SetTimer(start + 4.5)]
+
+
+# (our advbase, our advskew, demotion, heard advbase, heard advskew, steps down)
+MASTER_HEARS = [
+    (1, 0, 0, 1, 0, True),  # equal timing: step down, there is no tie break
+    (1, 10, 0, 1, 9, True),
+    (1, 10, 0, 1, 10, True),
+    (1, 10, 0, 1, 11, False),
+    (2, 0, 0, 1, 254, True),  # advbase dominates
+    (1, 200, 0, 2, 0, False),
+    (1, 0, 50, 1, 40, True),  # demoted: S = 50
+    (1, 0, 50, 1, 60, False),
+    (1, 100, 240, 1, 240, True),  # S capped at 240, equal
+    (1, 0, 0, 255, 255, False),  # a bow-out from another master
+]
+
+
+@pytest.mark.parametrize(
+    ("advbase", "advskew", "demotion", "their_base", "their_skew", "steps_down"), MASTER_HEARS
+)
+def test_master_hears_an_advert(
+    advbase: int, advskew: int, demotion: int, their_base: int, their_skew: int, steps_down: bool
+) -> None:
+    m = master(advbase=advbase, advskew=advskew)
+    m.handle(10.0, DemotionChanged(demotion))
+    actions = m.handle(10.5, heard(their_base, their_skew))
+    if steps_down:
+        assert actions == [
+            Transition(MASTER, BACKUP, "more frequent advertisement received"),
+            RemoveVips(VIPS),
+            SetTimer(10.5 + 3 * advbase + advskew / 256),
+        ]
+        assert (m.state, m.master_source, m.foreign_masters_seen) == (BACKUP, PEER, 0)
+    else:
+        assert actions == []
+        assert (m.state, m.master_source, m.foreign_masters_seen) == (MASTER, None, 1)
+
+
+def test_master_hearing_a_worse_master_with_preempt_only_counts_it() -> None:
+    m = master(advskew=10, preempt=True)
+    assert m.handle(4.0, heard(1, 11)) == []
+    assert (m.state, m.foreign_masters_seen) == (MASTER, 1)
+
+
+def test_master_readvertises_at_once_when_demotion_changes() -> None:
+    m = master(advskew=100)
+    now = 3 + 100 / 256 + 0.25
+    assert m.handle(now, DemotionChanged(240)) == [advert(240, 1111), SetTimer(now + 1 + 240 / 256)]
+    assert m.handle(now, DemotionChanged(240)) == []  # no change, no advert
+    assert m.handle(now, DemotionChanged(0)) == [advert(100, 1222), SetTimer(now + 1 + 100 / 256)]
+    assert m.demotion == 0
+
+
+# Counter.
+
+
+def test_random_counter_until_an_advert_is_heard_then_adopt_and_increment() -> None:
+    m = master()
+    assert m.handle(4.0, Timeout())[0] == advert(0, 1111)  # fresh random, not 1001
+    m.handle(4.5, heard(1, 5, counter=(1 << 64) - 2))  # worse: ignored, but counter adopted
+    assert m.handle(5.0, Timeout())[0] == advert(0, (1 << 64) - 1)
+    assert m.handle(6.0, Timeout())[0] == advert(0, 0)  # wraps like a uint64
+
+
+def test_random64_is_truncated_to_64_bits() -> None:
+    m = master(random64=lambda: (1 << 64) + 5)
+    assert m.handle(4.0, Timeout())[0] == advert(0, 5)
+
+
+# Link loss and shutdown.
+
+
+def test_link_down_as_master_drops_to_init_and_removes_vips() -> None:
+    m = master()
+    assert m.handle(4.2, LinkDown()) == [
+        Transition(MASTER, INIT, "hardware interface down"),
+        RemoveVips(VIPS),
+        SetTimer(None),
+    ]
+    assert (m.state, m.deadline, m.since) == (INIT, None, 4.2)
+    assert m.handle(5.0, Timeout()) == []
+    assert m.handle(6.0, LinkUp()) == [
+        Transition(INIT, BACKUP, "initialization complete"),
+        SetTimer(9.0),
+    ]
+
+
+def test_link_down_as_backup() -> None:
+    m = backup()
+    m.handle(1.0, heard())
+    assert m.handle(2.0, LinkDown()) == [
+        Transition(BACKUP, INIT, "hardware interface down"),
+        SetTimer(None),
+    ]
+    assert m.master_source is None
+
+
+def test_shutdown_as_master_bows_out_then_removes_vips() -> None:
+    m = master()
+    actions = m.handle(3.5, Shutdown())
+    assert actions == [
+        Transition(MASTER, INIT, "shutdown"),
+        advert(255, 1111, advbase=255),
+        RemoveVips(VIPS),
+        SetTimer(None),
+    ]
+    for event in (LinkUp(), Timeout(), heard(), DemotionChanged(1), LinkDown(), Shutdown()):
+        assert m.handle(4.0, event) == []
+    assert m.state is INIT
+
+
+def test_shutdown_as_backup_and_in_init() -> None:
+    m = backup()
+    assert m.handle(1.0, Shutdown()) == [Transition(BACKUP, INIT, "shutdown"), SetTimer(None)]
+    idle = machine()
+    assert idle.handle(1.0, Shutdown()) == []
+    assert idle.handle(2.0, LinkUp()) == []
+
+
+# Several machines on one simulated link, exchanging real packets.
+
+
+class Link:
+    """Delivers every SendAdvert to the other running machines at once, through the codec."""
+
+    def __init__(self, **machines: VhidMachine) -> None:
+        self.machines = machines
+        self.sources = {name: IPv4Address(f"10.0.0.{i + 1}") for i, name in enumerate(machines)}
+        self.log: list[tuple[float, str, Action]] = []
+
+    def send(self, now: float, name: str, event: LinkUp | Shutdown | DemotionChanged) -> None:
+        self.apply(now, name, self.machines[name].handle(now, event))
+
+    def apply(self, now: float, name: str, actions: list[Action]) -> None:
+        for action in actions:
+            self.log.append((now, name, action))
+            if not isinstance(action, SendAdvert):
+                continue
+            for other, m in self.machines.items():
+                if other == name or m.state is INIT:
+                    continue
+                decoded = wire.decode(action.packet)
+                assert isinstance(decoded, Advert)
+                assert wire.verify(decoded, m.config.key, m.config.addresses)
+                received = AdvertReceived(decoded, self.sources[name])
+                self.apply(now, other, m.handle(now, received))
+
+    def run(self, until: float) -> None:
+        while True:
+            due = [(m.deadline, n) for n, m in self.machines.items() if m.deadline is not None]
+            if not due or min(due)[0] > until:
+                return
+            now, name = min(due)
+            self.apply(now, name, self.machines[name].handle(now, Timeout()))
+
+    def transitions(self) -> list[tuple[float, str, State, str]]:
+        return [(t, n, a.new, a.reason) for t, n, a in self.log if isinstance(a, Transition)]
+
+
+def pair(preempt: bool = False) -> Link:
+    return Link(a=machine(advskew=0, preempt=preempt), b=machine(advskew=100, preempt=preempt))
+
+
+def test_lower_advskew_wins_the_election() -> None:
+    link = pair()
+    link.send(0.0, "a", LinkUp())
+    link.send(0.0, "b", LinkUp())
+    link.run(until=60.0)
+    assert (link.machines["a"].state, link.machines["b"].state) == (MASTER, BACKUP)
+    assert link.transitions()[-1] == (3.0, "a", MASTER, "master timed out")
+    assert link.machines["b"].master_source == link.sources["a"]
+    assert link.machines["b"].adverts_sent == 0
+    assert link.machines["a"].adverts_sent == 58  # one at 3.0, then one per second
+
+
+@pytest.mark.parametrize(("preempt", "winner"), [(False, "b"), (True, "a")])
+def test_a_returning_preferred_node_preempts_only_with_preempt(preempt: bool, winner: str) -> None:
+    link = pair(preempt)
+    link.send(0.0, "b", LinkUp())
+    link.run(until=10.0)
+    assert link.machines["b"].state is MASTER
+    link.send(10.2, "a", LinkUp())
+    link.run(until=30.0)
+    assert link.machines[winner].state is MASTER
+    loser = "b" if winner == "a" else "a"
+    assert link.machines[loser].state is BACKUP
+
+
+def test_preempt_handover_is_immediate() -> None:
+    link = pair(preempt=True)
+    link.send(0.0, "b", LinkUp())
+    link.run(until=10.0)
+    link.send(10.2, "a", LinkUp())
+    link.run(until=11.0)  # b's advert at 3.390625 + 5 * 1.390625: a preempts, b steps down
+    assert link.transitions()[-2:] == [
+        (10.34375, "a", MASTER, "preempting a slower master"),
+        (10.34375, "b", BACKUP, "more frequent advertisement received"),
+    ]
+
+
+def test_two_masters_with_equal_timing_both_step_down() -> None:
+    a, b = master(), master()
+    sent_a = a.handle(4.0, Timeout())[0]
+    sent_b = b.handle(4.0, Timeout())[0]
+    assert isinstance(sent_a, SendAdvert) and isinstance(sent_b, SendAdvert)
+    for receiver, packet in ((b, sent_a.packet), (a, sent_b.packet)):
+        decoded = wire.decode(packet)
+        assert isinstance(decoded, Advert)
+        receiver.handle(4.0, AdvertReceived(decoded, PEER))
+    assert (a.state, b.state) == (BACKUP, BACKUP)
+    assert a.reason == b.reason == "more frequent advertisement received"
+
+
+def test_bow_out_hands_over_at_once() -> None:
+    link = pair()
+    link.send(0.0, "a", LinkUp())
+    link.send(0.0, "b", LinkUp())
+    link.run(until=20.0)
+    link.send(20.5, "a", Shutdown())
+    assert link.machines["b"].state is MASTER
+    assert link.transitions()[-2:] == [
+        (20.5, "a", INIT, "shutdown"),
+        (20.5, "b", MASTER, "master will time out"),
+    ]
+
+
+def test_demoted_master_loses_to_a_preempting_backup() -> None:
+    link = pair(preempt=True)
+    link.send(0.0, "a", LinkUp())
+    link.send(0.0, "b", LinkUp())
+    link.run(until=10.0)
+    link.send(10.5, "a", DemotionChanged(240))  # a advertises skew 240 at once
+    assert (link.machines["a"].state, link.machines["b"].state) == (BACKUP, MASTER)
+    link.run(until=12.0)  # b advertises skew 100 at 11.89: a, demoted to 240, follows it
+    assert link.machines["a"].state is BACKUP
+    link.send(12.0, "a", DemotionChanged(0))
+    link.run(until=14.0)  # b's next advert (skew 100) lets a preempt back
+    assert (link.machines["a"].state, link.machines["b"].state) == (MASTER, BACKUP)
