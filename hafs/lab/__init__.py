@@ -1,0 +1,1 @@
+"""The lab: a whole cluster on one Linux machine, in network namespaces the lab itself creates."""

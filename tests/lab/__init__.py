@@ -1,0 +1,1 @@
+"""Root-only tests in network namespaces this run creates."""

@@ -1,0 +1,61 @@
+"""Fixtures for the root-only lab tests: namespaces this run creates, removed even on failure.
+
+Without root or a working ``ip netns`` the lab tests skip, except when CI=true: there a skip
+would hide that they never ran, so they fail instead.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from hafs.lab.netns import Lab, LabError, Netns, Port, new_prefix
+
+
+def _lab_unusable() -> str | None:
+    """Why lab tests cannot run here, or None if they can (probes with a throwaway namespace)."""
+    if os.geteuid() != 0:
+        return "lab tests need root"
+    if shutil.which("ip") is None:
+        return "lab tests need iproute2's ip command"
+    try:
+        Lab(new_prefix()).close()
+    except LabError as exc:
+        return f"network namespaces are unusable: {exc}"
+    return None
+
+
+@pytest.fixture(scope="session")
+def require_lab() -> None:
+    """Skip when the lab cannot run; fail instead when CI=true."""
+    reason = _lab_unusable()
+    if reason is None:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} (CI=true: lab tests must run, not skip)")
+    pytest.skip(reason)
+
+
+@dataclass(frozen=True)
+class Pair:
+    """Two nodes on one bridge: ``a`` (10.77.0.1/24) and ``b`` (10.77.0.2/24), both on eth0."""
+
+    lab: Lab
+    a: Netns
+    b: Netns
+    port_a: Port
+    port_b: Port
+
+
+@pytest.fixture
+def pair(require_lab: None) -> Iterator[Pair]:
+    with Lab(new_prefix()) as lab:
+        a = lab.add_node("a")
+        b = lab.add_node("b")
+        port_a = lab.connect(a, "eth0", "10.77.0.1/24")
+        port_b = lab.connect(b, "eth0", "10.77.0.2/24")
+        yield Pair(lab, a, b, port_a, port_b)
