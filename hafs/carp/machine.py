@@ -35,7 +35,9 @@ skew*1_000_000//256), compared as tuples; smaller is better. The rules, per rece
   a master that shuts down gracefully, always lands here.
 * Otherwise a backup restarts its master-down timer.
 
-Becoming MASTER emits Transition, SendAdvert, Announce, AddVips, SetTimer(next advert).
+Becoming MASTER emits Transition, SendAdvert, AddVips, Announce, SetTimer(next advert): the
+addresses are installed before the gratuitous ARP, so the VIP answers as soon as peers
+learn it (on FreeBSD the CARP address exists before carp_send_arp runs).
 Leaving MASTER emits RemoveVips after the Transition. ``LinkDown`` sends any state to INIT
 ("hardware interface down") with no timer; ``Shutdown`` does the same ("shutdown"), but a master
 first sends one bow-out advert so the backups take over at once, and the machine then ignores
@@ -419,7 +421,7 @@ class VhidMachine:
         self._master = None
         if new is MASTER:
             actions.append(self._advert(self.advertised_skew, self._config.advbase))
-            actions += [Announce(addresses), AddVips(addresses)]
+            actions += [AddVips(addresses), Announce(addresses)]
             actions.append(self._set_timer(now + self.advert_interval))
         elif new is BACKUP:
             actions.append(self._set_timer(now + self._config.master_down))

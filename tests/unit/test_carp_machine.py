@@ -165,8 +165,8 @@ def test_master_down_timer_makes_master() -> None:
     assert m.handle(deadline, Timeout()) == [
         Transition(BACKUP, MASTER, "master timed out"),
         advert(10, 1000),
-        Announce(VIPS),
         AddVips(VIPS),
+        Announce(VIPS),
         SetTimer(deadline + 1 + 10 / 256),
     ]
     assert (m.state, m.since, m.reason) == (MASTER, deadline, "master timed out")
@@ -234,8 +234,8 @@ def test_backup_hears_an_advert(
         assert actions == [
             Transition(BACKUP, MASTER, reason),
             advert(skew, 42),  # adopted the heard counter
-            Announce(VIPS),
             AddVips(VIPS),
+            Announce(VIPS),
             SetTimer(1.0 + 1 + skew / 256),
         ]
         assert m.master_source is None
