@@ -21,6 +21,7 @@ Handler = Callable[[argparse.Namespace], int]
 def build_parser() -> argparse.ArgumentParser:
     from hafs import commands
     from hafs.carp import cli as carp_cli
+    from hafs.carp import commands as agent_commands
 
     parser = argparse.ArgumentParser(
         prog="hafs",
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     commands.register(sub)
     carp_cli.register(sub)
+    agent_commands.register(sub)
     return parser
 
 

@@ -1,0 +1,546 @@
+"""`hafs agent`: every vhid of a node in one asyncio process, around the sans-IO machines.
+
+The protocol decides in :mod:`hafs.carp.machine`; this module only does what the machines
+say, in the order they say it, and feeds them what happens:
+
+- packets: one raw socket per interface (:class:`hafs.carp.linux.CarpSocket`) on the event
+  loop; each packet is checked (``wire.decode_ipv4``, vhid, source, digest) and dropped with a
+  counted reason, or handed to its vhid's machine. A bad packet is never an exception.
+- time: the loop's monotonic clock; one ``call_at`` handle per vhid follows ``SetTimer``.
+- links: a netlink monitor turns carrier changes into LinkUp/LinkDown, and a down interface
+  adds 240 to the host-wide demotion, as FreeBSD does.
+- addresses: VIP add/remove (pyroute2) runs on one worker thread, in order, off the loop
+  (pyroute2's synchronous API refuses to run inside an event loop).
+- hooks: ``Transition`` actions queue hook commands (:mod:`hafs.carp.hooks`); they never block
+  the loop.
+- control: a unix socket answers ``hafs status`` and ``hafs demote``.
+- SIGTERM/SIGINT: each master bows out (advbase 255, advskew 255) so backups take over at
+  once, VIPs are removed, hooks run, then the agent exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import signal
+import socket
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+from typing import Any
+
+from hafs.agentconf import AgentConfig, VhidEntry
+from hafs.carp import linux
+from hafs.carp.hooks import Command, HookRunner
+from hafs.carp.machine import (
+    Action,
+    AddVips,
+    AdvertReceived,
+    Announce,
+    DemotionChanged,
+    Event,
+    LinkDown,
+    LinkUp,
+    RemoveVips,
+    SendAdvert,
+    SetTimer,
+    Shutdown,
+    State,
+    Timeout,
+    Transition,
+    VhidConfig,
+    VhidMachine,
+)
+from hafs.carp.wire import Drop, Rejected, decode_ipv4, encode_ipv4, verify
+
+log = logging.getLogger("hafs.agent")
+
+LINK_DOWN_DEMOTION = 240  # FreeBSD's net.inet.carp.ifdown_demotion_factor
+SEND_ERROR_DEMOTION = 240  # FreeBSD's net.inet.carp.senderr_demotion_factor
+SEND_ERRORS_TO_DEMOTE = 3  # CARP_SENDAD_MAX_ERRORS
+SENDS_TO_UNDEMOTE = 3  # CARP_SENDAD_MIN_SUCCESS
+SHUTDOWN_HOOK_WAIT = 10.0  # seconds the agent waits for hooks when it stops
+
+
+@dataclass(frozen=True)
+class UcarpScripts:
+    """ucarp's up/down scripts: ``script <ifname> <vip> [xparam]`` with UCARP_VHID set."""
+
+    up: str | None = None
+    down: str | None = None
+    xparam: str | None = None
+    neutral: bool = False  # no down script when first becoming backup
+    shutdown: bool = False  # run the down script at exit
+
+
+@dataclass
+class Demotion:
+    """The host-wide demotion: operator's value + named holds + down links + send errors."""
+
+    operator: int = 0
+    holds: dict[str, int] = field(default_factory=dict)
+    links_down: set[str] = field(default_factory=set)
+    send_failing: set[str] = field(default_factory=set)
+
+    @property
+    def total(self) -> int:
+        links = LINK_DOWN_DEMOTION * len(self.links_down)
+        sends = SEND_ERROR_DEMOTION * len(self.send_failing)
+        return max(0, self.operator + sum(self.holds.values()) + links + sends)
+
+    def adjust(self, delta: int) -> None:
+        self.operator = max(0, self.operator + delta)
+
+    def set(self, value: int) -> None:
+        self.operator = max(0, value)
+
+    def hold(self, name: str, value: int) -> None:
+        """A named demotion (e.g. a hook re-syncing data); 0 releases it."""
+        if value > 0:
+            self.holds[name] = value
+        else:
+            self.holds.pop(name, None)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "total": self.total,
+            "operator": self.operator,
+            "holds": dict(self.holds),
+            "links_down": sorted(self.links_down),
+            "send_failing": sorted(self.send_failing),
+        }
+
+
+@dataclass
+class Vhid:
+    """One vhid at run time: its machine and what the shell keeps beside it."""
+
+    entry: VhidEntry
+    ifname: str
+    machine: VhidMachine
+    vip_ifname: str  # where the VIPs go: the interface, or its macvlan in vmac mode
+    timer: asyncio.TimerHandle | None = None
+    drops: Counter[str] = field(default_factory=Counter)
+    last_foreign_master: tuple[float, str] | None = None  # (monotonic time, source)
+    started: bool = False  # has been BACKUP or MASTER once (for ucarp's --neutral)
+
+    @property
+    def name(self) -> str:
+        return f"{self.entry.vhid}@{self.ifname}"
+
+
+class Interface:
+    """The sockets of one interface (plus the send socket of each vmac)."""
+
+    def __init__(self, ifname: str, srcip: IPv4Address | None) -> None:
+        self.name = ifname
+        self.sock = linux.CarpSocket(ifname)
+        self.garp = linux.GarpSender(ifname)
+        addresses = [a.interface.ip for a in linux.ipv4_addresses(ifname)]
+        if srcip is None:
+            if not addresses:
+                raise OSError(f"interface {ifname} has no IPv4 address to send adverts from")
+            srcip = addresses[0]
+        self.srcip = srcip
+        self.own = {srcip, *addresses}
+        self.running: bool | None = None  # unknown until the first link state
+        self.send_errors = 0
+        self.sends_ok = 0
+
+    def close(self) -> None:
+        self.sock.close()
+        self.garp.close()
+
+
+class Agent:
+    """The node's CARP agent. ``await run()`` until SIGTERM/SIGINT or :meth:`stop`."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        scripts: UcarpScripts | None = None,
+        manage_addresses: bool = True,
+        ignore_link_state: bool = False,
+        random64: Callable[[], int] = lambda: random.getrandbits(64),
+    ) -> None:
+        self.config = config
+        self.scripts = scripts
+        self.manage_addresses = manage_addresses
+        self.ignore_link_state = ignore_link_state
+        self.demotion = Demotion()
+        self.drops: Counter[str] = Counter()  # packets no vhid could be charged with
+        self.hooks = HookRunner(config.hook_timeout)
+        self.vhids: dict[tuple[str, int], Vhid] = {}
+        for entry in config.vhids:
+            ifname = config.interface_of(entry)
+            vhid_config = VhidConfig(
+                vhid=entry.vhid,
+                advbase=entry.advbase,
+                advskew=entry.advskew,
+                addresses=entry.addresses,
+                passphrase=config.passphrase,
+                preempt=config.preempt,
+            )
+            vmac = config.link_mode_of(entry) == "vmac"
+            self.vhids[(ifname, entry.vhid)] = Vhid(
+                entry=entry,
+                ifname=ifname,
+                machine=VhidMachine(vhid_config, random64),
+                vip_ifname=linux.vmac_ifname(entry.vhid) if vmac else ifname,
+            )
+        self.interfaces: dict[str, Interface] = {}
+        self.vmac_socks: dict[int, linux.CarpSocket] = {}
+        self._netlink = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hafs-netlink")
+        self._stopping: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._monitor: linux.LinkMonitor | None = None
+        self.started_at = time.time()
+
+    # --- life cycle ---------------------------------------------------------------------
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        assert self._loop is not None, "the agent is not running"
+        return self._loop
+
+    async def run(self, ready: Callable[[], None] | None = None) -> None:
+        """Open everything, serve until stopped, then bow out and clean up."""
+        from hafs.carp import control
+
+        self._loop = asyncio.get_running_loop()
+        self._stopping = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self.loop.add_signal_handler(sig, self.stop)
+        server = None
+        try:
+            await self._open()
+            server = await control.serve(self, self.config.control_socket)
+            if ready is not None:
+                ready()
+            log.info(
+                "agent %s: %d vhid(s) on %s",
+                self.config.node,
+                len(self.vhids),
+                ", ".join(sorted(self.interfaces)),
+            )
+            await self._stopping.wait()
+            await self._shutdown()
+        finally:
+            if server is not None:
+                server.close()
+                with contextlib.suppress(OSError):
+                    os.unlink(self.config.control_socket)
+            self._close()
+
+    def stop(self) -> None:
+        """Ask the agent to stop gracefully (what SIGTERM does)."""
+        if self._stopping is not None:
+            self._stopping.set()
+
+    async def _open(self) -> None:
+        names = sorted({v.ifname for v in self.vhids.values()})
+        for ifname in names:
+            self.interfaces[ifname] = await self._in_thread(Interface, ifname, self.config.srcip)
+            self.loop.add_reader(self.interfaces[ifname].sock.fileno(), self._readable, ifname)
+        for vhid in self.vhids.values():
+            if vhid.vip_ifname != vhid.ifname:
+                await self._in_thread(linux.create_vmac, vhid.ifname, vhid.entry.vhid)
+                sock = await self._in_thread(linux.CarpSocket, vhid.vip_ifname, join=False)
+                self.vmac_socks[vhid.entry.vhid] = sock
+            if self.manage_addresses:  # a VIP left by a killed agent must not answer now
+                for address in vhid.entry.addresses:
+                    await self._in_thread(linux.remove_vip, vhid.vip_ifname, address)
+        self._monitor = linux.LinkMonitor()
+        self.loop.add_reader(self._monitor.fileno(), self._links_changed)
+        for ifname in names:
+            state = await self._in_thread(linux.link_state, ifname)
+            self._set_link(ifname, state.running or self.ignore_link_state)
+
+    async def _shutdown(self) -> None:
+        log.info("agent %s: stopping", self.config.node)
+        for vhid in self.vhids.values():
+            self._handle(vhid, Shutdown())
+        if self.scripts is not None and self.scripts.shutdown and self.scripts.down:
+            for vhid in self.vhids.values():
+                self.hooks.submit(vhid.entry.vhid, self._script(vhid, self.scripts.down))
+        await self.loop.run_in_executor(self._netlink, lambda: None)  # VIP removal done
+        await self.hooks.drain(SHUTDOWN_HOOK_WAIT)
+
+    def _close(self) -> None:
+        if self._loop is not None:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._loop.remove_signal_handler(sig)
+        for vhid in self.vhids.values():
+            if vhid.timer is not None:
+                vhid.timer.cancel()
+            if vhid.vip_ifname != vhid.ifname:
+                with contextlib.suppress(OSError):
+                    linux.delete_vmac(vhid.entry.vhid)
+        for iface in self.interfaces.values():
+            with contextlib.suppress(ValueError, OSError):
+                self.loop.remove_reader(iface.sock.fileno())
+            iface.close()
+        for sock in self.vmac_socks.values():
+            sock.close()
+        if self._monitor is not None:
+            with contextlib.suppress(ValueError, OSError):
+                self.loop.remove_reader(self._monitor.fileno())
+            self._monitor.close()
+        self._netlink.shutdown(wait=True)
+
+    async def _in_thread(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return await self.loop.run_in_executor(self._netlink, lambda: func(*args, **kwargs))
+
+    # --- events in -----------------------------------------------------------------------
+
+    def _readable(self, ifname: str) -> None:
+        iface = self.interfaces[ifname]
+        while (received := iface.sock.recv()) is not None:
+            self.receive(ifname, received.packet)
+
+    def receive(self, ifname: str, packet: bytes) -> None:
+        """Check one IPv4 packet from ``ifname``; drop it with a reason or feed its vhid."""
+        decoded = decode_ipv4(packet)
+        if isinstance(decoded, Rejected):
+            self.drops[decoded.reason.value] += 1
+            return
+        source, advert = decoded
+        vhid = self.vhids.get((ifname, advert.vhid))
+        if vhid is None:
+            self.drops[Drop.VHID.value] += 1
+            return
+        if source in self.interfaces[ifname].own:
+            vhid.drops[Drop.OURS.value] += 1
+            return
+        config = vhid.machine.config
+        if not verify(advert, config.key, config.addresses):
+            vhid.drops[Drop.DIGEST.value] += 1
+            return
+        seen = vhid.machine.foreign_masters_seen
+        self._handle(vhid, AdvertReceived(advert, source))
+        if vhid.machine.foreign_masters_seen != seen:
+            vhid.last_foreign_master = (self.loop.time(), str(source))
+            log.warning(
+                "vhid %s: split brain: %s also claims to be master (advskew %d) and does "
+                "not step down",
+                vhid.name,
+                source,
+                advert.advskew,
+            )
+
+    def _links_changed(self) -> None:
+        assert self._monitor is not None
+        try:
+            states = self._monitor.read()
+        except OSError:  # ENOBUFS: events were lost, ask for the current state
+            for ifname in self.interfaces:
+                self.loop.run_in_executor(self._netlink, self._resync_link, ifname)
+            return
+        for state in states:
+            if state.ifname in self.interfaces:
+                running = (state.running and not state.deleted) or self.ignore_link_state
+                self._set_link(state.ifname, running)
+
+    def _resync_link(self, ifname: str) -> None:
+        state = linux.link_state(ifname)
+        self.loop.call_soon_threadsafe(
+            self._set_link, ifname, state.running or self.ignore_link_state
+        )
+
+    def _set_link(self, ifname: str, running: bool) -> None:
+        iface = self.interfaces[ifname]
+        if running == iface.running:
+            return
+        iface.running = running
+        log.info("interface %s: link %s", ifname, "up" if running else "down")
+        if running:
+            self.demotion.links_down.discard(ifname)
+        else:
+            self.demotion.links_down.add(ifname)
+        for vhid in self.vhids.values():
+            if vhid.ifname == ifname:
+                self._handle(vhid, LinkUp() if running else LinkDown())
+        self._demotion_changed()
+
+    def _timer(self, vhid: Vhid, at: float) -> None:
+        vhid.timer = None
+        # asyncio may run a call_at handle a hair early: the deadline has come all the same
+        self._handle(vhid, Timeout(), now=max(self.loop.time(), at))
+
+    # --- demotion ----------------------------------------------------------------------------
+
+    def change_demotion(self, change: Callable[[Demotion], None]) -> None:
+        """Apply ``change`` to the demotion and tell every machine the new total."""
+        change(self.demotion)
+        self._demotion_changed()
+
+    def _demotion_changed(self) -> None:
+        total = self.demotion.total
+        for vhid in self.vhids.values():
+            if vhid.machine.demotion != total:
+                self._handle(vhid, DemotionChanged(total))
+
+    # --- actions out -------------------------------------------------------------------------
+
+    def _handle(self, vhid: Vhid, event: Event, now: float | None = None) -> None:
+        actions = vhid.machine.handle(self.loop.time() if now is None else now, event)
+        for action in actions:
+            self._apply(vhid, action)
+
+    def _apply(self, vhid: Vhid, action: Action) -> None:
+        match action:
+            case SendAdvert(packet=packet):
+                self._send(vhid, packet)
+            case AddVips(addresses=addresses):
+                if vhid.vip_ifname != vhid.ifname:
+                    self._netlink_call(linux.set_link_up, vhid.vip_ifname, True)
+                if self.manage_addresses:
+                    for address in addresses:
+                        self._netlink_call(linux.add_vip, vhid.vip_ifname, address, vhid.entry.vhid)
+            case RemoveVips(addresses=addresses):
+                if self.manage_addresses:
+                    for address in addresses:
+                        self._netlink_call(linux.remove_vip, vhid.vip_ifname, address)
+                if vhid.vip_ifname != vhid.ifname:
+                    self._netlink_call(linux.set_link_up, vhid.vip_ifname, False)
+            case Announce(addresses=addresses):
+                self._netlink_call(self._announce, vhid, addresses)
+            case Transition():
+                self._transition(vhid, action)
+            case SetTimer(at=at):
+                if vhid.timer is not None:
+                    vhid.timer.cancel()
+                vhid.timer = None if at is None else self.loop.call_at(at, self._timer, vhid, at)
+
+    def _netlink_call(self, func: Callable[..., Any], *args: Any) -> None:
+        """Run ``func`` on the netlink thread, after everything queued before; log failures."""
+        future = self.loop.run_in_executor(self._netlink, func, *args)
+
+        def done(f: asyncio.Future[Any]) -> None:
+            if not f.cancelled() and f.exception() is not None:
+                log.error("%s%r failed: %s", getattr(func, "__name__", func), args, f.exception())
+
+        future.add_done_callback(done)
+
+    def _announce(self, vhid: Vhid, addresses: tuple[Any, ...]) -> None:
+        iface = self.interfaces[vhid.ifname]
+        for address in addresses:
+            if isinstance(address, IPv4Address) and vhid.vip_ifname == vhid.ifname:
+                iface.garp.send(address)
+        # in vmac mode the macvlan's own ARP replies announce the virtual MAC on first use;
+        # a GARP from the real MAC would teach peers the wrong one
+
+    def _send(self, vhid: Vhid, packet: bytes) -> None:
+        iface = self.interfaces[vhid.ifname]
+        sock = self.vmac_socks.get(vhid.entry.vhid, iface.sock)
+        try:
+            sock.send(encode_ipv4(iface.srcip, packet))
+        except OSError as exc:
+            iface.sends_ok = 0
+            iface.send_errors += 1
+            log.warning("vhid %s: advert not sent: %s", vhid.name, exc)
+            if iface.send_errors == SEND_ERRORS_TO_DEMOTE:
+                self.demotion.send_failing.add(iface.name)
+                self.loop.call_soon(self._demotion_changed)
+            return
+        iface.send_errors = 0
+        iface.sends_ok += 1
+        if iface.sends_ok == SENDS_TO_UNDEMOTE and iface.name in self.demotion.send_failing:
+            self.demotion.send_failing.discard(iface.name)
+            self.loop.call_soon(self._demotion_changed)
+
+    def _transition(self, vhid: Vhid, action: Transition) -> None:
+        log.info(
+            "vhid %s: %s -> %s (%s)", vhid.name, action.old.value, action.new.value, action.reason
+        )
+        env = {"HAFS_AGENT_SOCKET": self.config.control_socket}
+        commands = (
+            [Command((*self.config.event_command, vhid.name, action.new.value), env)]
+            if self.config.event_command
+            else []
+        )
+        if self.scripts is not None:
+            first_backup = action.new is State.BACKUP and not vhid.started
+            if action.new is State.MASTER and self.scripts.up:
+                commands += self._script(vhid, self.scripts.up)
+            elif self.scripts.down and (
+                action.old is State.MASTER or (first_backup and not self.scripts.neutral)
+            ):
+                commands += self._script(vhid, self.scripts.down)
+        if action.new is not State.INIT:
+            vhid.started = True
+        self.hooks.submit(vhid.entry.vhid, commands)
+
+    def _script(self, vhid: Vhid, script: str) -> list[Command]:
+        env = {"UCARP_VHID": str(vhid.entry.vhid)}
+        extra = (self.scripts.xparam,) if self.scripts and self.scripts.xparam else ()
+        return [
+            Command((script, vhid.ifname, str(address), *extra), env)
+            for address in vhid.entry.addresses
+        ]
+
+    # --- status ------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """Everything ``hafs status`` shows, as plain JSON-able data."""
+        now, wall = self.loop.time(), time.time()
+        vhids = []
+        for vhid in sorted(self.vhids.values(), key=lambda v: v.entry.vhid):
+            m = vhid.machine
+            item: dict[str, Any] = {
+                "vhid": vhid.entry.vhid,
+                "interface": vhid.ifname,
+                "addresses": [str(a) for a in vhid.entry.addresses],
+                "state": m.state.value,
+                "since": None if m.since is None else wall - (now - m.since),
+                "reason": m.reason,
+                "advbase": m.config.advbase,
+                "advskew": m.config.advskew,
+                "advertised_skew": m.advertised_skew,
+                "master": None,
+                "adverts_sent": m.adverts_sent,
+                "adverts_received": m.adverts_received,
+                "drops": dict(vhid.drops),
+                "split_brain": None,
+            }
+            if m.master_source is not None:
+                item["master"] = {
+                    "source": str(m.master_source),
+                    "advskew": m.master_advskew,
+                    "advbase": m.master_advbase,
+                }
+            foreign = vhid.last_foreign_master
+            if foreign is not None and now - foreign[0] <= 3 * m.config.advbase + 1:
+                item["split_brain"] = foreign[1]
+            vhids.append(item)
+        return {
+            "node": self.config.node,
+            "pid": os.getpid(),
+            "started": self.started_at,
+            "demotion": self.demotion.as_dict(),
+            "drops": dict(self.drops),
+            "hooks_running": self.hooks.running,
+            "interfaces": {
+                name: {"running": i.running, "srcip": str(i.srcip)}
+                for name, i in sorted(self.interfaces.items())
+            },
+            "vhids": vhids,
+        }
+
+
+def sd_notify(message: str) -> None:
+    """Tell systemd (Type=notify) ``message``; nothing when not started by systemd."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock, contextlib.suppress(OSError):
+        sock.sendto(message.encode(), address)

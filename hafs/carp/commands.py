@@ -1,0 +1,349 @@
+"""`hafs agent`, `hafs ucarp`, `hafs status` and `hafs demote`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import socket
+import sys
+import time
+from datetime import datetime
+from ipaddress import IPv4Address
+from pathlib import Path
+from typing import Any
+
+from hafs import agentconf
+from hafs.agentconf import AgentConfig, VhidEntry
+from hafs.carp import control
+from hafs.carp.wire import ucarp_refusal
+from hafs.errors import HafsError
+
+SOCKET_HELP = "the agent's control socket (default: %(default)s)"
+
+
+def setup_logging(level: str) -> None:
+    # under systemd the journal stamps each line; elsewhere, add the time
+    stamp = "" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s "
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format=stamp + "%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+async def _run_agent(agent: Any) -> None:
+    from hafs.carp.agent import sd_notify
+
+    watchdog = None
+    usec = os.environ.get("WATCHDOG_USEC")
+    if usec and usec.isdigit():
+
+        async def feed() -> None:
+            while True:  # the loop itself is what the watchdog watches
+                sd_notify("WATCHDOG=1")
+                await asyncio.sleep(int(usec) / 2e6)
+
+        watchdog = asyncio.create_task(feed())
+    try:
+        await agent.run(ready=lambda: sd_notify("READY=1"))
+    finally:
+        sd_notify("STOPPING=1")
+        if watchdog is not None:
+            watchdog.cancel()
+
+
+def start(config: AgentConfig, log_level: str, **options: Any) -> int:
+    from hafs.carp.agent import Agent
+
+    setup_logging(log_level)
+    if os.geteuid() != 0:
+        raise HafsError("the agent needs root (raw sockets, addresses): run it as root")
+    agent = Agent(config, **options)
+    if config.metrics:
+        from hafs.carp.metrics import serve_metrics
+
+        serve_metrics(agent, config.metrics)
+    try:
+        asyncio.run(_run_agent(agent))
+    except OSError as exc:
+        raise HafsError(f"agent: {exc}") from exc
+    return 0
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    config = agentconf.load(args.config)
+    if args.cleanup:
+        from hafs.carp import linux
+
+        for entry in config.vhids:
+            for address in entry.addresses:
+                linux.remove_vip(config.interface_of(entry), address)
+            if config.link_mode_of(entry) == "vmac":
+                linux.delete_vmac(entry.vhid)
+        return 0
+    return start(config, args.log_level)
+
+
+# --- hafs ucarp --------------------------------------------------------------------------------
+
+
+def _ucarp_parser(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "ucarp",
+        help="run one vhid with stock ucarp's command line",
+        description="A drop-in for ucarp 1.5: same flags, same up/down script calls "
+        "(<ifname> <vip> [xparam], UCARP_VHID set), FreeBSD-exact CARP, hooks that never block "
+        "the protocol. Prefer --passfile: a --pass is visible to every local user in ps.",
+    )
+    p.add_argument("-i", "--interface", required=True, help="network interface")
+    p.add_argument("-s", "--srcip", required=True, help="this node's own (real) address")
+    p.add_argument("-v", "--vhid", type=int, default=1, help="virtual host id 1..255 (1)")
+    p.add_argument("-p", "--pass", dest="passphrase", help="password (visible in ps!)")
+    p.add_argument("-o", "--passfile", help="read the password from this file (mode 0600)")
+    p.add_argument("-a", "--addr", required=True, help="virtual address")
+    p.add_argument("-b", "--advbase", type=int, default=1, help="advertisement interval (1 s)")
+    p.add_argument("-k", "--advskew", type=int, default=0, help="advertisement skew 0..254 (0)")
+    p.add_argument("-P", "--preempt", action="store_true", help="become master asap")
+    p.add_argument("-n", "--neutral", action="store_true", help="no down script at start")
+    p.add_argument("-u", "--upscript", help="run when becoming master")
+    p.add_argument("-d", "--downscript", help="run when leaving master")
+    p.add_argument("-z", "--shutdown", action="store_true", help="run the down script at exit")
+    p.add_argument("-B", "--daemonize", action="store_true", help="go to the background")
+    p.add_argument("-x", "--xparam", help="extra parameter passed to the scripts")
+    p.add_argument("-S", "--ignoreifstate", action="store_true", help="ignore link state")
+    p.add_argument("--socket", help="control socket (default: /run/hafs/ucarp-<vhid>.sock)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    p.set_defaults(func=cmd_ucarp)
+
+
+def _address(value: str, flag: str) -> IPv4Address:
+    try:
+        return IPv4Address(value)
+    except ValueError:
+        raise HafsError(f"{flag}: {value!r} is not an IPv4 address") from None
+
+
+def ucarp_config(args: argparse.Namespace) -> AgentConfig:
+    """The agent configuration equivalent to one ucarp command line."""
+    if (args.passphrase is None) == (args.passfile is None):
+        raise HafsError("--pass or --passfile: give exactly one (prefer --passfile)")
+    if args.passfile is not None:
+        path = Path(args.passfile)
+        agentconf.check_private(path, "--passfile")
+        try:
+            passphrase = path.read_text(encoding="utf-8").split("\n")[0]
+        except (OSError, UnicodeDecodeError) as exc:
+            raise HafsError(f"--passfile: {path}: cannot read: {exc}") from exc
+    else:
+        passphrase = args.passphrase
+        print(
+            "hafs ucarp: warning: --pass is visible to every local user in the process list; "
+            "use --passfile FILE (mode 0600) or `hafs agent` with a 0600 config",
+            file=sys.stderr,
+        )
+    if not 1 <= args.vhid <= 255:
+        raise HafsError(f"--vhid: must be 1..255, got {args.vhid}")
+    if not 1 <= args.advbase <= 254:
+        raise HafsError(f"--advbase: must be 1..254, got {args.advbase}")
+    if not 0 <= args.advskew <= 254:
+        raise HafsError(f"--advskew: must be 0..254, got {args.advskew}")
+    addr = _address(args.addr, "--addr")
+    refusal = ucarp_refusal(passphrase, [addr])
+    if refusal:
+        print(
+            f"hafs ucarp: warning: stock ucarp peers will not interoperate: {refusal}",
+            file=sys.stderr,
+        )
+    return AgentConfig(
+        node=socket.gethostname(),
+        interface=args.interface,
+        srcip=_address(args.srcip, "--srcip"),
+        passphrase=passphrase,
+        vhids=(VhidEntry(args.vhid, (addr,), args.advbase, args.advskew),),
+        preempt=args.preempt,
+        event_command=(),
+        control_socket=args.socket or f"/run/hafs/ucarp-{args.vhid}.sock",
+    )
+
+
+def _daemonize() -> None:
+    """Detach like ucarp -B: fork twice, new session, stdio to /dev/null (logs to syslog)."""
+    if os.fork() > 0:
+        os._exit(0)
+    os.setsid()
+    if os.fork() > 0:
+        os._exit(0)
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    if os.path.exists("/dev/log"):
+        from logging.handlers import SysLogHandler
+
+        logging.getLogger().addHandler(SysLogHandler("/dev/log"))
+
+
+def cmd_ucarp(args: argparse.Namespace) -> int:
+    from hafs.carp.agent import UcarpScripts
+
+    config = ucarp_config(args)
+    scripts = UcarpScripts(
+        up=args.upscript,
+        down=args.downscript,
+        xparam=args.xparam,
+        neutral=args.neutral,
+        shutdown=args.shutdown,
+    )
+    if args.daemonize:
+        _daemonize()
+    return start(
+        config,
+        args.log_level,
+        scripts=scripts,
+        manage_addresses=False,  # as with ucarp, the up/down scripts add and remove the VIP
+        ignore_link_state=args.ignoreifstate,
+    )
+
+
+# --- hafs status / hafs demote -------------------------------------------------------------------
+
+
+def _ago(since: float | None) -> str:
+    if since is None:
+        return "-"
+    stamp = datetime.fromtimestamp(since).strftime("%H:%M:%S")
+    return f"{stamp} ({time.time() - since:.0f}s ago)"
+
+
+def format_status(status: dict[str, Any]) -> str:
+    demotion = status["demotion"]
+    lines = [
+        f"node {status['node']} (pid {status['pid']}): demotion {demotion['total']}"
+        + (f" {demotion}" if demotion["total"] else "")
+    ]
+    header = ("VHID", "IF", "STATE", "SINCE", "REASON", "MASTER", "SKEW", "SENT", "RECV", "DROPS")
+    rows = [header]
+    for v in status["vhids"]:
+        master = v["master"]
+        drops = ",".join(f"{k}={n}" for k, n in sorted(v["drops"].items())) or "0"
+        rows.append(
+            (
+                str(v["vhid"]),
+                v["interface"],
+                v["state"],
+                _ago(v["since"]),
+                v["reason"] or "-",
+                f"{master['source']}/{master['advskew']}" if master else "-",
+                f"{v['advskew']}"
+                + (f"->{v['advertised_skew']}" if v["advertised_skew"] != v["advskew"] else ""),
+                str(v["adverts_sent"]),
+                str(v["adverts_received"]),
+                drops,
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    for v in status["vhids"]:
+        if v["split_brain"]:
+            lines.append(
+                f"WARNING: vhid {v['vhid']}: split brain: {v['split_brain']} also claims to be "
+                "master and does not step down"
+            )
+    if status["drops"]:
+        drops = ", ".join(f"{k}: {n}" for k, n in sorted(status["drops"].items()))
+        lines.append(f"dropped before any vhid: {drops}")
+    return "\n".join(lines)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    status = control.request(args.socket, {"op": "status"})
+    status.pop("ok")
+    if args.json:
+        print(json.dumps(status, indent=2))
+    else:
+        print(format_status(status))
+    return 0
+
+
+def demote_request(args: argparse.Namespace) -> dict[str, Any]:
+    if args.hold is not None:
+        return {"op": "demote", "hold": args.hold[0], "value": _integer(args.hold[1], "--hold")}
+    if args.release is not None:
+        return {"op": "demote", "hold": args.release, "value": 0}
+    if args.set is not None:
+        return {"op": "demote", "set": args.set}
+    if args.change is not None:
+        if args.change[:1] not in ("+", "-"):
+            raise HafsError(f"CHANGE: {args.change!r}: write +N to add or -N to subtract")
+        return {"op": "demote", "adjust": _integer(args.change, "CHANGE")}
+    return {"op": "demote"}
+
+
+def _integer(value: str, what: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise HafsError(f"{what}: {value!r} is not an integer") from None
+
+
+def cmd_demote(args: argparse.Namespace) -> int:
+    reply = control.request(args.socket, demote_request(args))
+    demotion = reply["demotion"]
+    if args.json:
+        print(json.dumps(demotion))
+    else:
+        holds = ", ".join(f"{k}={v}" for k, v in sorted(demotion["holds"].items())) or "none"
+        print(
+            f"demotion {demotion['total']} (operator {demotion['operator']}, holds {holds}, "
+            f"links down {demotion['links_down'] or 'none'})"
+        )
+    return 0
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "agent",
+        help="run the CARP agent (every vhid of this node in one process)",
+        description="Run the Linux CARP agent: FreeBSD-compatible CARP for every vhid of "
+        "the config, VIPs managed with netlink, hooks run asynchronously, control socket for "
+        "hafs status/demote. SIGTERM as master bows out so backups take over at once.",
+    )
+    p.add_argument("--config", default="/etc/hafs/agent.toml", help="config file, mode 0600")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    p.add_argument(
+        "--cleanup",
+        action="store_true",
+        help="remove this config's VIPs and virtual-MAC interfaces, then exit "
+        "(systemd's ExecStopPost, after a crash)",
+    )
+    p.set_defaults(func=cmd_agent)
+
+    _ucarp_parser(sub)
+
+    p = sub.add_parser(
+        "status",
+        help="show the agent's vhids: state, since, why, master, counters",
+        description="Ask the running agent for the state of every vhid.",
+    )
+    p.add_argument("--socket", default=agentconf.DEFAULT_CONTROL_SOCKET, help=SOCKET_HELP)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser(
+        "demote",
+        help="show or change the node's CARP demotion",
+        description="The demotion is added to every vhid's advertised skew (capped at 240): "
+        "raise it to drain the node, lower it to let it take VIPs back. +N adds, -N "
+        "subtracts; --hold NAME N keeps a named demotion (used by hooks while re-syncing) "
+        "until --release NAME.",
+    )
+    p.add_argument("change", nargs="?", metavar="CHANGE", help="+N or -N")
+    p.add_argument("--set", type=int, metavar="N", help="set the operator demotion to N")
+    p.add_argument("--hold", nargs=2, metavar=("NAME", "N"), help="hold a named demotion")
+    p.add_argument("--release", metavar="NAME", help="release a named demotion")
+    p.add_argument("--show", action="store_true", help="only show (the default)")
+    p.add_argument("--socket", default=agentconf.DEFAULT_CONTROL_SOCKET, help=SOCKET_HELP)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_demote)

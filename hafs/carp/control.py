@@ -1,0 +1,112 @@
+"""The agent's control socket: one JSON request line in, one JSON answer line out.
+
+Requests: ``{"op": "status"}``; ``{"op": "demote", "adjust": N}`` (add N, may be negative),
+``{"op": "demote", "set": N}``, ``{"op": "demote", "hold": NAME, "value": N}`` (a named
+demotion, 0 releases it), ``{"op": "demote"}`` (show). Answers: ``{"ok": true, ...}`` or
+``{"ok": false, "error": "..."}``. The socket is created 0600 in a 0700 directory: only root
+(the agent's user) can demote the node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+from typing import TYPE_CHECKING, Any
+
+from hafs.errors import HafsError
+
+if TYPE_CHECKING:
+    from hafs.carp.agent import Agent
+
+MAX_REQUEST = 4096
+CLIENT_TIMEOUT = 5.0
+
+
+class ControlError(HafsError):
+    """The agent could not be reached or refused the request."""
+
+    exit_code = 1
+
+
+def answer(agent: Agent, request: Any) -> dict[str, Any]:
+    """The answer to one decoded request (bad requests get ok=false, never an exception)."""
+    if not isinstance(request, dict):
+        return {"ok": False, "error": "request must be a JSON object"}
+    op = request.get("op")
+    if op == "status":
+        return {"ok": True, **agent.status()}
+    if op != "demote":
+        return {"ok": False, "error": f"unknown op {op!r}: use status or demote"}
+    numbers = {k: v for k, v in request.items() if k in ("adjust", "set", "value")}
+    for key, value in numbers.items():
+        if isinstance(value, bool) or not isinstance(value, int) or abs(value) > 1_000_000:
+            return {"ok": False, "error": f"{key}: must be an integer, got {value!r}"}
+    hold = request.get("hold")
+    if hold is not None:
+        if not isinstance(hold, str) or not hold or "value" not in numbers:
+            return {"ok": False, "error": "hold: needs a name and an integer value"}
+        agent.change_demotion(lambda d: d.hold(hold, numbers["value"]))
+    elif "set" in numbers:
+        agent.change_demotion(lambda d: d.set(numbers["set"]))
+    elif "adjust" in numbers:
+        agent.change_demotion(lambda d: d.adjust(numbers["adjust"]))
+    return {"ok": True, "demotion": agent.demotion.as_dict()}
+
+
+async def serve(agent: Agent, path: str) -> asyncio.AbstractServer:
+    directory = os.path.dirname(path) or "."
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    if os.path.exists(path):
+        os.unlink(path)  # left by an agent that was killed
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            line = await asyncio.wait_for(reader.readline(), CLIENT_TIMEOUT)
+            try:
+                request = json.loads(line[:MAX_REQUEST])
+            except ValueError:
+                reply: dict[str, Any] = {"ok": False, "error": "request is not JSON"}
+            else:
+                reply = answer(agent, request)
+            writer.write(json.dumps(reply).encode() + b"\n")
+            await writer.drain()
+        except (OSError, TimeoutError, asyncio.LimitOverrunError, ValueError):
+            pass
+        finally:
+            writer.close()
+
+    old_umask = os.umask(0o177)
+    try:
+        return await asyncio.start_unix_server(handle, path)
+    finally:
+        os.umask(old_umask)
+
+
+def request(path: str, message: dict[str, Any]) -> dict[str, Any]:
+    """Send one request to the agent at ``path`` and return its answer."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(CLIENT_TIMEOUT)
+            sock.connect(path)
+            sock.sendall(json.dumps(message).encode() + b"\n")
+            data = b""
+            while not data.endswith(b"\n"):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+    except FileNotFoundError:
+        raise ControlError(
+            f"no agent socket at {path}: is `hafs agent` running? (--socket PATH)"
+        ) from None
+    except OSError as exc:
+        raise ControlError(f"agent socket {path}: {exc.strerror or exc}") from None
+    try:
+        reply: dict[str, Any] = json.loads(data)
+    except ValueError:
+        raise ControlError(f"agent socket {path}: answered something that is not JSON") from None
+    if not reply.get("ok"):
+        raise ControlError(f"agent refused: {reply.get('error')}")
+    return reply

@@ -1,0 +1,180 @@
+"""A CARP test bed: hafs agents and stock ucarp processes in namespaces of one Lab.
+
+Everything runs inside namespaces the test created; the root namespace only reads state
+through netlink (``ip -n``) and the agents' control sockets.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hafs.carp import control
+from hafs.lab.netns import Lab, Netns, Port
+
+UP_SCRIPT = '#!/bin/sh\nip addr add "$2/32" dev "$1" label "$1:$3"\n'
+DOWN_SCRIPT = '#!/bin/sh\nip addr del "$2/32" dev "$1" 2>/dev/null || true\n'
+
+
+@dataclass
+class Peer:
+    name: str
+    node: Netns
+    port: Port
+    address: str
+    proc: subprocess.Popen[bytes] | None = None
+    kind: str = ""
+    socket: str | None = None
+    log: Path | None = None
+
+    def status(self) -> dict[str, Any]:
+        assert self.socket is not None, f"{self.name} is not a hafs agent"
+        return control.request(self.socket, {"op": "status"})
+
+    def vhid_state(self, vhid: int) -> str:
+        state: str = next(v["state"] for v in self.status()["vhids"] if v["vhid"] == vhid)
+        return state
+
+    def holds(self, vip: str) -> bool:
+        return f" {vip}/32" in f" {self.node.ip('-4', '-o', 'addr', 'show')}"
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout)
+
+    def output(self) -> str:
+        return self.log.read_text() if self.log and self.log.exists() else ""
+
+
+@dataclass
+class CarpBed:
+    lab: Lab
+    tmp: Path
+    peers: dict[str, Peer] = field(default_factory=dict)
+    subnet: str = "10.77.0"
+
+    def node(self, name: str) -> Peer:
+        index = len(self.peers) + 1
+        ns = self.lab.add_node(name)
+        address = f"{self.subnet}.{index}"
+        port = self.lab.connect(ns, "eth0", f"{address}/24")
+        peer = self.peers[name] = Peer(name, ns, port, address)
+        return peer
+
+    def _start(self, peer: Peer, argv: list[str], kind: str) -> None:
+        peer.log = self.tmp / f"{peer.name}.log"
+        with peer.log.open("wb") as out:
+            peer.proc = self.lab.popen(peer.node, argv, stdout=out, stderr=subprocess.STDOUT)
+        peer.kind = kind
+
+    def hafs(
+        self,
+        peer: Peer,
+        vhids: list[tuple[int, str, int]],
+        *,
+        passphrase: str = "testok",
+        preempt: bool = True,
+        extra: str = "",
+    ) -> Peer:
+        """Start `hafs agent` on ``peer`` for (vhid, vip, advskew) entries."""
+        peer.socket = str(self.tmp / f"{peer.name}.sock")
+        lines = [
+            f'node = "{peer.name}"',
+            'interface = "eth0"',
+            f'srcip = "{peer.address}"',
+            f'pass = "{passphrase}"',
+            f"preempt = {'true' if preempt else 'false'}",
+            "event_command = []",
+            f'control_socket = "{peer.socket}"',
+            extra,
+        ]
+        for vhid, vip, skew in vhids:
+            lines += ["[[vhid]]", f"vhid = {vhid}", f'addresses = ["{vip}"]', f"advskew = {skew}"]
+        config = self.tmp / f"{peer.name}.toml"
+        config.write_text("\n".join(lines) + "\n")
+        os.chmod(config, 0o600)
+        argv = [sys.executable, "-m", "hafs", "agent", "--config", str(config)]
+        self._start(peer, argv, "hafs")
+        wait_for(lambda: Path(peer.socket or "").exists(), 10, f"{peer.name}'s control socket")
+        return peer
+
+    def ucarp(
+        self,
+        peer: Peer,
+        vhid: int,
+        vip: str,
+        advskew: int,
+        *,
+        passphrase: str = "testok",
+        preempt: bool = True,
+    ) -> Peer:
+        """Start stock ucarp on ``peer``; its scripts add/remove the VIP like the seed's."""
+        up, down = self.tmp / "ucarp-up.sh", self.tmp / "ucarp-down.sh"
+        for path, text in ((up, UP_SCRIPT), (down, DOWN_SCRIPT)):
+            path.write_text(text)
+            path.chmod(0o700)
+        argv = [
+            "ucarp",
+            "-i",
+            "eth0",
+            "-s",
+            peer.address,
+            "-v",
+            str(vhid),
+            "-p",
+            passphrase,
+            "-a",
+            vip,
+            "-k",
+            str(advskew),
+            "-u",
+            str(up),
+            "-d",
+            str(down),
+            "-x",
+            str(vhid),
+            "-z",
+        ]
+        if preempt:
+            argv.append("-P")
+        self._start(peer, argv, "ucarp")
+        return peer
+
+    def holders(self, vip: str) -> list[str]:
+        return sorted(name for name, peer in self.peers.items() if peer.holds(vip))
+
+    def stop_all(self) -> None:
+        for peer in self.peers.values():
+            try:
+                peer.stop()
+            except subprocess.TimeoutExpired:
+                peer.stop(signal.SIGKILL)
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str, step: float = 0.02) -> float:
+    """Poll ``condition`` until true; return the seconds it took, or fail naming ``what``."""
+    start = time.monotonic()
+    while True:
+        if condition():
+            return time.monotonic() - start
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(step)
+
+
+def sample(
+    bed: CarpBed, vips: list[str], seconds: float, step: float = 0.02
+) -> Iterator[dict[str, list[str]]]:
+    """Who holds each VIP, every ``step`` seconds for ``seconds``."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        yield {vip: bed.holders(vip) for vip in vips}
+        time.sleep(step)

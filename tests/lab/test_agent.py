@@ -1,0 +1,237 @@
+"""`hafs agent` on a bridge: interop with stock ucarp, elections, floods, bow-out.
+
+Each test builds its own namespaces (see conftest's rules) and stops every process it started.
+Timing margins: a backup takes over after 3*advbase + advskew/256 s; stock ucarp reacts on a
+one-second tick, so waits involving ucarp allow it 2 s more.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hafs.cluster import derive_layout
+from hafs.lab.netns import Lab, new_prefix
+from tests.lab.carp_bed import CarpBed, sample, wait_for
+
+VIP = "10.77.0.100"
+TAKEOVER = 3 + 10 / 256  # master-down of a backup with advskew 10
+UCARP_SLACK = 2.0
+
+
+@pytest.fixture
+def bed(require_lab: None, tmp_path: Path) -> Iterator[CarpBed]:
+    with Lab(new_prefix()) as lab:
+        bed = CarpBed(lab, tmp_path)
+        try:
+            yield bed
+        finally:
+            bed.stop_all()
+
+
+def test_ucarp_master_hafs_backup(bed: CarpBed) -> None:
+    a, b = bed.node("a"), bed.node("b")
+    bed.ucarp(a, 1, VIP, 0)
+    bed.hafs(b, [(1, VIP, 10)])
+    wait_for(lambda: bed.holders(VIP) == ["a"], 8, "ucarp to become master")
+    wait_for(lambda: b.status()["vhids"][0]["master"] is not None, 3, "hafs to hear ucarp")
+    assert b.vhid_state(1) == "BACKUP"
+    assert b.status()["vhids"][0]["master"]["source"] == a.address
+
+    a.stop(signal.SIGKILL)  # power loss of the ucarp node (its VIP stays configured there)
+    wait_for(lambda: b.holds(VIP), TAKEOVER + 1, "hafs to take over from a dead ucarp")
+
+    bed.ucarp(a, 1, VIP, 0)  # back with --preempt: ucarp takes its VIP back, hafs steps down
+    wait_for(lambda: bed.holders(VIP) == ["a"], 8 + UCARP_SLACK, "ucarp to preempt")
+    assert b.vhid_state(1) == "BACKUP"
+
+
+def test_hafs_master_ucarp_backup(bed: CarpBed) -> None:
+    a, b = bed.node("a"), bed.node("b")
+    bed.hafs(a, [(1, VIP, 0)])
+    bed.ucarp(b, 1, VIP, 10)
+    wait_for(lambda: bed.holders(VIP) == ["a"], 5, "hafs to become master")
+    time.sleep(2)
+    assert bed.holders(VIP) == ["a"], "ucarp must stay backup behind a better hafs master"
+
+    a.port.cut()  # cable cut: hafs goes INIT and drops its VIP, ucarp times out
+    wait_for(lambda: bed.holders(VIP) == ["b"], TAKEOVER + 1 + UCARP_SLACK, "ucarp takeover")
+    assert a.vhid_state(1) == "INIT"
+    assert a.status()["demotion"]["links_down"] == ["eth0"]
+
+    a.port.plug()  # preempt: hafs takes the VIP back and ucarp steps down
+    wait_for(lambda: bed.holders(VIP) == ["a"], TAKEOVER + 1 + UCARP_SLACK, "hafs to preempt")
+    assert a.status()["demotion"]["total"] == 0
+
+    a.stop(signal.SIGKILL)
+    wait_for(lambda: b.holds(VIP), TAKEOVER + 1 + UCARP_SLACK, "ucarp to take over from hafs")
+
+
+def test_wrong_pass_is_rejected_by_both(bed: CarpBed) -> None:
+    a, b = bed.node("a"), bed.node("b")
+    bed.hafs(a, [(1, VIP, 10)], passphrase="wrong")
+    bed.ucarp(b, 1, VIP, 0)
+    wait_for(lambda: a.status()["vhids"][0]["drops"].get("bad digest", 0) >= 3, 10, "drops")
+    wait_for(lambda: bed.holders(VIP) == ["a", "b"], 8, "both to claim the VIP")
+    assert a.status()["vhids"][0]["adverts_received"] == 0
+    assert "digest" in b.output().lower(), b.output()
+
+
+def test_equal_advskew_with_ucarp_settles_on_one_master(bed: CarpBed) -> None:
+    """FreeBSD semantics: a master steps down on an equal advert; ucarp breaks ties by address.
+
+    The two rules combine into one master: whichever side keeps the VIP, never both for long.
+    """
+    a, b = bed.node("a"), bed.node("b")
+    bed.hafs(a, [(1, VIP, 0)])
+    bed.ucarp(b, 1, VIP, 0)
+    time.sleep(8)
+    holders = [h[VIP] for h in sample(bed, [VIP], 4, step=0.05)]
+    assert all(len(h) == 1 for h in holders), holders
+    assert len({tuple(h) for h in holders}) == 1, f"the master changed: {holders}"
+
+
+def test_three_agents_four_vips_home_and_best_backup(bed: CarpBed) -> None:
+    names = ["n1", "n2", "n3"]
+    homes = ["n1", "n2", "n3", "n1"]
+    vips = [f"10.77.0.{101 + i}" for i in range(4)]
+    layout = derive_layout(names, homes)
+    peers = [bed.node(n) for n in names]
+    for peer in peers:
+        entries = [(i + 1, vips[i], layout[i][peer.name]) for i in range(4)]
+        bed.hafs(peer, entries)
+    placed = dict(zip(vips, [[home] for home in homes], strict=True))
+    wait_for(lambda: {vip: bed.holders(vip) for vip in vips} == placed, 8, "VIPs on their homes")
+
+    dead = peers[0]
+    dead.port.cut()
+    dead.stop(signal.SIGKILL)  # power loss: link gone, agent gone
+    expected = {}
+    for i, vip in enumerate(vips):
+        skews = {n: s for n, s in layout[i].items() if n != dead.name}
+        expected[vip] = [min(skews, key=lambda n: skews[n])]
+    start = time.monotonic()
+    double: dict[str, float] = {}
+    longest = 0.0
+    for snapshot in sample(bed, vips, TAKEOVER + 2):
+        now = time.monotonic() - start
+        for vip, holders in snapshot.items():
+            alive = [h for h in holders if h != dead.name]
+            if len(alive) > 1:
+                longest = max(longest, now - double.setdefault(vip, now))
+            else:
+                double.pop(vip, None)
+    final = {vip: [h for h in bed.holders(vip) if h != dead.name] for vip in vips}
+    assert final == expected
+    assert longest < 1.0, f"two live masters for {longest:.2f}s (more than one advert interval)"
+
+
+def test_flood_of_bad_packets_changes_nothing_and_is_counted(bed: CarpBed) -> None:
+    a, b, c = bed.node("a"), bed.node("b"), bed.node("c")
+    bed.hafs(a, [(1, VIP, 0)])
+    bed.hafs(b, [(1, VIP, 10)])
+    wait_for(lambda: bed.holders(VIP) == ["a"] and b.vhid_state(1) == "BACKUP", 6, "election")
+    before = {p.name: p.status()["vhids"][0] for p in (a, b)}
+    # Linux drops packets claiming a local source before raw sockets see them; let them
+    # through on b so that the agent's own "sent by us" check is what drops them
+    for knob in ("all", "eth0"):
+        sysctl = f"net.ipv4.conf.{knob}.accept_local=1"
+        subprocess.run(["ip", "netns", "exec", b.node.name, "sysctl", "-qw", sysctl], check=True)
+    count = 150
+    flood = [sys.executable, "-m", "tests.lab.flood", c.address, b.address, VIP, str(count)]
+    subprocess.run(["ip", "netns", "exec", c.node.name, *flood], check=True, timeout=120)
+    time.sleep(0.5)
+    after_b = b.status()
+    vhid_b = after_b["vhids"][0]
+    assert vhid_b["state"] == "BACKUP"
+    assert vhid_b["since"] == pytest.approx(before["b"]["since"], abs=0.05)  # no transition
+    assert vhid_b["master"]["source"] == a.address
+    assert after_b["drops"] == {
+        "bad ttl": count,
+        "too short": count,
+        "bad checksum": count,
+        "bad version": count,
+        "unknown vhid": count,
+    }
+    assert vhid_b["drops"] == {"bad digest": count, "sent by us": count}
+    vhid_a = a.status()["vhids"][0]
+    assert vhid_a["state"] == "MASTER"
+    assert vhid_a["since"] == pytest.approx(before["a"]["since"], abs=0.05)
+    assert vhid_a["drops"]["bad digest"] == count
+    assert bed.holders(VIP) == ["a"]
+
+
+def test_bow_out_hands_over_at_once(bed: CarpBed) -> None:
+    a, b = bed.node("a"), bed.node("b")
+    bed.hafs(a, [(1, VIP, 0)])
+    bed.hafs(b, [(1, VIP, 10)], preempt=False)  # without preempt only the bow-out moves it
+    wait_for(lambda: bed.holders(VIP) == ["a"] and b.vhid_state(1) == "BACKUP", 6, "election")
+    start = time.monotonic()
+    a.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+    took = wait_for(lambda: bed.holders(VIP) == ["b"], TAKEOVER, "the bow-out handover")
+    assert a.proc.wait(5) == 0  # type: ignore[union-attr]
+    assert took < 1.0, f"bow-out took {took:.2f}s"
+    assert b.status()["vhids"][0]["reason"] == "master will time out"
+    assert time.monotonic() - start < 2
+
+
+SEED = Path(__file__).resolve().parents[1] / "data" / "seed" / "ha-file-server-4"
+
+
+def test_hafs_ucarp_runs_the_seed_scripts(bed: CarpBed, tmp_path: Path) -> None:
+    """A start-ucarp.sh line with `ucarp` replaced by `hafs ucarp`, with the seed's own scripts.
+
+    The scripts add and remove the VIP as alias ``<ifname>:$UCARP_VHID`` with net-tools'
+    ifconfig: stock ucarp never sets UCARP_VHID, hafs does.
+    """
+    a, b = bed.node("a"), bed.node("b")
+    bed.hafs(b, [(4, VIP, 10)], preempt=False)
+    passfile = tmp_path / "pass"
+    passfile.write_text("testok\n")
+    passfile.chmod(0o600)
+    argv = [
+        sys.executable,
+        "-m",
+        "hafs",
+        "ucarp",
+        "--interface",
+        "eth0",
+        "-s",
+        a.address,
+        "--vhid",
+        "4",
+        "--passfile",
+        str(passfile),
+        "--advskew",
+        "0",
+        "--addr",
+        VIP,
+        "--shutdown",
+        "--upscript",
+        str(SEED / "ucarp-vh-up.sh"),
+        "--downscript",
+        str(SEED / "ucarp-vh-down.sh"),
+        "--preempt",
+        "--socket",
+        str(tmp_path / "ucarp-4.sock"),
+    ]
+    a.log = tmp_path / "a.log"
+    with a.log.open("wb") as out:
+        a.proc = bed.lab.popen(a.node, argv, stdout=out, stderr=subprocess.STDOUT)
+    wait_for(lambda: bed.holders(VIP) == ["a"], 6, "hafs ucarp to become master")
+    assert f"{VIP}/32" in a.node.ip("-4", "-o", "addr", "show", "label", "eth0:4")
+    assert b.vhid_state(4) == "BACKUP"
+
+    a.stop()  # --shutdown: bow out, then the down script removes the alias
+    assert a.proc.returncode == 0, a.output()
+    assert "eth0:4" not in a.node.ip("-4", "-o", "addr", "show")
+    wait_for(lambda: bed.holders(VIP) == ["b"], 1, "b to take over after the bow-out")
+    log = a.output()
+    assert "ucarp-vh-up.sh eth0 10.77.0.100: exited 0" in log
+    assert "ucarp-vh-down.sh eth0 10.77.0.100: exited 0" in log

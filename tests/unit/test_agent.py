@@ -1,0 +1,288 @@
+"""The agent's logic that needs no root: packet checks, demotion, control protocol, CLI."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import subprocess
+import sys
+from collections.abc import Iterator
+from ipaddress import IPv4Address
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from hafs.agentconf import AgentConfig, VhidEntry
+from hafs.carp.agent import Agent, Demotion
+from hafs.carp.commands import demote_request, format_status, ucarp_config
+from hafs.carp.control import answer
+from hafs.carp.machine import LinkUp
+from hafs.carp.wire import encode, encode_ipv4, make_key
+from hafs.errors import HafsError
+
+VIP = IPv4Address("10.0.0.100")
+PEER = IPv4Address("10.0.0.2")
+OWN = IPv4Address("10.0.0.1")
+
+
+@pytest.fixture
+def agent() -> Iterator[Agent]:
+    config = AgentConfig(
+        node="n1",
+        interface="eth0",
+        srcip=OWN,
+        passphrase="testok",
+        vhids=(VhidEntry(1, (VIP,), advskew=10),),
+        event_command=(),
+    )
+    agent = Agent(config)
+    loop = asyncio.new_event_loop()
+    agent._loop = loop  # the packet path without sockets: no I/O is reached in BACKUP
+    agent.interfaces["eth0"] = SimpleNamespace(own={OWN}, running=True, srcip=OWN)  # type: ignore[assignment]
+    agent.hooks.submit = lambda vhid, commands: None  # type: ignore[method-assign]
+    vhid = agent.vhids[("eth0", 1)]
+    agent._handle(vhid, LinkUp())
+    yield agent
+    loop.close()
+
+
+def advert(
+    skew: int = 0, source: IPv4Address = PEER, passphrase: str = "testok", vhid: int = 1
+) -> bytes:
+    return encode_ipv4(source, encode(vhid, skew, 1, 5, make_key(passphrase), [VIP]))
+
+
+def test_valid_advert_reaches_the_machine(agent: Agent) -> None:
+    agent.receive("eth0", advert())
+    vhid = agent.status()["vhids"][0]
+    assert vhid["state"] == "BACKUP" and vhid["adverts_received"] == 1
+    assert vhid["master"] == {"source": str(PEER), "advskew": 0, "advbase": 1}
+
+
+@pytest.mark.parametrize(
+    ("packet", "where", "reason"),
+    [
+        (advert()[:30], "agent", "too short"),
+        (advert(vhid=7), "agent", "unknown vhid"),
+        (advert(passphrase="nope"), "vhid", "bad digest"),
+        (advert(source=OWN), "vhid", "sent by us"),
+        (b"\x45" + bytes(60), "agent", "not carp"),
+    ],
+)
+def test_bad_packets_are_counted_by_reason(
+    agent: Agent, packet: bytes, where: str, reason: str
+) -> None:
+    agent.receive("eth0", packet)
+    status = agent.status()
+    drops = status["drops"] if where == "agent" else status["vhids"][0]["drops"]
+    assert drops == {reason: 1}
+    assert status["vhids"][0]["adverts_received"] == 0
+
+
+# one agent for every input, on purpose: no sequence of garbage may change its state
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.binary(max_size=120))
+def test_arbitrary_bytes_never_raise(agent: Agent, data: bytes) -> None:
+    agent.receive("eth0", data)
+    assert agent.status()["vhids"][0]["state"] == "BACKUP"
+
+
+def test_demotion_parts_add_up() -> None:
+    d = Demotion()
+    d.adjust(+50)
+    d.hold("resync", 240)
+    d.links_down.add("eth0")
+    assert d.total == 50 + 240 + 240
+    d.adjust(-100)
+    assert d.operator == 0
+    d.hold("resync", 0)
+    d.set(7)
+    assert d.as_dict() == {
+        "total": 247,
+        "operator": 7,
+        "holds": {},
+        "links_down": ["eth0"],
+        "send_failing": [],
+    }
+
+
+def test_demotion_reaches_the_machines(agent: Agent) -> None:
+    agent.change_demotion(lambda d: d.hold("resync", 240))
+    vhid = agent.status()["vhids"][0]
+    assert vhid["advertised_skew"] == 240 and agent.demotion.total == 240
+
+
+class FakeAgent:
+    def __init__(self) -> None:
+        self.demotion = Demotion()
+
+    def status(self) -> dict[str, Any]:
+        return {"node": "x"}
+
+    def change_demotion(self, change: Any) -> None:
+        change(self.demotion)
+
+
+@pytest.mark.parametrize(
+    ("request_", "expected"),
+    [
+        ({"op": "status"}, {"ok": True, "node": "x"}),
+        ({"op": "demote", "adjust": 240}, {"total": 240}),
+        ({"op": "demote", "set": 5}, {"total": 5}),
+        ({"op": "demote", "hold": "resync", "value": 30}, {"total": 30, "holds": {"resync": 30}}),
+        ({"op": "demote"}, {"total": 0}),
+    ],
+)
+def test_control_answers(request_: dict[str, Any], expected: dict[str, Any]) -> None:
+    reply = answer(FakeAgent(), request_)  # type: ignore[arg-type]
+    assert reply["ok"] is True
+    found = reply.get("demotion", reply)
+    assert {k: found[k] for k in expected} == expected
+
+
+@pytest.mark.parametrize(
+    ("request_", "error"),
+    [
+        ([], "request must be a JSON object"),
+        ({"op": "reboot"}, "unknown op 'reboot'"),
+        ({"op": "demote", "adjust": "lots"}, "adjust: must be an integer"),
+        ({"op": "demote", "adjust": True}, "adjust: must be an integer"),
+        ({"op": "demote", "hold": "x"}, "hold: needs a name and an integer value"),
+    ],
+)
+def test_control_refuses_bad_requests(request_: Any, error: str) -> None:
+    reply = answer(FakeAgent(), request_)  # type: ignore[arg-type]
+    assert reply["ok"] is False and error in reply["error"]
+
+
+def demote_args(**kwargs: Any) -> argparse.Namespace:
+    base: dict[str, Any] = {"hold": None, "release": None, "set": None, "change": None}
+    return argparse.Namespace(**{**base, **kwargs})
+
+
+def test_demote_requests() -> None:
+    assert demote_request(demote_args(change="+240")) == {"op": "demote", "adjust": 240}
+    assert demote_request(demote_args(change="-10")) == {"op": "demote", "adjust": -10}
+    assert demote_request(demote_args(set=0)) == {"op": "demote", "set": 0}
+    assert demote_request(demote_args(hold=["sync", "240"])) == {
+        "op": "demote",
+        "hold": "sync",
+        "value": 240,
+    }
+    assert demote_request(demote_args(release="sync")) == {
+        "op": "demote",
+        "hold": "sync",
+        "value": 0,
+    }
+    assert demote_request(demote_args()) == {"op": "demote"}
+    with pytest.raises(HafsError, match=r"write \+N to add or -N to subtract"):
+        demote_request(demote_args(change="240"))
+
+
+def ucarp_args(**kwargs: Any) -> argparse.Namespace:
+    base: dict[str, Any] = {
+        "interface": "eth0",
+        "srcip": "10.0.0.1",
+        "vhid": 4,
+        "passphrase": None,
+        "passfile": None,
+        "addr": "10.0.0.214",
+        "advbase": 1,
+        "advskew": 3,
+        "preempt": True,
+        "socket": None,
+    }
+    return argparse.Namespace(**{**base, **kwargs})
+
+
+def test_ucarp_flags_become_one_vhid(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = ucarp_config(ucarp_args(passphrase="testok"))
+    assert "--pass is visible to every local user" in capsys.readouterr().err
+    assert (config.interface, config.srcip, config.passphrase, config.preempt) == (
+        "eth0",
+        IPv4Address("10.0.0.1"),
+        "testok",
+        True,
+    )
+    assert config.vhids == (VhidEntry(4, (IPv4Address("10.0.0.214"),), 1, 3),)
+    assert config.control_socket == "/run/hafs/ucarp-4.sock" and config.event_command == ()
+
+    passfile = tmp_path / "pass"
+    passfile.write_text("s3cret\nignored\n")
+    passfile.chmod(0o600)
+    assert ucarp_config(ucarp_args(passfile=str(passfile))).passphrase == "s3cret"
+    assert capsys.readouterr().err == ""
+    passfile.chmod(0o644)
+    with pytest.raises(HafsError, match="readable by group or others"):
+        ucarp_config(ucarp_args(passfile=str(passfile)))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({}, "--pass or --passfile: give exactly one"),
+        ({"passphrase": "x", "vhid": 0}, "--vhid: must be 1..255, got 0"),
+        ({"passphrase": "x", "advskew": 255}, "--advskew: must be 0..254, got 255"),
+        ({"passphrase": "x", "advbase": 0}, "--advbase: must be 1..254, got 0"),
+        ({"passphrase": "x", "addr": "10.0.0"}, "--addr: '10.0.0' is not an IPv4 address"),
+        ({"passphrase": "x", "srcip": "me"}, "--srcip: 'me' is not an IPv4 address"),
+    ],
+)
+def test_ucarp_bad_flags_are_one_line(kwargs: dict[str, Any], error: str) -> None:
+    with pytest.raises(HafsError, match=error):
+        ucarp_config(ucarp_args(**kwargs))
+
+
+def test_ucarp_cli_exit_code_and_warning() -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hafs",
+            "ucarp",
+            "-i",
+            "lo",
+            "-s",
+            "127.0.0.1",
+            "-v",
+            "300",
+            "-p",
+            "testok",
+            "-a",
+            "127.0.0.9",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "hafs: error: --vhid: must be 1..255, got 300" in result.stderr
+
+
+def test_status_table_and_split_brain_warning(agent: Agent) -> None:
+    agent.receive("eth0", advert())
+    status = agent.status()
+    status["vhids"][0]["split_brain"] = "10.0.0.9"
+    text = format_status(status)
+    lines = text.splitlines()
+    assert lines[0].startswith("node n1 (pid ")
+    assert lines[1].split() == [
+        "VHID",
+        "IF",
+        "STATE",
+        "SINCE",
+        "REASON",
+        "MASTER",
+        "SKEW",
+        "SENT",
+        "RECV",
+        "DROPS",
+    ]
+    assert "BACKUP" in lines[2] and "10.0.0.2/0" in lines[2]
+    assert "WARNING: vhid 1: split brain: 10.0.0.9 also claims to be master" in text
