@@ -1,0 +1,1 @@
+"""What moves with a VIP: its ZFS dataset (zfs.py) and its own smbd instance (samba.py)."""

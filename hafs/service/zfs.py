@@ -1,0 +1,229 @@
+"""The one wrapper over the ``zfs``/``zpool`` command-line tools (no libzfs bindings).
+
+Theory of operation: every method builds one argv, prepends the command prefix, runs it through
+the injected runner and parses its output. The prefix says *where* the command runs: ``[]`` on a
+real host, ``["nsenter", "--mount=/proc/<pid>/ns/mnt", "--"]`` for a lab node whose zfs-fuse
+daemon lives in its own mount namespace (its control socket is ``/run/zfs/zfs_socket`` *in that
+namespace*), or an ssh command. Streams are not run here: :meth:`Zfs.send_command` and
+:meth:`Zfs.recv_command` return argv lists (prefix included) so the caller pipes one into the
+other, across namespaces or hosts.
+
+Rules, measured on Debian's zfs-fuse (pool version 23); the commands used are the subset that
+OpenZFS and FreeBSD's zfs accept as well:
+
+- Only options pool version 23 has: no ``-p`` on ``zfs list`` (``zfs get -p`` works), no
+  bookmarks, no resumable receive (``recv -s``), no ``send -n``. Snapshots are ordered by
+  ``createtxg``; ``creation`` has a one-second resolution.
+- A receive is all or nothing: a stream cut mid-way (sender killed) fails the receive and leaves
+  no partial snapshot, dataset or ``%recv`` clone behind, so every listed snapshot is complete.
+  On zfs-fuse, killing the ``zfs recv`` process does *not* abort it (the daemon holds the
+  stream and finishes it if more arrives): to abort, cut the stream.
+- A mounted writable replica is "modified since the most recent snapshot" after a mere read
+  (atime), which refuses a plain incremental receive: keep replicas ``readonly=on`` or receive
+  with ``-F`` (the default here), which first rolls the replica back to its newest snapshot.
+- zfs-fuse keeps the kernel's cached pages of a mounted replica across a receive: a file read
+  before can show its old content afterwards (same size) until the dataset is remounted.
+  ``zfs rollback`` remounts, so takeover always rolls back, even to the snapshot just received.
+- Every failure raises :class:`ZfsError`: one line with the command and the tool's message.
+"""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from hafs.errors import HafsError
+
+COMMAND_TIMEOUT = 120.0
+_MISSING = "dataset does not exist"
+
+
+class ZfsError(HafsError):
+    """A ``zfs``/``zpool`` command failed: one line, the full argv run (prefix included, so it
+    says which node) and the tool's message."""
+
+    exit_code = 1
+
+    def __init__(self, argv: Sequence[str], message: str) -> None:
+        self.argv = list(argv)
+        self.message = " ".join(message.split())
+        super().__init__(f"{shlex.join(self.argv)}: {self.message}")
+
+
+class Runner(Protocol):
+    """Runs one argv to completion; returns its exit code, stdout and stderr as text, and the
+    argv itself as ``args`` (as :func:`subprocess.run` does)."""
+
+    def __call__(self, argv: Sequence[str], /) -> subprocess.CompletedProcess[str]: ...
+
+
+def run_command(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
+    """The default :class:`Runner`: a local subprocess, stdin closed, :data:`COMMAND_TIMEOUT`."""
+    return subprocess.run(
+        list(argv),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=COMMAND_TIMEOUT,
+    )
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One snapshot of ``dataset``: ``name`` is the part after ``@``; ``txg`` orders them."""
+
+    dataset: str
+    name: str
+    txg: int
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.dataset}@{self.name}"
+
+
+class Zfs:
+    """``zfs``/``zpool`` commands run as ``prefix + argv`` through ``runner``."""
+
+    def __init__(self, prefix: Sequence[str] = (), runner: Runner = run_command) -> None:
+        self.prefix = list(prefix)
+        self.runner = runner
+
+    def _run(self, *argv: str) -> str:
+        """Run ``argv`` under the prefix; return stdout, or raise :class:`ZfsError`."""
+        proc = self._call(argv)
+        if proc.returncode != 0:
+            raise _failed(proc)
+        return proc.stdout
+
+    def _call(self, argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
+        full = [*self.prefix, *argv]
+        try:
+            return self.runner(full)
+        except subprocess.TimeoutExpired as exc:
+            raise ZfsError(full, f"timed out after {exc.timeout:g}s") from exc
+        except OSError as exc:
+            raise ZfsError(full, f"cannot run: {exc.strerror or exc}") from exc
+
+    # datasets
+
+    def exists(self, name: str) -> bool:
+        """Whether the dataset or snapshot ``name`` exists."""
+        proc = self._call(("zfs", "list", "-H", "-o", "name", name))
+        if proc.returncode == 0:
+            return True
+        if _MISSING in proc.stderr:
+            return False
+        raise _failed(proc)
+
+    def list_datasets(self, root: str) -> list[str]:
+        """``root`` and every filesystem below it, parents before children."""
+        out = self._run("zfs", "list", "-H", "-o", "name", "-t", "filesystem", "-r", root)
+        return out.splitlines()
+
+    def create(self, name: str, props: Mapping[str, str] | None = None) -> None:
+        """Create filesystem ``name`` (and missing parents) with ``props`` set on it."""
+        options = [arg for key, value in (props or {}).items() for arg in ("-o", f"{key}={value}")]
+        self._run("zfs", "create", "-p", *options, name)
+
+    def set(self, name: str, prop: str, value: str) -> None:
+        """Set ``prop=value`` on ``name`` (e.g. ``readonly=on`` to fence or make a replica)."""
+        self._run("zfs", "set", f"{prop}={value}", name)
+
+    def get(self, name: str, prop: str) -> str:
+        """The value of ``prop`` on ``name``, exact (``-p``: bytes, seconds), ``-`` if none.
+
+        zfs-fuse reports ``readonly`` of a *mounted* filesystem as ``off`` (source ``temporary``)
+        even when it is on and enforced: its mounts show ``rw`` in the mount table. Do not read
+        ``readonly`` back there; set it, and test a write if in doubt.
+        """
+        return self._run("zfs", "get", "-H", "-p", "-o", "value", prop, name).rstrip("\n")
+
+    # snapshots
+
+    def snapshot(self, snapshot: str) -> None:
+        """Take ``dataset@name``."""
+        self._run("zfs", "snapshot", _snapshot_name("snapshot", snapshot))
+
+    def snapshots(self, dataset: str) -> list[Snapshot]:
+        """The snapshots of ``dataset`` itself (not of its children), oldest first."""
+        out = self._run(
+            "zfs", "list", "-H", "-o", "name,createtxg", "-s", "createtxg",
+            "-t", "snapshot", "-d", "1", dataset,
+        )  # fmt: skip
+        result = []
+        for line in out.splitlines():
+            full, txg = line.split("\t")
+            parent, _, name = full.partition("@")
+            result.append(Snapshot(parent, name, int(txg)))
+        return result
+
+    def destroy_snapshot(self, snapshot: str) -> None:
+        """Destroy ``dataset@name`` (pruning); refuses anything that is not a snapshot name."""
+        self._run("zfs", "destroy", _snapshot_name("destroy", snapshot))
+
+    def rollback(self, snapshot: str, *, destroy_newer: bool = False) -> None:
+        """Roll the dataset back to ``snapshot``, discarding changes made since.
+
+        Rolling back past newer snapshots needs ``destroy_newer`` (``-r``), which destroys them:
+        that is how a returning node drops the history it made alone before pulling the delta.
+        """
+        flags = ["-r"] if destroy_newer else []
+        self._run("zfs", "rollback", *flags, _snapshot_name("rollback", snapshot))
+
+    # streams
+
+    def send_command(self, snapshot: str, incremental_from: str | None = None) -> list[str]:
+        """argv writing ``snapshot`` as a stream to stdout: full, or the delta from an older one.
+
+        ``incremental_from`` is a snapshot of the same dataset, ``dataset@name`` or ``@name``.
+        """
+        base = [] if incremental_from is None else ["-i", incremental_from]
+        return [*self.prefix, "zfs", "send", *base, _snapshot_name("send", snapshot)]
+
+    def recv_command(self, dataset: str, *, force: bool = True) -> list[str]:
+        """argv receiving a stream on stdin into ``dataset``.
+
+        ``force`` (``-F``) first rolls ``dataset`` back to its newest snapshot, so reads (atime)
+        or stray writes on the replica since then do not refuse the incremental.
+        """
+        flags = ["-F"] if force else []
+        return [*self.prefix, "zfs", "recv", *flags, dataset]
+
+    # pools
+
+    def zpool_create_file(self, pool: str, path: str, size: int, mountpoint: str) -> None:
+        """Create a sparse file of ``size`` bytes at ``path`` (which must not exist) and a pool
+        ``pool`` on it, mounted at ``mountpoint``: the lab's and a test host's disk."""
+        self._run(
+            "sh", "-c", 'set -C && : > "$1" && truncate -s "$2" "$1"', "zpool-file", path, str(size)
+        )
+        self._run("zpool", "create", "-m", mountpoint, pool, path)
+
+    def zpool_import(self, pool: str, search_dir: str | None = None) -> None:
+        """Import ``pool``, looking for its devices in ``search_dir`` (file vdevs) if given.
+
+        zfs-fuse does not stop a pool being imported by two daemons at once: only import a pool
+        whose previous holder exported it or is known dead.
+        """
+        where = [] if search_dir is None else ["-d", search_dir]
+        self._run("zpool", "import", *where, pool)
+
+    def zpool_export(self, pool: str) -> None:
+        """Unmount and export ``pool``; fails while a process still uses one of its mounts."""
+        self._run("zpool", "export", pool)
+
+
+def _failed(proc: subprocess.CompletedProcess[str]) -> ZfsError:
+    return ZfsError(proc.args, proc.stderr.strip() or f"exit status {proc.returncode}")
+
+
+def _snapshot_name(verb: str, snapshot: str) -> str:
+    """``snapshot`` if it is ``dataset@name``; otherwise the ``zfs verb`` is refused here."""
+    dataset, at, name = snapshot.partition("@")
+    if not (dataset and at and name) or "@" in name:
+        raise ZfsError(("zfs", verb, snapshot), "not a snapshot name (dataset@name)")
+    return snapshot

@@ -1,0 +1,516 @@
+"""hafs.service.zfs and hafs.service.samba against real daemons (root, zfs-fuse, Samba).
+
+Each node is one zfs-fuse daemon in its own mount namespace, the recipe the lab reuses:
+
+1. An *anchor* ``unshare --mount --propagation private -- sh -c ANCHOR`` (inside the node's
+   network namespace when it serves a VIP) puts private tmpfs mounts over ``/run`` (zfs-fuse's
+   socket ``/run/zfs/zfs_socket`` and lock ``/run/lock/zfs``) and ``/var/lib/zfs`` (its
+   ``zpool.cache``), drops its copies of other runs' ``/run/netns`` mounts so it never pins their
+   namespaces, then sleeps. Nothing it mounts is visible outside, and when the last process in
+   the namespace dies the kernel removes every mount in it, stale FUSE mounts included.
+2. ``nsenter --mount=/proc/<anchor>/ns/mnt -- zfs-fuse --no-daemon --no-kstat-mount`` is the
+   node's daemon; the same prefix before ``zfs``/``zpool`` talks to it (``Zfs(prefix)``). smbd
+   needs the node's addresses too: ``nsenter --target=<anchor> --mount --net -- smbd ...``.
+3. Stop: ``zpool export`` every pool, SIGTERM the daemon (it takes about 3 s to exit), kill the
+   anchor.
+
+Every child starts under ``setpriv --pdeathsig KILL``, so even a killed pytest leaves no daemon
+or namespace behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+from pathlib import Path
+
+import pytest
+
+from hafs.lab.netns import Netns, inside, new_prefix
+from hafs.service.samba import (
+    SambaDirs,
+    SambaInstance,
+    SambaShare,
+    add_user_argv,
+    render_smb_conf,
+    start_argv,
+    stop_argvs,
+)
+from hafs.service.zfs import Snapshot, Zfs, ZfsError
+from tests.lab.conftest import Pair
+
+pytestmark = pytest.mark.lab
+
+ANCHOR = r"""
+set -e
+umount -R -l /run/netns 2>/dev/null || true
+mount -t tmpfs -o mode=755,size=16m "$1-run" /run
+mkdir /run/lock
+mount -t tmpfs -o mode=755,size=1m "$1-lib" /var/lib/zfs
+cp /etc/passwd /etc/group /run/
+echo "$2:x:$3:$3::/nonexistent:/usr/sbin/nologin" >> /run/passwd
+echo "$2:x:$3:" >> /run/group
+mount --bind /run/passwd /etc/passwd
+mount --bind /run/group /etc/group
+echo ready
+exec sleep infinity
+"""
+SMB_USER, SMB_UID, SMB_PASSWORD = "hafstest", "64123", "Corr3ct-horse"
+POOL_SIZE = 256 << 20
+READY_TIMEOUT = 10.0
+STOP_TIMEOUT = 10.0
+# Every child dies with this process (PR_SET_PDEATHSIG survives exec), even if pytest is killed.
+DIE_WITH_US = ["setpriv", "--pdeathsig", "KILL", "--"]
+
+
+def _missing(*tools: str) -> str | None:
+    absent = [tool for tool in tools if shutil.which(tool) is None]
+    if not os.path.exists("/dev/fuse"):
+        absent.append("/dev/fuse")
+    if not os.path.isdir("/var/lib/zfs"):
+        absent.append("/var/lib/zfs (created by the zfs-fuse package)")
+    return f"lab test needs {', '.join(absent)}" if absent else None
+
+
+def _skip_or_fail(reason: str | None) -> None:
+    """tests/lab/conftest.py's rule for what it does not probe: skip, but fail when CI=true."""
+    if reason is None:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} (CI=true: lab tests must run, not skip)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def require_zfs_fuse() -> None:
+    if os.geteuid() != 0:
+        _skip_or_fail("lab tests need root")
+    _skip_or_fail(_missing("zfs-fuse", "zfs", "zpool", "unshare", "nsenter", "setpriv"))
+
+
+@dataclass
+class Node:
+    """One zfs-fuse daemon in its own mount namespace, with one pool on a sparse file."""
+
+    label: str
+    workdir: Path
+    anchor: subprocess.Popen[bytes]
+    daemon: subprocess.Popen[bytes] | None = None
+
+    @property
+    def prefix(self) -> list[str]:
+        return ["nsenter", f"--mount=/proc/{self.anchor.pid}/ns/mnt", "--"]
+
+    @property
+    def zfs(self) -> Zfs:
+        return Zfs(self.prefix)
+
+    @property
+    def pool(self) -> str:
+        return self.label
+
+    @property
+    def mountpoint(self) -> str:
+        return f"/run/{self.label}"
+
+    def run(self, *argv: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*self.prefix, *argv], input=stdin, capture_output=True, text=True, check=False
+        )
+
+    def sh(self, script: str) -> str:
+        proc = self.run("sh", "-c", script)
+        assert proc.returncode == 0, f"{script}: {proc.stderr}"
+        return proc.stdout
+
+    def fuse_mounts(self) -> list[str]:
+        return [
+            line for line in self.sh("cat /proc/self/mounts").splitlines() if "fuse.zfs" in line
+        ]
+
+    def start_daemon(self) -> None:
+        with open(self.workdir / f"{self.label}.log", "ab") as log:
+            self.daemon = subprocess.Popen(
+                [*DIE_WITH_US, *self.prefix, "zfs-fuse", "--no-daemon", "--no-kstat-mount"],
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + READY_TIMEOUT
+        while self.run("zpool", "list", "-H").returncode != 0:
+            assert self.daemon.poll() is None, f"zfs-fuse exited {self.daemon.returncode}"
+            assert time.monotonic() < deadline, "zfs-fuse did not answer"
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        """Export the pools, then SIGTERM the daemon (call :meth:`reap` afterwards)."""
+        if self.daemon is not None and self.daemon.poll() is None:
+            for pool in self.run("zpool", "list", "-H", "-o", "name").stdout.split():
+                self.run("zpool", "export", pool)
+            self.daemon.terminate()
+
+    def reap(self) -> None:
+        """Wait for the daemon, then kill the anchor: the namespace and its mounts go with it."""
+        if self.daemon is not None:
+            try:
+                self.daemon.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.daemon.kill()
+                self.daemon.wait()
+        self.anchor.kill()
+        self.anchor.communicate()
+
+
+def start_node(label: str, workdir: Path, netns: Netns | None = None) -> Node:
+    """Anchor a private mount namespace (in ``netns`` if given), start zfs-fuse, create a pool."""
+    enter_net = [] if netns is None else ["nsenter", f"--net=/run/netns/{netns.name}", "--"]
+    anchor = subprocess.Popen(
+        [*DIE_WITH_US, *enter_net, "unshare", "--mount", "--propagation", "private", "--",
+         "sh", "-c", ANCHOR, "anchor", label, SMB_USER, SMB_UID],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )  # fmt: skip
+    assert anchor.stdout is not None and anchor.stderr is not None
+    if anchor.stdout.readline() != b"ready\n":
+        anchor.kill()
+        pytest.fail(f"namespace anchor failed: {anchor.communicate()[1].decode().strip()}")
+    node = Node(label, workdir, anchor)
+    try:
+        node.start_daemon()
+        node.zfs.zpool_create_file(
+            node.pool, str(workdir / f"{label}.img"), POOL_SIZE, node.mountpoint
+        )
+        node.zfs.create(f"{node.pool}/hafs")  # a full receive needs the parent
+    except BaseException:
+        node.stop()
+        node.reap()
+        raise
+    return node
+
+
+@contextlib.contextmanager
+def running_nodes(names: Sequence[str], netns: Netns | None = None) -> Iterator[list[Node]]:
+    """Nodes ``<prefix>-<name>``; on exit every daemon, namespace and file of the run is gone."""
+    prefix = new_prefix("hafs-z")
+    workdir = Path(tempfile.mkdtemp(prefix=f"{prefix}-"))
+    nodes: list[Node] = []
+    try:
+        for name in names:
+            nodes.append(start_node(f"{prefix}-{name}", workdir, netns))
+        yield nodes
+    finally:
+        for node in nodes:
+            node.stop()
+        for node in nodes:
+            node.reap()
+        shutil.rmtree(workdir)
+    leaked = [line for line in Path("/proc/self/mounts").read_text().splitlines() if prefix in line]
+    assert not leaked, leaked
+
+
+@pytest.fixture(scope="module")
+def two(require_zfs_fuse: None) -> Iterator[tuple[Node, Node]]:
+    """Holder ``a`` and backup ``b``: two daemons, one pool each, shared by this module's tests."""
+    with running_nodes(["a", "b"]) as (a, b):
+        yield a, b
+
+
+def pipe(send: list[str], recv: list[str], cut_after: int | None = None) -> tuple[int, str]:
+    """Pump ``send``'s stdout into ``recv``'s stdin through this process, as replication will.
+
+    ``cut_after`` bytes: then kill the sender and close the stream, like a holder dying mid-send.
+    Returns the receiver's exit status and stderr.
+    """
+    with (
+        subprocess.Popen(send, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) as sender,
+        subprocess.Popen(recv, stdin=subprocess.PIPE, stderr=subprocess.PIPE) as receiver,
+    ):
+        assert sender.stdout and receiver.stdin and receiver.stderr
+        sent = 0
+        try:
+            while chunk := sender.stdout.read(1 << 16):
+                if cut_after is not None and sent + len(chunk) > cut_after:
+                    receiver.stdin.write(chunk[: cut_after - sent])
+                    sender.kill()
+                    break
+                receiver.stdin.write(chunk)
+                sent += len(chunk)
+        except BrokenPipeError:
+            sender.kill()  # the receiver gave up early; its status and stderr say why
+        finally:
+            with contextlib.suppress(BrokenPipeError):
+                receiver.stdin.close()
+        return receiver.wait(), receiver.stderr.read().decode()
+
+
+def names(snapshots: Sequence[Snapshot]) -> list[str]:
+    return [s.name for s in snapshots]
+
+
+def test_full_then_incremental_replication_between_two_daemons(two: tuple[Node, Node]) -> None:
+    a, b = two
+    src, dst = f"{a.pool}/hafs/rep", f"{b.pool}/hafs/rep"
+    a.zfs.create(src, {"atime": "off"})
+    a.sh(f"echo one > {a.mountpoint}/hafs/rep/f")
+    a.zfs.snapshot(f"{src}@r1")
+
+    assert pipe(a.zfs.send_command(f"{src}@r1"), b.zfs.recv_command(dst)) == (0, "")
+    b.zfs.set(dst, "readonly", "on")
+    assert b.sh(f"cat {b.mountpoint}/hafs/rep/f") == "one\n"
+
+    a.sh(f"echo two > {a.mountpoint}/hafs/rep/g")
+    a.zfs.snapshot(f"{src}@r2")
+    incremental = a.zfs.send_command(f"{src}@r2", incremental_from=f"{src}@r1")
+    assert pipe(incremental, b.zfs.recv_command(dst)) == (0, "")
+
+    assert b.sh(f"cat {b.mountpoint}/hafs/rep/g") == "two\n"
+    replica = b.zfs.snapshots(dst)
+    assert names(replica) == ["r1", "r2"] == names(a.zfs.snapshots(src))
+    assert replica[0].txg < replica[1].txg
+    assert replica[1].full_name == f"{dst}@r2"
+    denied = b.run("sh", "-c", f"echo x > {b.mountpoint}/hafs/rep/g")
+    assert denied.returncode != 0 and "Read-only file system" in denied.stderr
+
+
+def test_plain_incremental_is_refused_after_a_read_on_a_writable_replica(
+    two: tuple[Node, Node],
+) -> None:
+    a, b = two
+    src, dst = f"{a.pool}/hafs/atime", f"{b.pool}/hafs/atime"
+    a.zfs.create(src)
+    a.sh(f"echo one > {a.mountpoint}/hafs/atime/f")
+    a.zfs.snapshot(f"{src}@r1")
+    assert pipe(a.zfs.send_command(f"{src}@r1"), b.zfs.recv_command(dst)) == (0, "")
+    b.sh(f"cat {b.mountpoint}/hafs/atime/f")  # atime: the replica is now "modified"
+    a.zfs.snapshot(f"{src}@r2")
+
+    status, err = pipe(a.zfs.send_command(f"{src}@r2", "@r1"), b.zfs.recv_command(dst, force=False))
+    assert status != 0 and "has been modified" in err
+    assert pipe(a.zfs.send_command(f"{src}@r2", "@r1"), b.zfs.recv_command(dst)) == (0, "")
+    assert names(b.zfs.snapshots(dst)) == ["r1", "r2"]
+
+
+def test_rollback_after_a_receive_serves_the_received_data(two: tuple[Node, Node]) -> None:
+    """zfs-fuse keeps cached pages across a receive (``f`` read before still shows ``one``);
+    the rollback that takeover does anyway remounts and serves what was received."""
+    a, b = two
+    src, dst = f"{a.pool}/hafs/cache", f"{b.pool}/hafs/cache"
+    a.zfs.create(src)
+    a.sh(f"echo one > {a.mountpoint}/hafs/cache/f")
+    a.zfs.snapshot(f"{src}@r1")
+    assert pipe(a.zfs.send_command(f"{src}@r1"), b.zfs.recv_command(dst)) == (0, "")
+    b.zfs.set(dst, "readonly", "on")
+    assert b.sh(f"cat {b.mountpoint}/hafs/cache/f") == "one\n"
+    a.sh(f"echo two > {a.mountpoint}/hafs/cache/f")
+    a.zfs.snapshot(f"{src}@r2")
+    assert pipe(a.zfs.send_command(f"{src}@r2", "@r1"), b.zfs.recv_command(dst)) == (0, "")
+
+    b.zfs.rollback(b.zfs.snapshots(dst)[-1].full_name)
+    b.zfs.set(dst, "readonly", "off")
+
+    assert b.sh(f"cat {b.mountpoint}/hafs/cache/f") == "two\n"
+
+
+def test_a_cut_stream_leaves_the_replica_at_its_last_complete_snapshot(
+    two: tuple[Node, Node],
+) -> None:
+    a, b = two
+    src, dst = f"{a.pool}/hafs/cut", f"{b.pool}/hafs/cut"
+    a.zfs.create(src)
+    a.zfs.snapshot(f"{src}@r1")
+    assert pipe(a.zfs.send_command(f"{src}@r1"), b.zfs.recv_command(dst)) == (0, "")
+    a.sh(f"dd if=/dev/urandom of={a.mountpoint}/hafs/cut/big bs=1M count=8 status=none")
+    a.zfs.snapshot(f"{src}@r2")
+
+    status, err = pipe(a.zfs.send_command(f"{src}@r2", "@r1"), b.zfs.recv_command(dst), 1 << 20)
+
+    assert status != 0 and "invalid backup stream" in err
+    assert names(b.zfs.snapshots(dst)) == ["r1"]
+    assert not b.zfs.exists(f"{dst}@r2")
+    assert b.zfs.list_datasets(f"{b.pool}/hafs/cut") == [dst]
+    assert pipe(a.zfs.send_command(f"{src}@r2", "@r1"), b.zfs.recv_command(dst)) == (0, "")
+    assert names(b.zfs.snapshots(dst)) == ["r1", "r2"]
+
+
+def test_takeover_rolls_back_then_makes_the_replica_writable(two: tuple[Node, Node]) -> None:
+    _, b = two
+    ds = f"{b.pool}/hafs/take"
+    path = f"{b.mountpoint}/hafs/take"
+    b.zfs.create(ds)
+    b.sh(f"echo kept > {path}/f")
+    b.zfs.snapshot(f"{ds}@r1")
+    b.sh(f"echo newer > {path}/f")
+    b.zfs.snapshot(f"{ds}@r2")
+    b.sh(f"echo unsnapshotted > {path}/f && touch {path}/stray")
+    b.zfs.set(ds, "readonly", "on")
+
+    newest = b.zfs.snapshots(ds)[-1]
+    b.zfs.rollback(newest.full_name)
+    b.zfs.set(ds, "readonly", "off")
+
+    assert b.sh(f"cat {path}/f; ls {path}") == "newer\nf\n"
+    b.sh(f"echo served > {path}/f")
+    with pytest.raises(ZfsError, match="more recent snapshots exist"):
+        b.zfs.rollback(f"{ds}@r1")
+    b.zfs.rollback(f"{ds}@r1", destroy_newer=True)
+    assert names(b.zfs.snapshots(ds)) == ["r1"]
+    assert b.sh(f"cat {path}/f") == "kept\n"
+
+
+def test_properties_listing_and_pruning(two: tuple[Node, Node]) -> None:
+    a, _ = two
+    root = f"{a.pool}/hafs/props"
+    a.zfs.create(f"{root}/child", {"atime": "off", "compression": "on"})
+    assert a.zfs.list_datasets(root) == [root, f"{root}/child"]
+    assert a.zfs.exists(f"{root}/child") and not a.zfs.exists(f"{root}/nope")
+    assert a.zfs.get(f"{root}/child", "atime") == "off"
+    assert a.zfs.get(f"{root}/child", "compression") == "on"
+    assert a.zfs.get(root, "used").isdigit()  # -p: bytes, not "1.5M"
+    a.zfs.snapshot(f"{root}@p1")
+    a.zfs.snapshot(f"{root}/child@p1")
+    a.zfs.snapshot(f"{root}@p2")
+    assert names(a.zfs.snapshots(root)) == ["p1", "p2"]  # not the child's
+
+    a.zfs.destroy_snapshot(f"{root}@p1")
+
+    assert names(a.zfs.snapshots(root)) == ["p2"]
+    assert a.zfs.exists(f"{root}/child@p1")
+
+
+def test_errors_name_the_command_and_the_reason_in_one_line(two: tuple[Node, Node]) -> None:
+    a, _ = two
+    missing = f"{a.pool}/hafs/missing"
+    with pytest.raises(ZfsError) as info:
+        a.zfs.snapshot(f"{missing}@x")
+    message = str(info.value)
+    assert message.startswith(
+        f"nsenter --mount=/proc/{a.anchor.pid}/ns/mnt -- zfs snapshot {missing}@x: "
+    )
+    assert "dataset does not exist" in message and "\n" not in message
+    assert info.value.exit_code == 1
+    for refused in (missing, f"{missing}@", "@x", f"{missing}@a@b"):
+        with pytest.raises(ZfsError, match="not a snapshot name"):
+            a.zfs.destroy_snapshot(refused)
+    with pytest.raises(ZfsError, match="cannot run"):
+        Zfs(["/nonexistent/hafs-prefix"]).exists(missing)
+
+
+def test_export_unmounts_and_import_brings_the_data_back(two: tuple[Node, Node]) -> None:
+    _, b = two
+    b.zfs.create(f"{b.pool}/hafs/moved")
+    b.sh(f"echo data > {b.mountpoint}/hafs/moved/f")
+    b.zfs.zpool_export(b.pool)
+    assert b.fuse_mounts() == []
+    assert not b.zfs.exists(b.pool)
+    b.zfs.zpool_import(b.pool, str(b.workdir))
+    assert b.sh(f"cat {b.mountpoint}/hafs/moved/f") == "data\n"
+    with pytest.raises(ZfsError, match="File exists"):
+        b.zfs.zpool_create_file("other", str(b.workdir / f"{b.label}.img"), POOL_SIZE, "/run/x")
+
+
+# --- one smbd per VIP, serving a share on the VIP's dataset --------------------------------------
+
+VIP = IPv4Address("10.77.0.100")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def _wait_listening(client: Netns, address: IPv4Address, port: int) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT
+    while True:
+        with inside(client), socket.socket() as probe:
+            probe.settimeout(1)
+            if probe.connect_ex((str(address), port)) == 0:
+                return
+        assert time.monotonic() < deadline, f"nothing listens on {address}:{port}"
+        time.sleep(0.01)
+
+
+def _stop_instance(node: Node, instance: SambaInstance, smbd: subprocess.Popen[bytes]) -> None:
+    """Stop smbd and its samba-dcerpcd through smbcontrol, as step-down will; wait for both."""
+    pidfile = f"{instance.dirs.pid}/samba-dcerpcd.pid"
+    dcerpcd = node.run("cat", pidfile).stdout.strip()
+    for argv in stop_argvs(instance):
+        node.run(*argv)
+    try:
+        smbd.wait(STOP_TIMEOUT)
+    finally:
+        if smbd.poll() is None:
+            smbd.kill()
+            smbd.wait()
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while dcerpcd and _alive(int(dcerpcd)):
+        assert time.monotonic() < deadline, "samba-dcerpcd outlived its shutdown"
+        time.sleep(0.01)
+
+
+def test_rendered_instance_serves_a_dataset_share_to_pysmb(
+    require_zfs_fuse: None, pair: Pair
+) -> None:
+    smb = pytest.importorskip("smb.SMBConnection")
+    _skip_or_fail(_missing("smbd", "smbcontrol", "smbpasswd"))
+    pair.a.add_address("eth0", f"{VIP}/32")
+    with running_nodes(["s"], pair.a) as (node,):
+        dataset = f"{node.mountpoint}/hafs/vip1"
+        node.zfs.create(f"{node.pool}/hafs/vip1")
+        data = f"{dataset}/shares/data"
+        instance = SambaInstance(
+            name="VIP1",
+            vip=VIP,
+            shares=(SambaShare("data", data, valid_users=(SMB_USER,)),),
+            dirs=SambaDirs.for_vip(dataset, "/run/hafs-vip1"),
+            config_file="/run/hafs-vip1/smb.conf",
+        )
+        dirs = instance.dirs
+        node.sh(
+            f"mkdir -p {data} {dirs.private} {dirs.state} {dirs.lock} {dirs.cache} {dirs.pid} "
+            f"{dirs.ncalrpc} {os.path.dirname(dirs.log_file)} && chown {SMB_USER} {data}"
+        )
+        written = node.run(
+            "sh", "-c", f"cat > {instance.config_file}", stdin=render_smb_conf(instance)
+        )
+        assert written.returncode == 0, written.stderr
+        added = node.run(*add_user_argv(instance, SMB_USER), stdin=f"{SMB_PASSWORD}\n" * 2)
+        assert added.returncode == 0, added.stderr
+        in_node = ["nsenter", f"--target={node.anchor.pid}", "--mount", "--net", "--"]
+        # A plain child: smbd --foreground calls setsid() itself (fails if already a leader).
+        smbd = subprocess.Popen([*DIE_WITH_US, *in_node, *start_argv(instance, foreground=True)])
+        try:
+            _wait_listening(pair.b, VIP, 445)
+            with inside(pair.b), socket.socket() as other:
+                assert other.connect_ex(("10.77.0.1", 445)) != 0  # only the VIP is bound
+            conn = smb.SMBConnection(SMB_USER, SMB_PASSWORD, "client", "VIP1", is_direct_tcp=True)
+            with inside(pair.b):
+                assert conn.connect(str(VIP), 445, timeout=5)
+            try:
+                assert {s.name for s in conn.listShares(timeout=10)} == {"data", "IPC$"}
+                conn.storeFile("data", "/hello.txt", io.BytesIO(b"hello hafs"), timeout=10)
+                assert node.sh(f"cat {data}/hello.txt") == "hello hafs"
+                back = io.BytesIO()
+                conn.retrieveFile("data", "/hello.txt", back, timeout=10)
+                assert back.getvalue() == b"hello hafs"
+                conn.deleteFiles("data", "/hello.txt", timeout=10)
+                assert node.sh(f"ls -A {data}") == ""
+            finally:
+                conn.close()
+            assert node.run("test", "-s", f"{dirs.pid}/samba-dcerpcd.pid").returncode == 0
+        finally:
+            _stop_instance(node, instance, smbd)
+        assert smbd.returncode in (0, -signal.SIGTERM)  # smbd ends itself with SIGTERM
+        assert node.sh(f"ls {dirs.private}").split() == ["passdb.tdb", "secrets.tdb"]
