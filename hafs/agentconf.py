@@ -28,7 +28,7 @@ import json
 import os
 import stat
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, ip_address
 from pathlib import Path
@@ -81,7 +81,9 @@ def _toml(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-def render(cluster: Cluster, node: Node) -> str:
+def render(
+    cluster: Cluster, node: Node, event_command: Sequence[str] = DEFAULT_EVENT_COMMAND
+) -> str:
     """The agent.toml of a Linux node: every vhid it carries, with its advskew."""
     src = cluster.source_address(node)
     lines = [
@@ -97,7 +99,7 @@ def render(cluster: Cluster, node: Node) -> str:
         f"pass = {_toml(cluster.carp_pass)}",
         f"preempt = {_toml(node.preempt)}",
         f"link_mode = {_toml(node.link_mode)}",
-        f"event_command = {_toml(list(DEFAULT_EVENT_COMMAND))}",
+        f"event_command = {_toml(list(event_command))}",
     ]
     for vip in cluster.vips_of(node.name):
         lines += [

@@ -22,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     from hafs import commands
     from hafs.carp import cli as carp_cli
     from hafs.carp import commands as agent_commands
+    from hafs.lab import cli as lab_cli
 
     parser = argparse.ArgumentParser(
         prog="hafs",
@@ -34,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.register(sub)
     carp_cli.register(sub)
     agent_commands.register(sub)
+    lab_cli.register(sub)
     return parser
 
 

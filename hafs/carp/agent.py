@@ -127,7 +127,8 @@ class Vhid:
     vip_ifname: str  # where the VIPs go: the interface, or its macvlan in vmac mode
     timer: asyncio.TimerHandle | None = None
     drops: Counter[str] = field(default_factory=Counter)
-    last_foreign_master: tuple[float, str] | None = None  # (monotonic time, source)
+    # another master that does not step down: source -> (first, last) heard, monotonic
+    foreign_masters: dict[str, tuple[float, float]] = field(default_factory=dict)
     started: bool = False  # has been BACKUP or MASTER once (for ucarp's --neutral)
 
     @property
@@ -326,14 +327,39 @@ class Agent:
         seen = vhid.machine.foreign_masters_seen
         self._handle(vhid, AdvertReceived(advert, source))
         if vhid.machine.foreign_masters_seen != seen:
-            vhid.last_foreign_master = (self.loop.time(), str(source))
+            self._foreign_master(vhid, str(source), advert.advskew)
+
+    def _foreign_master(self, vhid: Vhid, source: str, advskew: int) -> None:
+        """A worse master keeps advertising while we are master: warn once it persists.
+
+        During an election a node may hear one stale advert of a master that is about to
+        step down; only a master still advertising after a master-down interval (it does not
+        hear us: a partition, a wrong pass on its side) is a split brain.
+        """
+        now = self.loop.time()
+        window = vhid.machine.config.master_down
+        first, last = vhid.foreign_masters.get(source, (now, now))
+        if now - last > window:
+            first = now  # a new episode
+        vhid.foreign_masters[source] = (first, now)
+        if now - first >= window and last - first < window:
             log.warning(
-                "vhid %s: split brain: %s also claims to be master (advskew %d) and does "
-                "not step down",
+                "vhid %s: split brain: %s also claims to be master (advskew %d) and has not "
+                "stepped down for %.1fs",
                 vhid.name,
                 source,
-                advert.advskew,
+                advskew,
+                now - first,
             )
+
+    def split_brain(self, vhid: Vhid) -> list[str]:
+        """Sources of masters that have advertised beside us for over a master-down interval."""
+        now, window = self.loop.time(), vhid.machine.config.master_down
+        return sorted(
+            source
+            for source, (first, last) in vhid.foreign_masters.items()
+            if now - last <= window and last - first >= window
+        )
 
     def _links_changed(self) -> None:
         assert self._monitor is not None
@@ -508,7 +534,7 @@ class Agent:
                 "adverts_sent": m.adverts_sent,
                 "adverts_received": m.adverts_received,
                 "drops": dict(vhid.drops),
-                "split_brain": None,
+                "split_brain": [],
             }
             if m.master_source is not None:
                 item["master"] = {
@@ -516,9 +542,7 @@ class Agent:
                     "advskew": m.master_advskew,
                     "advbase": m.master_advbase,
                 }
-            foreign = vhid.last_foreign_master
-            if foreign is not None and now - foreign[0] <= 3 * m.config.advbase + 1:
-                item["split_brain"] = foreign[1]
+            item["split_brain"] = self.split_brain(vhid)
             vhids.append(item)
         return {
             "node": self.config.node,

@@ -246,9 +246,9 @@ def format_status(status: dict[str, Any]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     for v in status["vhids"]:
-        if v["split_brain"]:
+        for source in v["split_brain"]:
             lines.append(
-                f"WARNING: vhid {v['vhid']}: split brain: {v['split_brain']} also claims to be "
+                f"WARNING: vhid {v['vhid']}: split brain: {source} also claims to be "
                 "master and does not step down"
             )
     if status["drops"]:

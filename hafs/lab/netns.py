@@ -168,6 +168,7 @@ class Lab:
     """
 
     prefix: str
+    persistent: bool = False  # True: outlives this process (hafs lab); close() only on demand
     switch: Netns = field(init=False)
     bridge: str = field(init=False)
     nodes: dict[str, Netns] = field(init=False, default_factory=dict)
@@ -186,7 +187,8 @@ class Lab:
         except BaseException:
             cleanup(self.prefix)
             raise
-        atexit.register(self.close)
+        if not self.persistent:
+            atexit.register(self.close)
 
     def __enter__(self) -> Lab:
         return self

@@ -268,7 +268,7 @@ def test_ucarp_cli_exit_code_and_warning() -> None:
 def test_status_table_and_split_brain_warning(agent: Agent) -> None:
     agent.receive("eth0", advert())
     status = agent.status()
-    status["vhids"][0]["split_brain"] = "10.0.0.9"
+    status["vhids"][0]["split_brain"] = ["10.0.0.9"]
     text = format_status(status)
     lines = text.splitlines()
     assert lines[0].startswith("node n1 (pid ")
@@ -286,3 +286,23 @@ def test_status_table_and_split_brain_warning(agent: Agent) -> None:
     ]
     assert "BACKUP" in lines[2] and "10.0.0.2/0" in lines[2]
     assert "WARNING: vhid 1: split brain: 10.0.0.9 also claims to be master" in text
+
+
+def test_split_brain_is_reported_only_when_it_persists(
+    agent: Agent, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = [100.0]
+    agent.loop.time = lambda: clock[0]  # type: ignore[method-assign]
+    vhid = agent.vhids[("eth0", 1)]
+    window = vhid.machine.config.master_down  # 3 + 10/256 s
+    agent._foreign_master(vhid, "10.0.0.9", 50)  # one stale advert during an election
+    clock[0] += 1
+    assert agent.split_brain(vhid) == [] and "split brain" not in caplog.text
+    clock[0] += window + 1  # silence: the episode is over
+    for _ in range(5):  # a master that keeps advertising beside us
+        agent._foreign_master(vhid, "10.0.0.9", 50)
+        clock[0] += 1
+    assert agent.split_brain(vhid) == ["10.0.0.9"]
+    assert caplog.text.count("split brain: 10.0.0.9") == 1  # warned once per episode
+    clock[0] += window + 1
+    assert agent.split_brain(vhid) == []

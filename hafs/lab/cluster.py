@@ -1,0 +1,564 @@
+"""`hafs lab`: the cluster of an inventory as light containers on one Linux machine.
+
+A lab named NAME is made of:
+
+- network namespaces ``NAME-sw`` (holding the bridge ``NAME-br``), ``NAME-n<i>`` for node i
+  of the inventory and ``NAME-client``; no default route anywhere, nothing in the root
+  namespace. Each node's interface carries the inventory's name (``em0``, ``ens36``) and fixed
+  address.
+- per node an *anchor* process, the node's "hardware": it holds a mount and UTS namespace with
+  the hostname of the node, private tmpfs over ``/run`` and ``/var/lib/zfs`` and an overlay
+  over ``/etc``. Everything of the node runs entered into the anchor's namespaces: its
+  zfs-fuse daemon (pool on a sparse file), its CARP daemon (``hafs agent``, or stock ucarp
+  for FreeBSD nodes with ``--foreign ucarp``) and whatever those start.
+- a work directory ``/var/tmp/hafs-lab/NAME`` with ``state.json`` (what was made, every pid
+  with its start time), each node's pool file, /etc upper layer, configs and logs.
+
+Every command reads the state, so ``down`` also cleans up after a crash of the lab command.
+Processes are stopped by pid only: the ones recorded, and those found inside the lab's own
+namespaces. Traffic stays inside the lab: clients run in ``NAME-client``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from ipaddress import IPv4Interface
+from pathlib import Path
+from typing import Any
+
+from hafs import agentconf
+from hafs.check import check
+from hafs.cluster import Cluster, Node, load
+from hafs.lab.netns import NETNS_DIR, Lab, LabError, Netns, Port, cleanup, list_namespaces
+
+LAB_ROOT = Path("/var/tmp/hafs-lab")
+POOL_SIZE = "512M"
+READY_TIMEOUT = 15.0
+STOP_TIMEOUT = 10.0
+ZFS_MOUNT_ROOT = "/run/zpool"  # pools mount inside the node's private /run
+
+ANCHOR = r"""
+set -e
+umount -R -l /run/netns 2>/dev/null || true
+mount -t tmpfs -o mode=755,size=64m "hafs-$1-run" /run
+mkdir -p /run/lock /run/hafs
+mount -t tmpfs -o mode=755,size=1m "hafs-$1-zfs" /var/lib/zfs
+mount -t overlay "hafs-$1-etc" -o "lowerdir=/etc,upperdir=$2/etc-upper,workdir=$2/etc-work" /etc
+hostname "$1"
+echo ready
+exec sleep infinity
+"""
+UCARP_UP = '#!/bin/sh\nip addr add "$2/32" dev "$1" label "$1:$3"\n'
+UCARP_DOWN = '#!/bin/sh\nip addr del "$2/32" dev "$1" 2>/dev/null || true\n'
+
+Progress = Callable[[str], None]
+
+
+def _quiet(message: str) -> None:
+    """A progress sink that shows nothing."""
+
+
+def start_time(pid: int) -> int | None:
+    """The kernel's start time of ``pid`` (clock ticks since boot); None if gone or a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] in ("Z", "X") else int(fields[19])
+
+
+@dataclass(frozen=True)
+class Proc:
+    """A process the lab started: its pid and start time, so a recycled pid is never hit."""
+
+    pid: int
+    start: int
+
+    @classmethod
+    def of(cls, popen: subprocess.Popen[Any]) -> Proc:
+        return cls(popen.pid, start_time(popen.pid) or 0)
+
+    @property
+    def alive(self) -> bool:
+        return start_time(self.pid) == self.start
+
+    def signal(self, sig: int) -> None:
+        if self.alive:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, sig)
+
+
+def pids_in_netns(ns: str) -> list[int]:
+    """Every process whose network namespace is ``ns`` (by inode, never by name)."""
+    try:
+        target = os.stat(os.path.join(NETNS_DIR, ns)).st_ino
+    except OSError:
+        return []
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                if os.stat(f"/proc/{entry}/ns/net").st_ino == target:
+                    pids.append(int(entry))
+    return pids
+
+
+class ClusterLab:
+    """One lab: its state on disk and the operations on it."""
+
+    def __init__(self, name: str, root: Path = LAB_ROOT) -> None:
+        self.name = name
+        self.dir = root / name
+        self.state_file = self.dir / "state.json"
+        self.state: dict[str, Any] = {}
+        if self.state_file.exists():
+            self.state = json.loads(self.state_file.read_text())
+
+    # --- state ----------------------------------------------------------------------------
+
+    @property
+    def exists(self) -> bool:
+        return bool(self.state) or bool(list_namespaces(self.name))
+
+    def _save(self) -> None:
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.state, indent=2))
+        tmp.replace(self.state_file)
+
+    def cluster(self) -> Cluster:
+        return load(self.state["inventory"])
+
+    def node_state(self, node: str) -> dict[str, Any]:
+        nodes: dict[str, dict[str, Any]] = self.state.get("nodes", {})
+        if node not in nodes:
+            known = ", ".join([*nodes, "client"])
+            raise LabError(f"lab {self.name}: no node {node!r}: choose one of {known}")
+        return nodes[node]
+
+    def procs(self, node: str) -> dict[str, Proc]:
+        return {k: Proc(**v) for k, v in self.node_state(node).get("procs", {}).items()}
+
+    def _port(self, node: str) -> Port:
+        ns = self.node_state(node)
+        return Port(Netns(ns["ns"]), ns["ifname"], Netns(f"{self.name}-sw"), ns["peer"])
+
+    # --- running things inside a node ------------------------------------------------------------
+
+    def enter(self, node: str) -> list[str]:
+        """The argv prefix that runs a command inside ``node`` (or the client namespace)."""
+        if node == "client":
+            return ["ip", "netns", "exec", self.state["client"]["ns"]]
+        anchor = self.procs(node).get("anchor")
+        if anchor is None or not anchor.alive:
+            raise LabError(f"lab {self.name}: node {node} is down: hafs lab start {node}")
+        return ["nsenter", f"--target={anchor.pid}", "--mount", "--net", "--uts", "--"]
+
+    def run(self, node: str, argv: Sequence[str], check: bool = True) -> str:
+        proc = subprocess.run(
+            [*self.enter(node), *argv], capture_output=True, text=True, check=False
+        )
+        if check and proc.returncode != 0:
+            raise LabError(f"{node}: {' '.join(argv)}: {proc.stderr.strip() or proc.returncode}")
+        return proc.stdout
+
+    def _daemon(self, node: str, key: str, argv: Sequence[str]) -> Proc:
+        """Start ``argv`` inside ``node``, detached, logging to ``<node>/<key>.log``."""
+        log = self.dir / node / f"{key}.log"
+        with log.open("ab") as out:
+            popen = subprocess.Popen(
+                [*self.enter(node), *argv],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        proc = Proc.of(popen)
+        self.node_state(node).setdefault("procs", {})[key] = {"pid": proc.pid, "start": proc.start}
+        self._save()
+        return proc
+
+    # --- up ----------------------------------------------------------------------------------
+
+    def up(self, inventory: str, foreign: str | None, progress: Progress = _quiet) -> float:
+        """Build the lab; returns the seconds it took."""
+        began = time.monotonic()
+        if self.exists:
+            raise LabError(f"lab {self.name!r} already exists: hafs lab down --name {self.name}")
+        cluster = load(inventory)
+        errors = [str(p) for p in check(cluster) if p.level == "error"]
+        if errors:
+            raise LabError(
+                f"{inventory}: hafs check reports {len(errors)} error(s), first: {errors[0]}"
+            )
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.state = {
+            "name": self.name,
+            "inventory": str(Path(inventory).resolve()),
+            "foreign": foreign,
+            "created": time.time(),
+            "nodes": {},
+        }
+        self._save()
+        try:
+            lab = Lab(self.name, persistent=True)
+            progress(f"switch {lab.switch.name} with bridge {lab.bridge}")
+            for index, node in enumerate(cluster.nodes, start=1):
+                self._make_node(lab, cluster, node, index, foreign)
+                progress(
+                    f"node {node.name}: namespace {self.name}-n{index}, {node.interface} "
+                    f"{node.address}"
+                )
+            self._make_client(lab, cluster)
+            progress(
+                f"client namespace {self.state['client']['ns']} ({self.state['client']['address']})"
+            )
+            for node in cluster.nodes:
+                self._boot(node.name, progress)
+            self.wait_for_vips(cluster, progress)
+        except BaseException:
+            progress("failed: removing what was made")
+            self.down()
+            raise
+        return time.monotonic() - began
+
+    def _make_node(
+        self, lab: Lab, cluster: Cluster, node: Node, index: int, foreign: str | None
+    ) -> None:
+        ns = lab.add_node(f"n{index}")
+        address = node.address or IPv4Interface(f"{cluster.source_address(node)}/32")
+        port = lab.connect(ns, node.interface, address.with_prefixlen)
+        node_dir = self.dir / node.name
+        for sub in ("etc-upper", "etc-work"):
+            (node_dir / sub).mkdir(parents=True, exist_ok=True)
+        subprocess.run(["truncate", "-s", POOL_SIZE, str(node_dir / "pool.img")], check=True)
+        impl = "ucarp" if foreign == "ucarp" and node.os == "freebsd" else "hafs"
+        self.state["nodes"][node.name] = {
+            "index": index,
+            "ns": ns.name,
+            "peer": port.peer,
+            "ifname": node.interface,
+            "address": str(address.ip),
+            "impl": impl,
+            "pool_created": False,
+            "procs": {},
+        }
+        self._save()
+
+    def _make_client(self, lab: Lab, cluster: Cluster) -> None:
+        subnet = cluster.subnet(cluster.nodes[0])
+        if subnet is None:
+            raise LabError("the cluster has no subnet for the client: give nodes an 'address'")
+        taken = {n.address.ip for n in cluster.nodes if n.address} | {
+            v.address for v in cluster.vips
+        }
+        address = next(a for a in reversed(list(subnet.hosts())) if a not in taken)
+        ns = lab.add_node("client")
+        lab.connect(ns, "eth0", f"{address}/{subnet.prefixlen}")
+        self.state["client"] = {"ns": ns.name, "address": str(address)}
+        self._save()
+
+    def _boot(self, node: str, progress: Progress) -> None:
+        """Power a node on: anchor, zfs-fuse with its pool, then its CARP daemon(s)."""
+        began = time.monotonic()
+        state = self.node_state(node)
+        state["procs"] = {}
+        node_dir = self.dir / node
+        netns = os.path.join(NETNS_DIR, state["ns"])
+        anchor = subprocess.Popen(
+            [
+                "nsenter",
+                f"--net={netns}",
+                "--",
+                "unshare",
+                "--mount",
+                "--uts",
+                "--propagation",
+                "private",
+                "--",
+                "sh",
+                "-c",
+                ANCHOR,
+                "anchor",
+                node,
+                str(node_dir),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        assert anchor.stdout is not None
+        if anchor.stdout.readline().strip() != b"ready":
+            anchor.wait(5)
+            stderr = anchor.stderr.read().decode() if anchor.stderr else ""
+            raise LabError(f"{node}: namespaces could not be set up: {stderr.strip()}")
+        anchor.stdout.close()
+        if anchor.stderr is not None:
+            anchor.stderr.close()
+        proc = Proc.of(anchor)
+        state["procs"]["anchor"] = {"pid": proc.pid, "start": proc.start}
+        self._save()
+        self._daemon(node, "zfs-fuse", ["zfs-fuse", "--no-daemon", "--no-kstat-mount"])
+        self._wait(lambda: self._ok(node, ["zpool", "list"]), f"{node}: zfs-fuse to answer")
+        pool = self.cluster().zfs_pool
+        if state["pool_created"]:
+            # -f: after a power loss the pool was never exported; only this node uses the file
+            self.run(node, ["zpool", "import", "-f", "-d", str(node_dir), pool])
+        else:
+            self.run(
+                node,
+                [
+                    "zpool",
+                    "create",
+                    "-m",
+                    f"{ZFS_MOUNT_ROOT}/{pool}",
+                    pool,
+                    str(node_dir / "pool.img"),
+                ],
+            )
+            self.run(node, ["zfs", "create", f"{pool}/hafs"])
+            state["pool_created"] = True
+            self._save()
+        self._start_carp(node)
+        progress(
+            f"node {node}: up ({state['impl']}, pool {pool}) in {time.monotonic() - began:.1f}s"
+        )
+
+    def _start_carp(self, node: str) -> None:
+        cluster = self.cluster()
+        model = cluster.node(node)
+        state = self.node_state(node)
+        if state["impl"] == "ucarp":
+            self._start_ucarp(cluster, model)
+            return
+        config = self.dir / node / "agent.toml"
+        text = agentconf.render(cluster, model, event_command=())
+        config.write_text(text)
+        os.chmod(config, 0o600)
+        self._daemon(
+            node, "agent", [sys.executable, "-m", "hafs", "agent", "--config", str(config)]
+        )
+        self._wait(
+            lambda: self._ok(node, ["test", "-S", agentconf.DEFAULT_CONTROL_SOCKET]),
+            f"{node}: hafs agent to start",
+        )
+
+    def _start_ucarp(self, cluster: Cluster, node: Node) -> None:
+        node_dir = self.dir / node.name
+        passfile = node_dir / "carp.pass"
+        passfile.write_text(cluster.carp_pass + "\n")
+        os.chmod(passfile, 0o600)
+        scripts = {}
+        for kind, text in (("up", UCARP_UP), ("down", UCARP_DOWN)):
+            scripts[kind] = node_dir / f"ucarp-{kind}.sh"
+            scripts[kind].write_text(text)
+            os.chmod(scripts[kind], 0o700)
+        source = cluster.source_address(node)
+        for vip in cluster.vips_of(node.name):
+            argv = [
+                "ucarp",
+                "-i",
+                node.interface,
+                "-s",
+                str(source),
+                "-v",
+                str(vip.vhid),
+                "-o",
+                str(passfile),
+                "-a",
+                str(vip.address),
+                "-b",
+                str(vip.advbase),
+                "-k",
+                str(vip.advskew[node.name]),
+                "-u",
+                str(scripts["up"]),
+                "-d",
+                str(scripts["down"]),
+                "-x",
+                str(vip.vhid),
+                "-z",
+            ]
+            if node.preempt:
+                argv.append("-P")
+            self._daemon(node.name, f"ucarp-{vip.vhid}", argv)
+
+    def _ok(self, node: str, argv: Sequence[str]) -> bool:
+        return (
+            subprocess.run([*self.enter(node), *argv], capture_output=True, check=False).returncode
+            == 0
+        )
+
+    @staticmethod
+    def _wait(condition: Callable[[], bool], what: str, timeout: float = READY_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                raise LabError(f"timed out after {timeout:.0f}s waiting for {what}")
+            time.sleep(0.05)
+
+    def wait_for_vips(self, cluster: Cluster, progress: Progress, timeout: float = 20.0) -> None:
+        """Wait until every VIP is held by exactly one node."""
+
+        def settled() -> bool:
+            return all(len(holders) == 1 for holders in self.vip_holders().values())
+
+        self._wait(settled, "every VIP to have one holder", timeout)
+        for vip, holders in self.vip_holders().items():
+            progress(f"{vip} on {holders[0]}")
+
+    # --- observing ---------------------------------------------------------------------------
+
+    def vip_holders(self) -> dict[str, list[str]]:
+        """For every VIP of the inventory, the nodes that carry it on their interface now."""
+        cluster = self.cluster()
+        held: dict[str, list[str]] = {str(v.address): [] for v in cluster.vips}
+        for node, state in self.state["nodes"].items():
+            try:
+                out = Netns(state["ns"]).ip("-4", "-o", "addr", "show", "dev", state["ifname"])
+            except LabError:
+                continue
+            for vip, holders in held.items():
+                if f" {vip}/32 " in out:
+                    holders.append(node)
+        return held
+
+    def link_up(self, node: str) -> bool:
+        state = self.node_state(node)
+        out = Netns(f"{self.name}-sw").ip("-o", "link", "show", state["peer"])
+        flags = out.partition("<")[2].partition(">")[0].split(",")
+        return "UP" in flags
+
+    def status(self) -> dict[str, Any]:
+        cluster = self.cluster()
+        holders = self.vip_holders()
+        nodes = []
+        for node in cluster.nodes:
+            state = self.node_state(node.name)
+            procs = self.procs(node.name)
+            nodes.append(
+                {
+                    "name": node.name,
+                    "os": node.os,
+                    "carp": state["impl"],
+                    "namespace": state["ns"],
+                    "interface": state["ifname"],
+                    "address": state["address"],
+                    "link": "up" if self.link_up(node.name) else "cut",
+                    "daemons": {k: p.alive for k, p in procs.items()},
+                    "vips": sorted(v for v, h in holders.items() if node.name in h),
+                }
+            )
+        vips = [
+            {
+                "vip": str(v.address),
+                "vhid": v.vhid,
+                "name": v.name,
+                "home": v.home,
+                "holders": holders[str(v.address)],
+            }
+            for v in cluster.vips
+        ]
+        return {
+            "name": self.name,
+            "inventory": self.state["inventory"],
+            "client": self.state["client"],
+            "nodes": nodes,
+            "vips": vips,
+        }
+
+    # --- failures and repairs --------------------------------------------------------------------
+
+    def kill(self, node: str) -> None:
+        """Power loss: the cable goes, every process of the node dies at once, its RAM state too."""
+        state = self.node_state(node)
+        self._port(node).cut()
+        self._kill_netns(state["ns"])
+        self._drop_vips(node)
+
+    def stop(self, node: str) -> None:
+        """Graceful shutdown: the CARP daemon bows out and its hooks run, the pool is exported."""
+        state = self.node_state(node)
+        procs = self.procs(node)
+        carp = [p for key, p in procs.items() if key == "agent" or key.startswith("ucarp-")]
+        for proc in carp:
+            proc.signal(signal.SIGTERM)
+        self._wait_gone(carp, STOP_TIMEOUT)
+        if procs.get("anchor") and procs["anchor"].alive:
+            self.run(node, ["zpool", "export", self.cluster().zfs_pool], check=False)
+        zfs = procs.get("zfs-fuse")
+        if zfs is not None:
+            zfs.signal(signal.SIGTERM)
+            self._wait_gone([zfs], STOP_TIMEOUT)
+        self._kill_netns(state["ns"])
+        self._drop_vips(node)
+
+    def start(self, node: str, progress: Progress = _quiet) -> None:
+        if any(p.alive for p in self.procs(node).values()):
+            raise LabError(f"node {node} is running: hafs lab stop {node} (or kill) first")
+        self._port(node).plug()
+        try:
+            self._boot(node, progress)
+        except BaseException:
+            self._kill_netns(self.node_state(node)["ns"])  # no half-booted node
+            raise
+
+    def partition(self, node: str) -> None:
+        self._port(node).cut()
+
+    def heal(self, node: str) -> None:
+        self._port(node).plug()
+
+    def _drop_vips(self, node: str) -> None:
+        state = self.node_state(node)
+        ns = Netns(state["ns"])
+        for vip in self.cluster().vips:
+            with contextlib.suppress(LabError):
+                ns.ip("addr", "del", f"{vip.address}/32", "dev", state["ifname"])
+
+    @staticmethod
+    def _wait_gone(procs: Sequence[Proc], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while any(p.alive for p in procs) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        for proc in procs:
+            proc.signal(signal.SIGKILL)
+
+    @staticmethod
+    def _kill_netns(ns: str) -> None:
+        """SIGKILL every process in the namespace (the node's daemons, hooks, smbd, anchor)."""
+        for _ in range(50):
+            pids = pids_in_netns(ns)
+            if not pids:
+                return
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.02)
+        raise LabError(f"processes in {ns} survive SIGKILL: {pids_in_netns(ns)}")
+
+    # --- down ----------------------------------------------------------------------------------
+
+    def down(self) -> list[str]:
+        """Remove everything of the lab: processes, namespaces (with their mounts), files."""
+        for node in self.state.get("nodes", {}):
+            for proc in self.procs(node).values():
+                proc.signal(signal.SIGKILL)
+        namespaces = list_namespaces(self.name)
+        for ns in namespaces:
+            self._kill_netns(ns)
+        removed = cleanup(self.name)
+        if self.dir.exists():
+            shutil.rmtree(self.dir)
+        self.state = {}
+        return removed

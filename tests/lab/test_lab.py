@@ -1,0 +1,240 @@
+"""`hafs lab` as a user runs it: up, status, kill, start, partition, heal, stop, down.
+
+Each test makes its own lab (a per-run name) from the example inventory, asserts where every
+VIP is after each step, and that `down` leaves no namespace, mount, file or process behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hafs.cluster import load
+from hafs.lab.cluster import LAB_ROOT, pids_in_netns
+from hafs.lab.netns import list_namespaces, new_prefix
+from tests.lab.carp_bed import wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+INVENTORY = str(REPO / "inventory.py")
+CLUSTER = load(INVENTORY)
+HOMES = {str(v.address): [v.home] for v in CLUSTER.vips}
+TAKEOVER = 3 + 40 / 256 + 1  # slowest backup's master-down, plus a second
+
+
+def moved(vhid: int, skip: int = 0) -> dict[str, list[str]]:
+    """Every VIP home, but vhid's on its best backup (or the one after ``skip`` others)."""
+    vip = CLUSTER.vip(vhid)
+    return {**HOMES, str(vip.address): [vip.backups[skip]]}
+
+
+def hafs(*args: str, check: bool = True, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "hafs", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=timeout,
+    )
+    if check:
+        assert proc.returncode == 0, f"hafs {' '.join(args)}: {proc.stderr}"
+    return proc
+
+
+@pytest.fixture
+def require_daemons(require_lab: None) -> None:
+    missing = [t for t in ("zfs-fuse", "ucarp", "nsenter", "unshare") if not shutil.which(t)]
+    if missing:
+        reason = f"the lab needs {', '.join(missing)}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{reason} (CI=true: lab tests must run, not skip)")
+        pytest.skip(reason)
+
+
+@pytest.fixture
+def name(require_daemons: None) -> Iterator[str]:
+    lab = new_prefix("hafs-l")
+    yield lab
+    hafs("lab", "down", "--name", lab, check=False)
+    assert_gone(lab)
+
+
+def assert_gone(lab: str) -> None:
+    assert list_namespaces(lab) == []
+    assert not (LAB_ROOT / lab).exists()
+    mounts = subprocess.run(
+        ["findmnt", "-rn", "-o", "TARGET,SOURCE"], capture_output=True, text=True, check=True
+    ).stdout
+    assert lab not in mounts
+
+
+def status(lab: str) -> dict[str, Any]:
+    result: dict[str, Any] = json.loads(hafs("lab", "status", "--name", lab, "--json").stdout)
+    return result
+
+
+def holders(lab: str) -> dict[str, list[str]]:
+    return {v["vip"]: v["holders"] for v in status(lab)["vips"]}
+
+
+def node(lab: str, name: str) -> dict[str, Any]:
+    found: dict[str, Any] = next(n for n in status(lab)["nodes"] if n["name"] == name)
+    return found
+
+
+def test_lab_life_cycle(name: str) -> None:
+    began = time.monotonic()
+    up = hafs("lab", "up", "--name", name, "-i", INVENTORY)
+    took_up = time.monotonic() - began
+    assert "node ha-file-server-4: up (hafs, pool tank)" in up.stderr  # progress on stderr
+    assert took_up < 30, f"up took {took_up:.1f}s"
+    assert holders(name) == HOMES
+    n1 = node(name, "ha-file-server-1")
+    assert (n1["os"], n1["interface"], n1["address"], n1["link"]) == (
+        "freebsd",
+        "em0",
+        "172.21.0.201",
+        "up",
+    )
+    assert n1["daemons"] == {"anchor": True, "zfs-fuse": True, "agent": True}
+
+    # a node is a small host of its own: hostname, its pool, its agent
+    assert hafs("lab", "exec", "--name", name, "ha-file-server-2", "--", "hostname").stdout == (
+        "ha-file-server-2\n"
+    )
+    zfs = hafs(
+        "lab", "exec", "--name", name, "ha-file-server-2", "--", "zfs", "list", "-H", "-o", "name"
+    ).stdout.split()
+    assert zfs == ["tank", "tank/hafs"]
+    agent = hafs(
+        "lab",
+        "exec",
+        "--name",
+        name,
+        "ha-file-server-4",
+        "--",
+        sys.executable,
+        "-m",
+        "hafs",
+        "status",
+        "--json",
+    ).stdout
+    assert [v["state"] for v in json.loads(agent)["vhids"]] == [
+        "BACKUP",
+        "BACKUP",
+        "BACKUP",
+        "MASTER",
+    ]
+    ping = hafs("lab", "exec", "--name", name, "client", "--", "ping", "-c1", "-W2", "172.21.0.213")
+    assert "1 received" in ping.stdout
+
+    # power loss of node 1: its VIP moves to its best backup
+    hafs("lab", "kill", "--name", name, "ha-file-server-1")
+    wait_for(lambda: holders(name) == moved(1), TAKEOVER, "vip1 on its best backup")
+    n1 = node(name, "ha-file-server-1")
+    assert n1["link"] == "cut" and not any(n1["daemons"].values())
+
+    # power back on: preempt returns the VIP home; its pool is imported again
+    hafs("lab", "start", "--name", name, "ha-file-server-1")
+    wait_for(lambda: holders(name) == HOMES, TAKEOVER, "vip1 back on node 1")
+    assert (
+        "tank/hafs"
+        in hafs(
+            "lab",
+            "exec",
+            "--name",
+            name,
+            "ha-file-server-1",
+            "--",
+            "zfs",
+            "list",
+            "-H",
+            "-o",
+            "name",
+        ).stdout
+    )
+
+    # partition node 3: nothing dies, its VIP moves, heal brings it back
+    hafs("lab", "partition", "--name", name, "ha-file-server-3")
+    wait_for(lambda: holders(name) == moved(3), TAKEOVER, "vip3 away from the partitioned node")
+    n3 = node(name, "ha-file-server-3")
+    assert n3["link"] == "cut" and all(n3["daemons"].values())
+    hafs("lab", "heal", "--name", name, "ha-file-server-3")
+    wait_for(lambda: holders(name) == HOMES, TAKEOVER, "vip3 home after heal")
+
+    # graceful stop of node 4: its VIP moves at once (bow-out) to its best backup
+    hafs("lab", "stop", "--name", name, "ha-file-server-4")
+    assert holders(name) == moved(4)
+    hafs("lab", "start", "--name", name, "ha-file-server-4")
+    wait_for(lambda: holders(name) == HOMES, TAKEOVER, "vip4 home after start")
+
+    began = time.monotonic()
+    down = hafs("lab", "down", "--name", name)
+    took_down = time.monotonic() - began
+    assert "removed 6 namespace(s)" in down.stderr
+    assert took_down < 10, f"down took {took_down:.1f}s"
+    assert_gone(name)
+    print(f"\nhafs lab up {took_up:.1f}s, down {took_down:.1f}s")
+
+
+def test_foreign_ucarp_on_freebsd_nodes(name: str) -> None:
+    hafs("lab", "up", "--name", name, "-i", INVENTORY, "--foreign", "ucarp")
+    nodes = {n["name"]: n for n in status(name)["nodes"]}
+    assert [nodes[f"ha-file-server-{i}"]["carp"] for i in range(1, 5)] == [
+        "ucarp",
+        "ucarp",
+        "ucarp",
+        "hafs",
+    ]
+    assert sorted(nodes["ha-file-server-1"]["daemons"]) == [
+        "anchor",
+        "ucarp-1",
+        "ucarp-2",
+        "ucarp-3",
+        "ucarp-4",
+        "zfs-fuse",
+    ]
+    assert holders(name) == HOMES
+    # the hafs node dies: a ucarp node takes its VIP (ucarp reacts up to a second late)
+    hafs("lab", "kill", "--name", name, "ha-file-server-4")
+    wait_for(lambda: holders(name) == moved(4), TAKEOVER + 2, "ucarp to take vip4")
+    hafs("lab", "start", "--name", name, "ha-file-server-4")
+    wait_for(lambda: holders(name) == HOMES, TAKEOVER + 2, "vip4 back on the hafs node")
+    # a ucarp node dies: the hafs node is vip3's best backup and takes it from dead ucarp
+    assert CLUSTER.vip(3).backups[0] == "ha-file-server-4"
+    hafs("lab", "kill", "--name", name, "ha-file-server-3")
+    wait_for(lambda: holders(name) == moved(3), TAKEOVER, "hafs to take vip3 from dead ucarp")
+
+
+def test_down_cleans_up_after_up_was_killed(name: str) -> None:
+    up = subprocess.Popen(
+        [sys.executable, "-m", "hafs", "lab", "up", "--name", name, "-i", INVENTORY],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    state = LAB_ROOT / name / "state.json"
+
+    def booted_two() -> bool:
+        try:
+            nodes = json.loads(state.read_text())["nodes"].values()
+        except (OSError, ValueError, KeyError):
+            return False
+        return sum("agent" in n.get("procs", {}) for n in nodes) >= 2
+
+    wait_for(booted_two, 30, "two nodes booted")
+    up.send_signal(signal.SIGKILL)  # the lab command dies in the middle of up
+    up.wait()
+    namespaces = list_namespaces(name)
+    assert namespaces and any(pids_in_netns(ns) for ns in namespaces)
+    down = hafs("lab", "down", "--name", name)
+    assert f"removed {len(namespaces)} namespace(s)" in down.stderr
+    assert_gone(name)
