@@ -68,6 +68,7 @@ class AgentConfig:
     hook_timeout: float = 30.0
     control_socket: str = DEFAULT_CONTROL_SOCKET
     metrics: str | None = None
+    start_demoted: bool = False  # hold "resync" until `hafs service run` has re-synced the data
 
     def interface_of(self, entry: VhidEntry) -> str:
         return entry.interface or self.interface
@@ -82,7 +83,10 @@ def _toml(value: Any) -> str:
 
 
 def render(
-    cluster: Cluster, node: Node, event_command: Sequence[str] = DEFAULT_EVENT_COMMAND
+    cluster: Cluster,
+    node: Node,
+    event_command: Sequence[str] = DEFAULT_EVENT_COMMAND,
+    start_demoted: bool = True,
 ) -> str:
     """The agent.toml of a Linux node: every vhid it carries, with its advskew."""
     src = cluster.source_address(node)
@@ -100,6 +104,8 @@ def render(
         f"preempt = {_toml(node.preempt)}",
         f"link_mode = {_toml(node.link_mode)}",
         f"event_command = {_toml(list(event_command))}",
+        "# demoted at start until `hafs service run` has pulled what changed while it was away",
+        f"start_demoted = {_toml(start_demoted)}",
     ]
     for vip in cluster.vips_of(node.name):
         lines += [
@@ -126,6 +132,7 @@ TOP_KEYS = {
     "hook_timeout",
     "control_socket",
     "metrics",
+    "start_demoted",
     "vhid",
 }
 VHID_KEYS = {"vhid", "addresses", "advbase", "advskew", "interface", "link_mode"}
@@ -192,6 +199,7 @@ def parse(data: Mapping[str, Any], path: Path) -> AgentConfig:
         hook_timeout=float(_typed(data, "hook_timeout", (int, float), where, 30.0)),
         control_socket=str(_typed(data, "control_socket", str, where, DEFAULT_CONTROL_SOCKET)),
         metrics=_typed(data, "metrics", str, where, None),
+        start_demoted=_typed(data, "start_demoted", bool, where, False),
     )
 
 

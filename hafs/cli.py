@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     from hafs.carp import cli as carp_cli
     from hafs.carp import commands as agent_commands
     from hafs.lab import cli as lab_cli
+    from hafs.service import cli as service_cli
 
     parser = argparse.ArgumentParser(
         prog="hafs",
@@ -36,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     carp_cli.register(sub)
     agent_commands.register(sub)
     lab_cli.register(sub)
+    service_cli.register(sub)
     return parser
 
 

@@ -188,10 +188,29 @@ def load(inventory: str | os.PathLike[str]) -> Cluster:
     return from_pyinfra(_read_pyinfra_inventory(path), path)
 
 
+def _import_pyinfra_loader() -> Any:
+    """pyinfra's own inventory loader, without the gevent monkey-patching of its CLI package.
+
+    ``pyinfra_cli/__init__.py`` calls ``gevent.monkey.patch_all()``, which would turn every
+    thread and subprocess of the importing process (the lab, the tests) into gevent ones;
+    loading an inventory needs none of it. Inside a pyinfra run the CLI has patched already.
+    """
+    from gevent import monkey
+
+    patch_all = monkey.patch_all
+    monkey.patch_all = lambda *args, **kwargs: None
+    try:
+        from pyinfra_cli.inventory import make_inventory_from_files
+    finally:
+        monkey.patch_all = patch_all
+    return make_inventory_from_files
+
+
 def _read_pyinfra_inventory(path: Path) -> Any:
     from pyinfra.api.state import State
     from pyinfra.context import ctx_state
-    from pyinfra_cli.inventory import make_inventory_from_files
+
+    make_inventory_from_files = _import_pyinfra_loader()
 
     try:
         with ctx_state.use(State()):

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from hafs import agentconf
 from hafs.cluster import Cluster, Node, Vip
 from hafs.errors import HafsError
+from hafs.service import config as service_config
 
 HAFS_BIN = "/usr/local/bin/hafs"
 LOADER_DEFAULTS = {"carp_load": "YES", "vfs.maxbcachebuf": "1048576"}
@@ -105,6 +106,7 @@ RENDERERS: dict[str, tuple[str, Callable[[Cluster, Node], str]]] = {
     "sysctl.conf": ("freebsd", sysctl_conf),
     "devd.conf": ("freebsd", devd_conf),
     "agent.toml": ("linux", agentconf.render),
+    "cluster.json": ("any", service_config.render),
 }
 
 
@@ -113,7 +115,7 @@ def render(cluster: Cluster, node_name: str, file: str) -> str:
     if file not in RENDERERS:
         raise HafsError(f"unknown file {file!r}: choose one of {', '.join(RENDERERS)}")
     os_name, renderer = RENDERERS[file]
-    if node.os != os_name:
+    if os_name not in ("any", node.os):
         others = ", ".join(f for f, (o, _) in RENDERERS.items() if o == node.os)
         raise HafsError(
             f"{file} is for {os_name} nodes; node {node.name} runs {node.os}: render {others}"

@@ -65,7 +65,8 @@ LINK_DOWN_DEMOTION = 240  # FreeBSD's net.inet.carp.ifdown_demotion_factor
 SEND_ERROR_DEMOTION = 240  # FreeBSD's net.inet.carp.senderr_demotion_factor
 SEND_ERRORS_TO_DEMOTE = 3  # CARP_SENDAD_MAX_ERRORS
 SENDS_TO_UNDEMOTE = 3  # CARP_SENDAD_MIN_SUCCESS
-SHUTDOWN_HOOK_WAIT = 10.0  # seconds the agent waits for hooks when it stops
+SHUTDOWN_HOOK_WAIT = 10.0
+RESYNC_HOLD = "resync"  # seconds the agent waits for hooks when it stops
 
 
 @dataclass(frozen=True)
@@ -176,6 +177,8 @@ class Agent:
         self.manage_addresses = manage_addresses
         self.ignore_link_state = ignore_link_state
         self.demotion = Demotion()
+        if config.start_demoted:  # released by `hafs service run` once the data is in sync
+            self.demotion.hold(RESYNC_HOLD, LINK_DOWN_DEMOTION)
         self.drops: Counter[str] = Counter()  # packets no vhid could be charged with
         self.hooks = HookRunner(config.hook_timeout)
         self.vhids: dict[tuple[str, int], Vhid] = {}

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -39,26 +40,47 @@ from hafs import agentconf
 from hafs.check import check
 from hafs.cluster import Cluster, Node, load
 from hafs.lab.netns import NETNS_DIR, Lab, LabError, Netns, Port, cleanup, list_namespaces
+from hafs.service import config as service_config
 
 LAB_ROOT = Path("/var/tmp/hafs-lab")
 POOL_SIZE = "512M"
 READY_TIMEOUT = 15.0
 STOP_TIMEOUT = 10.0
+SERVICE_STOP_TIMEOUT = 60.0
 ZFS_MOUNT_ROOT = "/run/zpool"  # pools mount inside the node's private /run
 
 ANCHOR = r"""
 set -e
 umount -R -l /run/netns 2>/dev/null || true
 mount -t tmpfs -o mode=755,size=64m "hafs-$1-run" /run
-mkdir -p /run/lock /run/hafs
+mkdir -p /run/lock /run/hafs /run/sshd
 mount -t tmpfs -o mode=755,size=1m "hafs-$1-zfs" /var/lib/zfs
 mount -t overlay "hafs-$1-etc" -o "lowerdir=/etc,upperdir=$2/etc-upper,workdir=$2/etc-work" /etc
 hostname "$1"
+# root's commands over ssh run in a plain sh: no login-shell init (pyenv, rc files) on nodes
+usermod -s /bin/sh root >/dev/null 2>&1 || true
 echo ready
 exec sleep infinity
 """
-UCARP_UP = '#!/bin/sh\nip addr add "$2/32" dev "$1" label "$1:$3"\n'
-UCARP_DOWN = '#!/bin/sh\nip addr del "$2/32" dev "$1" 2>/dev/null || true\n'
+UCARP_UP = '#!/bin/sh\nip addr add "$2/32" dev "$1" label "$1:$3"\n{hafs} event "$3@$1" MASTER\n'
+UCARP_DOWN = (
+    '#!/bin/sh\n{hafs} event "$3@$1" BACKUP\nip addr del "$2/32" dev "$1" 2>/dev/null || true\n'
+)
+HAFS = (sys.executable, "-m", "hafs")  # the hafs of this checkout, inside every node
+SSHD_CONFIG = """# hafs lab: replication and fencing between nodes, on the node's fixed address only
+ListenAddress {address}
+HostKey /etc/hafs/ssh_host_ed25519_key
+AuthorizedKeysFile /etc/hafs/authorized_keys
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+PidFile /run/hafs/sshd.pid
+# a replication stream from a node that lost power must end within the master-down time:
+# the receive holds the VIP's lock, and the takeover waits for it
+ClientAliveInterval 1
+ClientAliveCountMax 2
+"""
 
 Progress = Callable[[str], None]
 
@@ -121,6 +143,7 @@ class ClusterLab:
         self.dir = root / name
         self.state_file = self.dir / "state.json"
         self.state: dict[str, Any] = {}
+        self._cluster: Cluster | None = None
         if self.state_file.exists():
             self.state = json.loads(self.state_file.read_text())
 
@@ -136,7 +159,9 @@ class ClusterLab:
         tmp.replace(self.state_file)
 
     def cluster(self) -> Cluster:
-        return load(self.state["inventory"])
+        if self._cluster is None:
+            self._cluster = load(self.state["inventory"])
+        return self._cluster
 
     def node_state(self, node: str) -> dict[str, Any]:
         nodes: dict[str, dict[str, Any]] = self.state.get("nodes", {})
@@ -194,7 +219,7 @@ class ClusterLab:
         began = time.monotonic()
         if self.exists:
             raise LabError(f"lab {self.name!r} already exists: hafs lab down --name {self.name}")
-        cluster = load(inventory)
+        cluster = self._cluster = load(inventory)
         errors = [str(p) for p in check(cluster) if p.level == "error"]
         if errors:
             raise LabError(
@@ -222,8 +247,12 @@ class ClusterLab:
             progress(
                 f"client namespace {self.state['client']['ns']} ({self.state['client']['address']})"
             )
+            for node in cluster.nodes:  # every node ready first, so the first election is fair
+                self._boot(node.name, progress, carp=False)
+            for node in cluster.nodes:  # all agents at once: the homes win the first election
+                self._start_daemons(node.name)
             for node in cluster.nodes:
-                self._boot(node.name, progress)
+                self._wait_for_agent(node.name)
             self.wait_for_vips(cluster, progress)
         except BaseException:
             progress("failed: removing what was made")
@@ -242,6 +271,7 @@ class ClusterLab:
             (node_dir / sub).mkdir(parents=True, exist_ok=True)
         subprocess.run(["truncate", "-s", POOL_SIZE, str(node_dir / "pool.img")], check=True)
         impl = "ucarp" if foreign == "ucarp" and node.os == "freebsd" else "hafs"
+        self._write_etc(cluster, node, address, impl)
         self.state["nodes"][node.name] = {
             "index": index,
             "ns": ns.name,
@@ -253,6 +283,24 @@ class ClusterLab:
             "procs": {},
         }
         self._save()
+
+    def _write_etc(self, cluster: Cluster, node: Node, address: IPv4Interface, impl: str) -> None:
+        """The node's /etc/hafs (in its /etc overlay): cluster.json, ssh keys, sshd_config."""
+        etc = self.dir / node.name / "etc-upper" / "hafs"
+        etc.mkdir(mode=0o700, parents=True, exist_ok=True)
+        key = self.dir / "replication_key"
+        if not key.exists():  # one key for the whole lab; a real cluster has one per node
+            _keygen(key, "hafs-lab-replication")
+        shutil.copy(key, etc / "replication_key")
+        (etc / "replication_key").chmod(0o600)
+        public = (self.dir / "replication_key.pub").read_text()
+        (etc / "authorized_keys").write_text(public)
+        _keygen(etc / "ssh_host_ed25519_key", f"{node.name}-host")
+        (etc / "sshd_config").write_text(SSHD_CONFIG.format(address=address.ip))
+        socket = agentconf.DEFAULT_CONTROL_SOCKET if impl == "hafs" else None
+        config = service_config.render(cluster, node, hafs_command=HAFS, agent_socket=socket)
+        (etc / "cluster.json").write_text(config)
+        (etc / "cluster.json").chmod(0o600)
 
     def _make_client(self, lab: Lab, cluster: Cluster) -> None:
         subnet = cluster.subnet(cluster.nodes[0])
@@ -267,8 +315,9 @@ class ClusterLab:
         self.state["client"] = {"ns": ns.name, "address": str(address)}
         self._save()
 
-    def _boot(self, node: str, progress: Progress) -> None:
-        """Power a node on: anchor, zfs-fuse with its pool, then its CARP daemon(s)."""
+    def _boot(self, node: str, progress: Progress, carp: bool = True) -> None:
+        """Power a node on: anchor, zfs-fuse with its pool, sshd, then its CARP and service
+        daemons (unless ``carp`` is False: up starts those on every node at once)."""
         began = time.monotonic()
         state = self.node_state(node)
         state["procs"] = {}
@@ -299,9 +348,9 @@ class ClusterLab:
         )
         assert anchor.stdout is not None
         if anchor.stdout.readline().strip() != b"ready":
-            anchor.wait(5)
-            stderr = anchor.stderr.read().decode() if anchor.stderr else ""
-            raise LabError(f"{node}: namespaces could not be set up: {stderr.strip()}")
+            anchor.kill()
+            _, stderr = anchor.communicate(timeout=5)
+            raise LabError(f"{node}: namespaces could not be set up: {stderr.decode().strip()}")
         anchor.stdout.close()
         if anchor.stderr is not None:
             anchor.stderr.close()
@@ -329,12 +378,24 @@ class ClusterLab:
             self.run(node, ["zfs", "create", f"{pool}/hafs"])
             state["pool_created"] = True
             self._save()
-        self._start_carp(node)
+        self._daemon(node, "sshd", ["/usr/sbin/sshd", "-D", "-e", "-f", "/etc/hafs/sshd_config"])
+        if carp:
+            self._start_daemons(node)
+            self._wait_for_agent(node)
         progress(
             f"node {node}: up ({state['impl']}, pool {pool}) in {time.monotonic() - began:.1f}s"
         )
 
-    def _start_carp(self, node: str) -> None:
+    def _start_daemons(self, node: str) -> None:
+        """The CARP daemon, then the service daemon. A node that was up before starts demoted
+        until its service daemon has re-synced its replicas (failback loses nothing)."""
+        state = self.node_state(node)
+        self._start_carp(node, start_demoted=bool(state.get("booted")))
+        self._daemon(node, "service", [*HAFS, "service", "run"])
+        state["booted"] = True
+        self._save()
+
+    def _start_carp(self, node: str, start_demoted: bool) -> None:
         cluster = self.cluster()
         model = cluster.node(node)
         state = self.node_state(node)
@@ -342,16 +403,21 @@ class ClusterLab:
             self._start_ucarp(cluster, model)
             return
         config = self.dir / node / "agent.toml"
-        text = agentconf.render(cluster, model, event_command=())
+        text = agentconf.render(
+            cluster, model, event_command=(*HAFS, "event"), start_demoted=start_demoted
+        )
         config.write_text(text)
         os.chmod(config, 0o600)
         self._daemon(
             node, "agent", [sys.executable, "-m", "hafs", "agent", "--config", str(config)]
         )
-        self._wait(
-            lambda: self._ok(node, ["test", "-S", agentconf.DEFAULT_CONTROL_SOCKET]),
-            f"{node}: hafs agent to start",
-        )
+
+    def _wait_for_agent(self, node: str) -> None:
+        if self.node_state(node)["impl"] == "hafs":
+            self._wait(
+                lambda: self._ok(node, ["test", "-S", agentconf.DEFAULT_CONTROL_SOCKET]),
+                f"{node}: hafs agent to start",
+            )
 
     def _start_ucarp(self, cluster: Cluster, node: Node) -> None:
         node_dir = self.dir / node.name
@@ -361,7 +427,7 @@ class ClusterLab:
         scripts = {}
         for kind, text in (("up", UCARP_UP), ("down", UCARP_DOWN)):
             scripts[kind] = node_dir / f"ucarp-{kind}.sh"
-            scripts[kind].write_text(text)
+            scripts[kind].write_text(text.format(hafs=shlex.join(HAFS)))
             os.chmod(scripts[kind], 0o700)
         source = cluster.source_address(node)
         for vip in cluster.vips_of(node.name):
@@ -490,6 +556,10 @@ class ClusterLab:
         """Graceful shutdown: the CARP daemon bows out and its hooks run, the pool is exported."""
         state = self.node_state(node)
         procs = self.procs(node)
+        service = procs.get("service")
+        if service is not None:  # first: quiesce and send the final incremental
+            service.signal(signal.SIGTERM)
+            self._wait_gone([service], SERVICE_STOP_TIMEOUT)
         carp = [p for key, p in procs.items() if key == "agent" or key.startswith("ucarp-")]
         for proc in carp:
             proc.signal(signal.SIGTERM)
@@ -562,3 +632,11 @@ class ClusterLab:
             shutil.rmtree(self.dir)
         self.state = {}
         return removed
+
+
+def _keygen(path: Path, comment: str) -> None:
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)],
+        check=True,
+        capture_output=True,
+    )

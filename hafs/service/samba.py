@@ -102,6 +102,7 @@ def render_smb_conf(instance: SambaInstance) -> str:
         f"# hafs: smbd instance for VIP {instance.name} ({instance.vip}). Generated; do not edit.",
         "[global]",
         f"netbios name = {instance.name}",
+        "server string = %h",  # IPC$'s comment names the node serving: hafs verify reports it
         f"interfaces = {instance.vip}/{instance.vip.max_prefixlen}",
         "bind interfaces only = yes",
         "smb ports = 445",

@@ -74,11 +74,10 @@ def run_command(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """One snapshot of ``dataset``: ``name`` is the part after ``@``; ``txg`` orders them."""
+    """One snapshot of ``dataset``: ``name`` is the part after ``@``."""
 
     dataset: str
     name: str
-    txg: int
 
     @property
     def full_name(self) -> str:
@@ -149,21 +148,33 @@ class Zfs:
         self._run("zfs", "snapshot", _snapshot_name("snapshot", snapshot))
 
     def snapshots(self, dataset: str) -> list[Snapshot]:
-        """The snapshots of ``dataset`` itself (not of its children), oldest first."""
+        """The snapshots of ``dataset`` itself (not of its children), oldest first.
+
+        Ordered by ``createtxg`` (``creation`` has a one-second resolution); zfs-fuse prints
+        that column in human units past 1000 ("1.11K") and has no ``list -p``, so the value
+        is not read: ``-s createtxg`` sorts on the number itself.
+        """
         out = self._run(
-            "zfs", "list", "-H", "-o", "name,createtxg", "-s", "createtxg",
+            "zfs", "list", "-H", "-o", "name", "-s", "createtxg",
             "-t", "snapshot", "-d", "1", dataset,
         )  # fmt: skip
         result = []
-        for line in out.splitlines():
-            full, txg = line.split("\t")
+        for full in out.splitlines():
             parent, _, name = full.partition("@")
-            result.append(Snapshot(parent, name, int(txg)))
+            result.append(Snapshot(parent, name))
         return result
 
     def destroy_snapshot(self, snapshot: str) -> None:
         """Destroy ``dataset@name`` (pruning); refuses anything that is not a snapshot name."""
         self._run("zfs", "destroy", _snapshot_name("destroy", snapshot))
+
+    def unmount(self, dataset: str) -> None:
+        """Unmount ``dataset`` even if busy (-f): its server is stopped before this."""
+        self._run("zfs", "unmount", "-f", dataset)
+
+    def rename(self, dataset: str, new_name: str) -> None:
+        """Rename a dataset (a diverged replica is kept aside, never destroyed)."""
+        self._run("zfs", "rename", dataset, new_name)
 
     def rollback(self, snapshot: str, *, destroy_newer: bool = False) -> None:
         """Roll the dataset back to ``snapshot``, discarding changes made since.

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import os
+import subprocess
+import sys
 from ipaddress import IPv4Address, IPv4Interface
 from pathlib import Path
 
@@ -154,3 +156,17 @@ def test_secrets_file(tmp_path: Path) -> None:
     secrets.write_text('carp_pas = "typo"\n')
     with pytest.raises(InventoryError, match="unknown key 'carp_pas'"):
         load(path)
+
+
+def test_loading_an_inventory_does_not_monkey_patch(tmp_path: Path) -> None:
+    """pyinfra's CLI package patches everything with gevent on import; hafs must not let it."""
+    path = write_inventory(tmp_path, {"nodes": four_nodes()}, carp_pass="p")
+    code = (
+        "import sys; from hafs.cluster import load; load(sys.argv[1]); "
+        "from gevent import monkey; "
+        "print(monkey.is_module_patched('threading'), monkey.is_module_patched('subprocess'))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.split() == ["False", "False"]

@@ -70,6 +70,7 @@ def test_global_section_binds_only_the_vip_and_owns_every_directory() -> None:
     conf = parse(render_smb_conf(instance()))
     assert conf["global"] == {
         "netbios name": "vip1",
+        "server string": "%h",
         "interfaces": "10.0.0.101/32",
         "bind interfaces only": "yes",
         "smb ports": "445",

@@ -1,0 +1,161 @@
+"""`hafs event` (the CARP hook of both OSes) and `hafs service ...` (node-side operations)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import sys
+import time
+from typing import Any
+
+from hafs.errors import HafsError
+from hafs.service import config as service_config
+from hafs.service.node import NodeServices
+
+EVENT_RE = re.compile(r"(?P<vhid>[0-9]{1,3})@(?P<ifname>[0-9A-Za-z._:-]+)")
+
+
+def _services(args: argparse.Namespace) -> NodeServices:
+    logging.basicConfig(
+        level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    return NodeServices(service_config.load(args.config))
+
+
+def cmd_event(args: argparse.Namespace) -> int:
+    match = EVENT_RE.fullmatch(args.subsystem)
+    if match is None:
+        raise HafsError(f"SUBSYSTEM {args.subsystem!r}: write <vhid>@<ifname>, e.g. 1@em0")
+    services = _services(args)
+    vip = services.config.vip(int(match["vhid"]))
+    if args.state == "MASTER":
+        services.takeover(vip)
+    else:
+        services.stepdown(vip)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from hafs.service.daemon import ServiceDaemon
+
+    ServiceDaemon(_services(args)).run()
+    return 0
+
+
+def cmd_fence(args: argparse.Namespace) -> int:
+    services = _services(args)
+    vip = services.config.vip_named(args.vip)
+    if services.holds(vip):
+        # the VIP is here: this node is the master (a transient one asked) or split from the
+        # asker; its own CARP daemon steps it down if it loses, never a peer's request
+        print(f"{vip.name}: held here: not fenced")
+        return 0
+    services.stepdown(vip, "fence")
+    return 0
+
+
+def cmd_snapshots(args: argparse.Namespace) -> int:
+    services = _services(args)
+    dataset = services.dataset(services.config.vip_named(args.vip))
+    if services.zfs.exists(dataset):
+        for snap in services.zfs.snapshots(dataset):
+            print(snap.name)
+    return 0
+
+
+def cmd_receive(args: argparse.Namespace) -> int:
+    services = _services(args)
+    services.receive(services.config.vip_named(args.vip), args.base, sys.stdin.buffer)
+    return 0
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    services = _services(args)
+    vip = services.config.vip_named(args.vip)
+    if not services.holds(vip):
+        raise HafsError(f"{vip.name}: not held by {services.config.node}: nothing to send")
+    services.snapshot(vip)
+    print(services.send(vip, args.to))
+    return 0
+
+
+def cmd_handover(args: argparse.Namespace) -> int:
+    services = _services(args)
+    print(services.handover(services.config.vip_named(args.vip), args.to))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from hafs.service.daemon import STATUS_FILE
+
+    try:
+        report: dict[str, Any] = json.loads(STATUS_FILE.read_text())
+    except (OSError, ValueError):
+        raise HafsError(
+            f"no replication report at {STATUS_FILE}: is `hafs service run` running?"
+        ) from None
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(format_replication(report))
+    return 0
+
+
+def format_replication(report: dict[str, Any]) -> str:
+    lines = [f"replication from {report['node']}:"]
+    now = time.time()
+    for vip, peers in sorted(report["vips"].items()):
+        for peer, item in sorted(peers.items()):
+            if item["ok"]:
+                lag = f"{now - item['at']:.1f}s ago, {item['snapshot']}"
+            else:
+                lag = f"FAILING: {item['error']}"
+            lines.append(f"  {vip} -> {peer}: {lag}")
+    if len(lines) == 1:
+        lines.append("  (this node holds no VIP)")
+    return "\n".join(lines)
+
+
+def register(sub: Any) -> None:
+    config_help = f"cluster config (default: $HAFS_CLUSTER_CONFIG or {service_config.DEFAULT_PATH})"
+    p = sub.add_parser(
+        "event",
+        help="react to a CARP state change (devd on FreeBSD, hafs agent on Linux)",
+        description="Move the VIP's service with the VIP: MASTER takes over (fence, roll "
+        "back, writable, smbd, announce), BACKUP and INIT step down (stop smbd, read-only "
+        "replica). The same words as FreeBSD's devd: hafs event 1@em0 MASTER.",
+    )
+    p.add_argument("subsystem", metavar="VHID@IFNAME")
+    p.add_argument("state", choices=["MASTER", "BACKUP", "INIT"])
+    p.add_argument("--config", help=config_help)
+    p.set_defaults(func=cmd_event)
+
+    service = sub.add_parser(
+        "service",
+        help="node-side service operations: the replication daemon and what peers call",
+        description="The per-node service daemon and the operations peers run over ssh.",
+    )
+    ssub = service.add_subparsers(dest="service_command", metavar="COMMAND")
+    ssub.required = True
+
+    def parser(name: str, help_text: str, func: Any, vip: bool = True) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = ssub.add_parser(name, help=help_text, description=help_text)
+        if vip:
+            p.add_argument("vip", metavar="VIP", help="the VIP's name, e.g. vip1")
+        p.add_argument("--config", help=config_help)
+        p.set_defaults(func=func)
+        return p
+
+    parser("run", "the service daemon: replication, smbd health, resync", cmd_run, vip=False)
+    p = parser("status", "replication lag per VIP and peer", cmd_status, vip=False)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    parser("fence", "stop serving VIP here (its dataset becomes a read-only replica)", cmd_fence)
+    parser("snapshots", "list this node's snapshots of VIP, oldest first", cmd_snapshots)
+    p = parser("receive", "receive a zfs stream of VIP on stdin (replication)", cmd_receive)
+    p.add_argument("--base", help="the common snapshot the stream is incremental from")
+    p = parser("sync", "snapshot VIP now and send it to a peer", cmd_sync)
+    p.add_argument("--to", required=True, metavar="NODE")
+    p = parser("handover", "stop serving VIP, send the final incremental to a peer", cmd_handover)
+    p.add_argument("--to", required=True, metavar="NODE")

@@ -1,0 +1,187 @@
+"""`hafs service run`: the node's service daemon, beside the CARP daemon.
+
+Every ``replication_interval`` it tends each VIP this node holds: keeps its smbd alive
+(restart; if that fails, demote the node so a backup takes over), records the SMB clients,
+snapshots and sends to the other carriers, and publishes the lag per peer in
+``/run/hafs/replication.json`` (shown by ``hafs status``).
+
+Started while the agent holds the node demoted ("resync", ``start_demoted`` in agent.toml),
+it first brings every replica up to date from the current holders and asks them to hand over
+the VIPs this node will preempt, then releases the demotion. On SIGTERM it quiesces the VIPs
+it holds and sends the final incremental to every carrier before the CARP daemon bows out,
+so a graceful stop loses nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import subprocess
+import threading
+import time
+from typing import Any
+
+from hafs.carp import control
+from hafs.carp.agent import RESYNC_HOLD
+from hafs.service.config import ServiceConfigError, VipService
+from hafs.service.node import RUN_DIR, NodeServices, ServiceError
+from hafs.service.zfs import ZfsError
+
+log = logging.getLogger("hafs.service")
+
+HEALTH_DEMOTION = 240
+STATUS_FILE = RUN_DIR / "replication.json"
+MASTER_WAIT = 8.0  # two master-down intervals at advbase 1: every vhid has heard its master
+
+
+class ServiceDaemon:
+    def __init__(self, services: NodeServices) -> None:
+        self.services = services
+        self.config = services.config
+        self.stopping = threading.Event()
+        self.report: dict[str, Any] = {}
+        self.unserved: dict[str, int] = {}  # VIP held but not yet taken over: ticks seen
+
+    # --- demotion (Linux: through the agent) ---------------------------------------------------
+
+    def agent(self, request: dict[str, Any]) -> dict[str, Any] | None:
+        if self.config.agent_socket is None:
+            return None
+        try:
+            return control.request(self.config.agent_socket, request)
+        except control.ControlError as exc:
+            log.warning("agent: %s", exc)
+            return None
+
+    def hold(self, name: str, value: int) -> None:
+        self.agent({"op": "demote", "hold": name, "value": value})
+
+    # --- the loop ------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        signal.signal(signal.SIGTERM, lambda *_: self.stopping.set())
+        signal.signal(signal.SIGINT, lambda *_: self.stopping.set())
+        log.info(
+            "service daemon on %s: %d VIP(s), every %.0fs",
+            self.config.node,
+            len(self.config.vips),
+            self.config.replication_interval,
+        )
+        while not self.stopping.is_set():
+            began = time.monotonic()
+            if self.resync_pending():
+                self.resync()
+            for vip in self.config.vips:
+                try:
+                    self.tend(vip)
+                except (ServiceError, ZfsError, OSError, subprocess.SubprocessError) as exc:
+                    log.error("%s: %s", vip.name, exc)
+            self.publish()
+            self.stopping.wait(
+                max(0.5, self.config.replication_interval - (time.monotonic() - began))
+            )
+        self.shutdown()
+
+    def tend(self, vip: VipService) -> None:
+        services = self.services
+        if not services.holds(vip) or services.handover_pending(vip):
+            self.unserved.pop(vip.name, None)
+            return
+        if not services.zfs.exists(services.dataset(vip)) or not services._writable(vip):
+            # the MASTER event's takeover runs now; do it here if it never came (or failed)
+            self.unserved[vip.name] = self.unserved.get(vip.name, 0) + 1
+            if self.unserved[vip.name] >= 2:
+                services.takeover(vip)
+            return
+        self.unserved.pop(vip.name, None)
+        if services.smbd_pid(vip) is None:
+            log.warning("%s: smbd is not running: restarting it", vip.name)
+            try:
+                with services.locked(vip):
+                    services.start_smbd(vip)
+                self.hold(f"smb-{vip.name}", 0)
+            except (ServiceError, OSError) as exc:
+                log.error("%s: smbd does not start (%s): demoting this node", vip.name, exc)
+                self.hold(f"smb-{vip.name}", HEALTH_DEMOTION)
+                return
+        self.report[vip.name] = services.replicate(vip)
+
+    def publish(self) -> None:
+        RUN_DIR.mkdir(parents=True, exist_ok=True)
+        tmp = STATUS_FILE.with_suffix(".tmp")
+        tmp.write_text(
+            json.dumps({"node": self.config.node, "at": time.time(), "vips": self.report})
+        )
+        tmp.replace(STATUS_FILE)
+
+    # --- coming back: resync, then handover --------------------------------------------------
+
+    def resync_pending(self) -> bool:
+        status = self.agent({"op": "status"})
+        return bool(status and RESYNC_HOLD in status["demotion"]["holds"])
+
+    def resync(self) -> None:
+        """Bring every replica up to date, take back what we will preempt, then undemote."""
+        status = self.wait_for_masters()
+        if status is None:
+            return
+        by_address = {str(a): n for n, a in self.config.peers.items()}
+        ok = True
+        for entry in status["vhids"]:
+            try:
+                vip = self.config.vip(entry["vhid"])
+            except ServiceConfigError:
+                continue
+            master = entry.get("master")
+            if master is None or master["source"] not in by_address:
+                continue
+            holder = by_address[master["source"]]
+            synced = self.services.remote(holder, ["sync", vip.name, "--to", self.config.node], 600)
+            log.info(
+                "%s resync from %s: %s",
+                vip.name,
+                holder,
+                "done" if synced.returncode == 0 else synced.stderr.strip(),
+            )
+            ok = ok and synced.returncode == 0
+            if synced.returncode == 0 and entry["advskew"] < master["advskew"]:
+                moved = self.services.remote(
+                    holder, ["handover", vip.name, "--to", self.config.node], 600
+                )
+                log.info(
+                    "%s handover from %s: %s",
+                    vip.name,
+                    holder,
+                    "done" if moved.returncode == 0 else moved.stderr.strip(),
+                )
+                ok = ok and moved.returncode == 0
+        if ok:
+            log.info("resync complete: releasing the %s demotion", RESYNC_HOLD)
+            self.hold(RESYNC_HOLD, 0)
+
+    def wait_for_masters(self) -> dict[str, Any] | None:
+        """The agent's status once every vhid has heard a master or is master (3 s + skew)."""
+        deadline = time.monotonic() + MASTER_WAIT
+        while not self.stopping.is_set():
+            status = self.agent({"op": "status"})
+            if status is None:
+                return None
+            settled = all(v["state"] == "MASTER" or v["master"] for v in status["vhids"])
+            if settled or time.monotonic() > deadline:
+                return status
+            self.stopping.wait(0.2)
+        return None
+
+    # --- graceful stop ----------------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        for vip in self.config.vips:
+            if not self.services.holds(vip):
+                continue
+            log.info("%s: stopping: quiesce and send the final incremental", vip.name)
+            try:
+                self.services.stepdown(vip, "shutdown")
+                self.services.replicate(vip, record_clients=False)
+            except (ServiceError, ZfsError, OSError) as exc:
+                log.error("%s: final sync failed: %s", vip.name, exc)

@@ -1,0 +1,91 @@
+"""An SMB client for the lab tests, run inside the lab's client namespace.
+
+``python -m tests.lab.smb_probe put|get|wait|writer VIP SHARE PATH USER PASSWORD [...]``:
+- ``put`` stores stdin as PATH; ``get`` prints PATH's content;
+- ``wait TIMEOUT`` retries ``get`` every 0.1 s and prints ``<monotonic time> <content>``
+  on the first success (CLOCK_MONOTONIC is the same in every namespace);
+- ``writer SECONDS`` writes PATH.<n> every 0.2 s and prints ``<n> <monotonic time>`` per
+  acknowledged write (the RPO measurement).
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+import time
+
+from smb.SMBConnection import SMBConnection
+
+
+def connect(vip: str, user: str, password: str, timeout: float = 2) -> SMBConnection:
+    conn = SMBConnection(user, password, "hafs-test", "vip", use_ntlm_v2=True, is_direct_tcp=True)
+    if not conn.connect(vip, 445, timeout=timeout):
+        raise OSError(f"{vip}: authentication failed")
+    return conn
+
+
+def get(vip: str, share: str, path: str, user: str, password: str) -> bytes:
+    conn = connect(vip, user, password, timeout=0.5)
+    try:
+        buf = io.BytesIO()
+        conn.retrieveFile(share, path, buf, timeout=2)
+        return buf.getvalue()
+    finally:
+        conn.close()
+
+
+def main() -> int:
+    verb, vip, share, path, user, password, *rest = sys.argv[1:]
+    if verb == "put":  # retried for 10 s, as a client would while a VIP settles
+        data = sys.stdin.buffer.read()
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                conn = connect(vip, user, password)
+                conn.storeFile(share, path, io.BytesIO(data))
+                conn.close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+    elif verb == "get":  # retried for 10 s like put; a missing file fails at once
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                data = get(vip, share, path, user, password)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        sys.stdout.write(data.decode())
+    elif verb == "wait":
+        deadline = time.monotonic() + float(rest[0])
+        while time.monotonic() < deadline:
+            try:
+                data = get(vip, share, path, user, password)
+            except Exception:
+                time.sleep(0.1)
+                continue
+            print(f"{time.monotonic():.3f} {data.decode()}", flush=True)
+            return 0
+        return 1
+    elif verb == "writer":
+        end = time.monotonic() + float(rest[0])
+        n = 0
+        while time.monotonic() < end:
+            try:
+                conn = connect(vip, user, password, timeout=0.5)
+                conn.storeFile(share, f"{path}.{n}", io.BytesIO(str(n).encode()), timeout=2)
+                conn.close()
+                print(f"{n} {time.monotonic():.3f}", flush=True)
+                n += 1
+            except Exception:
+                pass
+            time.sleep(0.2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
