@@ -258,12 +258,21 @@ def format_status(status: dict[str, Any]) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from hafs.service.cli import format_replication
+    from hafs.service.daemon import STATUS_FILE
+
     status = control.request(args.socket, {"op": "status"})
     status.pop("ok")
+    try:  # the service daemon's replication report, when it runs on this node
+        status["replication"] = json.loads(STATUS_FILE.read_text())
+    except (OSError, ValueError):
+        status["replication"] = None
     if args.json:
         print(json.dumps(status, indent=2))
     else:
         print(format_status(status))
+        if status["replication"]:
+            print(format_replication(status["replication"]))
     return 0
 
 

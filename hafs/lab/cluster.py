@@ -473,15 +473,37 @@ class ClusterLab:
                 raise LabError(f"timed out after {timeout:.0f}s waiting for {what}")
             time.sleep(0.05)
 
-    def wait_for_vips(self, cluster: Cluster, progress: Progress, timeout: float = 20.0) -> None:
-        """Wait until every VIP is held by exactly one node."""
+    def serving(self, node: str, vip: str) -> bool:
+        """Does an smbd listen on ``vip``:445 inside ``node``?"""
+        return f" {vip}:445 " in self.run(node, ["ss", "-Hltn"], check=False)
+
+    def wait_for_vips(self, cluster: Cluster, progress: Progress, timeout: float = 30.0) -> None:
+        """Wait until every VIP has stayed on its home (with failback; else on one node) for
+        1.5 s and its holder serves its shares: the lab is then ready for clients."""
+        homes = {str(v.address): [v.home] for v in cluster.vips}
+        since: list[float] = []
 
         def settled() -> bool:
-            return all(len(holders) == 1 for holders in self.vip_holders().values())
+            holders = self.vip_holders()
+            if cluster.failback:
+                placed = holders == homes
+            else:
+                placed = all(len(h) == 1 for h in holders.values())
+            if not placed:
+                since.clear()
+                return False
+            since[:] = since or [time.monotonic()]
+            if time.monotonic() - since[0] < 1.5:
+                return False
+            return all(
+                self.serving(holders[str(v.address)][0], str(v.address))
+                for v in cluster.vips
+                if v.shares
+            )
 
-        self._wait(settled, "every VIP to have one holder", timeout)
+        self._wait(settled, "every VIP on its node, serving its shares", timeout)
         for vip, holders in self.vip_holders().items():
-            progress(f"{vip} on {holders[0]}")
+            progress(f"{vip} on {holders[0]}, serving")
 
     # --- observing ---------------------------------------------------------------------------
 

@@ -232,6 +232,28 @@ def test_graceful_stop_loses_nothing(service_lab: ServiceLab) -> None:
     assert s.get(2, "before-stop.txt") == "a moment before the stop"
 
 
+def test_event_is_idempotent_and_smbd_is_kept_alive(service_lab: ServiceLab) -> None:
+    s = service_lab
+    home = "ha-file-server-4"
+    log = subprocess.run(
+        [*s.lab.enter(home), sys.executable, "-m", "hafs", "event", "4@ens36", "MASTER"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stderr
+    assert "vip4 takeover: already serving" in log and "roll back" not in log
+    # smbd dies on the holder: the service daemon starts it again within an interval or two
+    pids = s.lab.run(home, ["sh", "-c", "cat /run/hafs/smb/vip4/pid/smbd.pid"]).split()
+    s.lab.run(home, ["kill", "-9", pids[0]])
+    wait_for(
+        lambda: s.lab.serving(home, str(s.cluster.vip(4).address)),
+        3 * INTERVAL,
+        "smbd of vip4 restarted",
+    )
+    s.put(4, "after-restart.txt", "served again")
+    assert s.get(4, "after-restart.txt") == "served again"
+
+
 def test_hard_kill_loses_at_most_one_interval(service_lab: ServiceLab) -> None:
     s = service_lab
     home, backup = "ha-file-server-3", s.cluster.vip(3).backups[0]

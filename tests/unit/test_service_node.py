@@ -1,0 +1,58 @@
+"""Pure parts of the service layer: tickle ACKs, uids, cluster.json round trip."""
+
+from __future__ import annotations
+
+import os
+from ipaddress import IPv4Address
+from pathlib import Path
+
+import pytest
+
+from hafs.errors import HafsError
+from hafs.service import config as service_config
+from hafs.service.config import ServiceConfigError
+from hafs.service.node import UID_BASE, UID_SPAN, tickle_segment, uid_of
+from tests.unit.conftest import MakeCluster
+
+
+def test_tickle_segment_is_a_valid_tcp_ack() -> None:
+    from scapy.layers.inet import IP, TCP
+
+    src, dst = IPv4Address("10.0.0.100"), IPv4Address("10.0.0.50")
+    segment = tickle_segment(src, dst, 445, 51234)
+    packet = IP(bytes(IP(src=str(src), dst=str(dst), proto=6) / segment))
+    tcp = packet[TCP]
+    assert (tcp.sport, tcp.dport, tcp.flags, tcp.seq, tcp.ack) == (445, 51234, "A", 0, 0)
+    sent_checksum = tcp.chksum
+    del tcp.chksum  # let scapy compute it
+    assert IP(bytes(packet))[TCP].chksum == sent_checksum
+
+
+def test_uids_are_stable_and_in_range() -> None:
+    assert uid_of("alice") == uid_of("alice") != uid_of("bob")
+    assert all(UID_BASE <= uid_of(u) < UID_BASE + UID_SPAN for u in ("a", "alice", "x" * 30))
+
+
+def test_cluster_json_round_trip(make_cluster: MakeCluster, tmp_path: Path) -> None:
+    cluster = make_cluster()
+    path = tmp_path / "cluster.json"
+    path.write_text(service_config.render(cluster, cluster.node("n4"), hafs_command=("h",)))
+    os.chmod(path, 0o600)
+    config = service_config.load(path)
+    assert config.node == "n4" and config.pool == "tank" and config.hafs_command == ("h",)
+    assert config.peers == {f"n{i}": IPv4Address(f"10.0.0.{i}") for i in (1, 2, 3)}
+    assert config.agent_socket == "/run/hafs/agent.sock"  # a Linux node
+    vip = config.vip_named("vip1")
+    assert (vip.vhid, vip.home, vip.carriers) == (1, "n1", ("n1", "n2", "n4", "n3"))
+    assert config.dataset(vip) == "tank/hafs/vip1" and config.users == {"u": "pw"}
+    os.chmod(path, 0o644)
+    with pytest.raises(HafsError, match="readable by group or others"):
+        service_config.load(path)
+
+
+def test_cluster_json_errors_are_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "cluster.json"
+    path.write_text('{"node": "n1"}')
+    os.chmod(path, 0o600)
+    with pytest.raises(ServiceConfigError, match=r"KeyError.*render it again"):
+        service_config.load(path)
