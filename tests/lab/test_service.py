@@ -26,7 +26,7 @@ from hafs.lab.netns import LabError, new_prefix
 from tests.lab.carp_bed import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
-INTERVAL = 3
+INTERVAL = 5
 USER, PASSWORD = "alice", "alice-lab-pw"
 
 
@@ -100,7 +100,7 @@ class ServiceLab:
                 lines += [f"--- {node} snapshots", *snaps.splitlines()[-4:]]
         return "\n".join(lines)
 
-    def wait_replicated(self, vhid: int, peer: str, since: float, timeout: float = 30) -> None:
+    def wait_replicated(self, vhid: int, peer: str, since: float, timeout: float = 60) -> None:
         """Until the VIP's holder reports a snapshot taken after ``since`` (wall clock) as
         received by ``peer``: what was written before ``since`` is then safe there."""
         name = self.cluster.vip(vhid).name
