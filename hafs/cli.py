@@ -19,7 +19,7 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from hafs import commands
+    from hafs import commands, verify_cli
     from hafs.carp import cli as carp_cli
     from hafs.carp import commands as agent_commands
     from hafs.lab import cli as lab_cli
@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     agent_commands.register(sub)
     lab_cli.register(sub)
     service_cli.register(sub)
+    verify_cli.register(sub)
     return parser
 
 

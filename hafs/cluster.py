@@ -74,6 +74,8 @@ class Node:
     rc_conf: Mapping[str, str] = field(default_factory=dict)
     loader_conf: Mapping[str, str] = field(default_factory=dict)
     sysctl: Mapping[str, str] = field(default_factory=dict)
+    drill_kill: str | None = None  # hafs verify --failover on a real cluster: how to kill
+    drill_restore: str | None = None  # ... and how to bring the node back
 
 
 @dataclass(frozen=True)
@@ -185,7 +187,7 @@ def load(inventory: str | os.PathLike[str]) -> Cluster:
     path = Path(inventory)
     if not path.is_file():
         raise InventoryError(f"inventory {str(path)!r} not found: pass -i PATH to an inventory.py")
-    return from_pyinfra(_read_pyinfra_inventory(path), path)
+    return from_pyinfra(read_pyinfra_inventory(path), path)
 
 
 def _import_pyinfra_loader() -> Any:
@@ -206,7 +208,7 @@ def _import_pyinfra_loader() -> Any:
     return make_inventory_from_files
 
 
-def _read_pyinfra_inventory(path: Path) -> Any:
+def read_pyinfra_inventory(path: Path) -> Any:
     from pyinfra.api.state import State
     from pyinfra.context import ctx_state
 
@@ -376,6 +378,8 @@ def _node(name: str, data: dict[str, Any], failback: bool) -> Node:
         rc_conf=_str_map(data, "rc_conf", where),
         loader_conf=_str_map(data, "loader_conf", where),
         sysctl=_str_map(data, "sysctl", where),
+        drill_kill=_optional_str(data, "drill_kill", where),
+        drill_restore=_optional_str(data, "drill_restore", where),
     )
 
 
@@ -476,6 +480,13 @@ def _bool(data: Mapping[str, Any], key: str, where: str, default: bool) -> bool:
     value = data.get(key, default)
     if not isinstance(value, bool):
         raise InventoryError(f"{where}: {key}: must be True or False, got {value!r}")
+    return value
+
+
+def _optional_str(data: Mapping[str, Any], key: str, where: str) -> str | None:
+    value = data.get(key)
+    if value is not None and not isinstance(value, str):
+        raise InventoryError(f"{where}: {key}: must be a shell command string, got {value!r}")
     return value
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import re
+import shlex
 import sys
 import time
 from typing import Any
@@ -87,6 +89,33 @@ def cmd_handover(args: argparse.Namespace) -> int:
     return 0
 
 
+PEER_OPERATIONS = ("fence", "snapshots", "receive", "sync", "handover")
+
+
+def cmd_ssh_command(args: argparse.Namespace) -> int:
+    """The forced command of a peer's replication key: run only what peers may ask for.
+
+    sshd puts the requested command in $SSH_ORIGINAL_COMMAND (``<hafs> service <op> ...``);
+    anything but ``service`` + one of :data:`PEER_OPERATIONS` is refused, so a stolen key
+    can replicate and fence, never run a shell.
+    """
+    from hafs.cli import main
+
+    requested = shlex.split(os.environ.get("SSH_ORIGINAL_COMMAND", ""))
+    try:
+        at = requested.index("service")
+    except ValueError:
+        at = -1
+    operation = requested[at + 1 : at + 2]
+    if at < 0 or not operation or operation[0] not in PEER_OPERATIONS:
+        print(
+            f"hafs: peer {args.peer}: refused: {shlex.join(requested) or '(nothing)'}",
+            file=sys.stderr,
+        )
+        return 2
+    return main(["service", *requested[at + 1 :]])
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from hafs.service.daemon import STATUS_FILE
 
@@ -159,3 +188,10 @@ def register(sub: Any) -> None:
     p.add_argument("--to", required=True, metavar="NODE")
     p = parser("handover", "stop serving VIP, send the final incremental to a peer", cmd_handover)
     p.add_argument("--to", required=True, metavar="NODE")
+    p = parser(
+        "ssh-command",
+        "forced command of peers' replication keys: runs $SSH_ORIGINAL_COMMAND if allowed",
+        cmd_ssh_command,
+        vip=False,
+    )
+    p.add_argument("--peer", required=True, metavar="NODE", help="the peer the key belongs to")

@@ -128,7 +128,8 @@ class ServiceDaemon:
             return
         by_address = {str(a): n for n, a in self.config.peers.items()}
         ok = True
-        for entry in status["vhids"]:
+        handovers: list[tuple[VipService, str]] = []
+        for entry in status["vhids"]:  # first every replica, while the holders serve
             try:
                 vip = self.config.vip(entry["vhid"])
             except ServiceConfigError:
@@ -145,17 +146,21 @@ class ServiceDaemon:
                 "done" if synced.returncode == 0 else synced.stderr.strip(),
             )
             ok = ok and synced.returncode == 0
-            if synced.returncode == 0 and entry["advskew"] < master["advskew"]:
-                moved = self.services.remote(
-                    holder, ["handover", vip.name, "--to", self.config.node], 600
-                )
-                log.info(
-                    "%s handover from %s: %s",
-                    vip.name,
-                    holder,
-                    "done" if moved.returncode == 0 else moved.stderr.strip(),
-                )
-                ok = ok and moved.returncode == 0
+            if entry["advskew"] < master["advskew"]:  # this node will preempt it
+                handovers.append((vip, holder))
+        if not ok:
+            return  # still demoted; the next round tries again
+        for vip, holder in handovers:  # then the short handovers, right before undemoting
+            moved = self.services.remote(
+                holder, ["handover", vip.name, "--to", self.config.node], 600
+            )
+            log.info(
+                "%s handover from %s: %s",
+                vip.name,
+                holder,
+                "done" if moved.returncode == 0 else moved.stderr.strip(),
+            )
+            ok = ok and moved.returncode == 0
         if ok:
             log.info("resync complete: releasing the %s demotion", RESYNC_HOLD)
             self.hold(RESYNC_HOLD, 0)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -262,7 +263,13 @@ class NodeServices:
             return
         instance = self.instance(vip)
         root = self.mountpoint(vip)
-        self._ensure_group_and_users()
+        users_hash = hashlib.sha256(json.dumps(sorted(self.config.users.items())).encode())
+        marker = root / "samba" / "hafs-users.sha256"  # on the dataset: passdb done there
+        node_marker = RUN_DIR / "users.sha256"  # node-local: unix users done on this boot
+        digest = users_hash.hexdigest()
+        if _read(node_marker) != digest:
+            self._ensure_group_and_users()
+            node_marker.write_text(digest)
         for sub in ("samba/private", "samba/state"):
             (root / sub).mkdir(parents=True, exist_ok=True)
         for share in instance.shares:
@@ -274,7 +281,9 @@ class NodeServices:
         for sub in ("lock", "cache", "pid", "ncalrpc", "log"):
             (runtime / sub).mkdir(parents=True, exist_ok=True)
         Path(instance.config_file).write_text(render_smb_conf(instance))
-        self._ensure_passdb(instance)
+        if _read(marker) != digest:  # the passdb moves with the dataset: once per user set
+            self._ensure_passdb(instance)
+            marker.write_text(digest)
         subprocess.run(start_argv(instance, foreground=False), check=True, capture_output=True)
         deadline = time.monotonic() + SMBD_READY_TIMEOUT
         while not self._listening(vip):
@@ -572,3 +581,10 @@ class NodeServices:
         with contextlib.suppress(OSError, ValueError):
             return time.time() - float(marker.read_text()) < HANDOVER_GRACE
         return False
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except OSError:
+        return None

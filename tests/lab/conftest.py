@@ -29,15 +29,19 @@ def _lab_unusable() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
-def require_lab() -> None:
-    """Skip when the lab cannot run; fail instead when CI=true."""
-    reason = _lab_unusable()
+def skip_or_fail(reason: str | None) -> None:
+    """Skip a lab test that cannot run here (``reason``); under CI=true fail instead."""
     if reason is None:
         return
     if os.environ.get("CI") == "true":
         pytest.fail(f"{reason} (CI=true: lab tests must run, not skip)")
     pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def require_lab() -> None:
+    """Skip when the lab cannot run; fail instead when CI=true."""
+    skip_or_fail(_lab_unusable())
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,7 @@ from hafs.service.samba import (
     stop_argvs,
 )
 from hafs.service.zfs import Snapshot, Zfs, ZfsError
-from tests.lab.conftest import Pair
+from tests.lab.conftest import Pair, skip_or_fail
 
 pytestmark = pytest.mark.lab
 
@@ -82,20 +82,11 @@ def _missing(*tools: str) -> str | None:
     return f"lab test needs {', '.join(absent)}" if absent else None
 
 
-def _skip_or_fail(reason: str | None) -> None:
-    """tests/lab/conftest.py's rule for what it does not probe: skip, but fail when CI=true."""
-    if reason is None:
-        return
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason} (CI=true: lab tests must run, not skip)")
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="module")
 def require_zfs_fuse() -> None:
     if os.geteuid() != 0:
-        _skip_or_fail("lab tests need root")
-    _skip_or_fail(_missing("zfs-fuse", "zfs", "zpool", "unshare", "nsenter", "setpriv"))
+        skip_or_fail("lab tests need root")
+    skip_or_fail(_missing("zfs-fuse", "zfs", "zpool", "unshare", "nsenter", "setpriv"))
 
 
 @dataclass
@@ -463,7 +454,7 @@ def test_rendered_instance_serves_a_dataset_share_to_pysmb(
     require_zfs_fuse: None, pair: Pair
 ) -> None:
     smb = pytest.importorskip("smb.SMBConnection")
-    _skip_or_fail(_missing("smbd", "smbcontrol", "smbpasswd"))
+    skip_or_fail(_missing("smbd", "smbcontrol", "smbpasswd"))
     pair.a.add_address("eth0", f"{VIP}/32")
     with running_nodes(["s"], pair.a) as (node,):
         dataset = f"{node.mountpoint}/hafs/vip1"
