@@ -284,9 +284,8 @@ class Agent:
         for vhid in self.vhids.values():
             if vhid.timer is not None:
                 vhid.timer.cancel()
-            if vhid.vip_ifname != vhid.ifname:
-                with contextlib.suppress(OSError):
-                    linux.delete_vmac(vhid.entry.vhid)
+            if vhid.vip_ifname != vhid.ifname:  # on the netlink thread: pyroute2 refuses the loop
+                self._netlink.submit(linux.delete_vmac, vhid.entry.vhid)
         for iface in self.interfaces.values():
             with contextlib.suppress(ValueError, OSError):
                 self.loop.remove_reader(iface.sock.fileno())

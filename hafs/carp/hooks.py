@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import signal
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -80,29 +81,34 @@ class HookRunner:
 
     async def _run(self, command: Command) -> Result:
         start = time.monotonic()
-        self.running += 1
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *command.argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-                env={**os.environ, **command.env},
-                start_new_session=True,  # its own process group, so a timeout kills it all
-            )
-        except OSError as exc:
-            self.running -= 1
-            return Result(command, None, time.monotonic() - start, f"cannot start: {exc}")
-        try:
-            out, _ = await asyncio.wait_for(proc.communicate(), self._timeout)
-            returncode: int | None = proc.returncode
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            out, _ = await proc.communicate()
-            returncode = None
-        finally:
-            self.running -= 1
+        # output to a file, not a pipe: asyncio's wait() also waits for the pipes to close,
+        # which a child left running by the hook would delay for as long as it lives
+        with tempfile.TemporaryFile() as output:
+            self.running += 1
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    *command.argv,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=output,
+                    stderr=asyncio.subprocess.STDOUT,
+                    env={**os.environ, **command.env},
+                    start_new_session=True,  # its own process group: a timeout kills it all
+                )
+            except OSError as exc:
+                self.running -= 1
+                return Result(command, None, time.monotonic() - start, f"cannot start: {exc}")
+            try:
+                await asyncio.wait_for(proc.wait(), self._timeout)
+                returncode: int | None = proc.returncode
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                await proc.wait()
+                returncode = None
+            finally:
+                self.running -= 1
+            output.seek(0)
+            out = output.read()
         text = out.decode(errors="replace")[-OUTPUT_LIMIT:]
         return Result(command, returncode, time.monotonic() - start, text)
 

@@ -235,3 +235,41 @@ def test_hafs_ucarp_runs_the_seed_scripts(bed: CarpBed, tmp_path: Path) -> None:
     log = a.output()
     assert "ucarp-vh-up.sh eth0 10.77.0.100: exited 0" in log
     assert "ucarp-vh-down.sh eth0 10.77.0.100: exited 0" in log
+
+
+def test_virtual_mac_mode(bed: CarpBed) -> None:
+    """FreeBSD-style: the VIP lives on a macvlan with 00:00:5e:00:01:<vhid>, up only as master."""
+    a, b = bed.node("a"), bed.node("b")
+    bed.hafs(a, [(1, VIP, 0)], extra='link_mode = "vmac"')
+    wait_for(lambda: a.vhid_state(1) == "MASTER", 6, "a to become master")
+    assert f"{VIP}/32" in a.node.ip("-4", "-o", "addr", "show", "dev", "vhid1")
+    ping = subprocess.run(
+        ["ip", "netns", "exec", b.node.name, "ping", "-c1", "-W2", VIP],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert ping.returncode == 0, ping.stdout
+    assert "00:00:5e:00:01:01" in b.node.ip("neigh", "show", VIP)
+    a.stop()
+    assert "vhid1" not in a.node.ip("-o", "link", "show")
+
+
+def test_cleanup_after_sigkill_removes_the_vips(bed: CarpBed, tmp_path: Path) -> None:
+    """SIGKILL leaves the VIP configured; systemd's ExecStopPost runs `hafs agent --cleanup`."""
+    a = bed.node("a")
+    bed.hafs(a, [(1, VIP, 0)])
+    wait_for(lambda: a.holds(VIP), 6, "a to hold the VIP")
+    a.stop(signal.SIGKILL)
+    assert a.holds(VIP)
+    cleanup = [
+        sys.executable,
+        "-m",
+        "hafs",
+        "agent",
+        "--config",
+        str(tmp_path / "a.toml"),
+        "--cleanup",
+    ]
+    subprocess.run(["ip", "netns", "exec", a.node.name, *cleanup], check=True, timeout=30)
+    assert not a.holds(VIP)
