@@ -40,6 +40,7 @@ from io import StringIO
 from pyinfra.api.deploy import deploy
 from pyinfra.operations import files, server
 from pyinfra.operations.freebsd import pkg
+from pyinfra.operations.util import any_changed
 
 from hafs import render
 from hafs.deploy import common, ops
@@ -57,6 +58,8 @@ NATIVE_PACKAGES = (
 )
 NETIF = "/etc/rc.conf.d/netif"
 DEVD = "/usr/local/etc/devd/hafs.conf"
+RC_SCRIPT = "/usr/local/etc/rc.d/hafs_service"
+RC_SCRIPT_SOURCE = common.SOURCE / "hooks" / "hafs_service.rc"
 NETIF_HEADER = (
     "# hafs: the interfaces and CARP addresses of {node}, as `hafs render {node} rc.conf`\n"
     "# prints them. It holds the CARP pass: keep it 0600. rc.d/netif reads this file after\n"
@@ -88,7 +91,10 @@ def freebsd_node(target: common.Target) -> None:
     rc_conf = assignments(render.rc_conf(cluster, node))
     interfaces = [a for a in rc_conf if a[1].startswith("ifconfig_")]
     rc_settings = {key: value for _, key, value in rc_conf if not key.startswith("ifconfig_")}
-    ops.sysrc_settings(name="/etc/rc.conf", settings={**rc_settings, "sshd_enable": "YES"})
+    ops.sysrc_settings(
+        name="/etc/rc.conf",
+        settings={**rc_settings, "sshd_enable": "YES", "hafs_service_enable": "YES"},
+    )
     alias = rf"ifconfig_{re.escape(node.interface)}_alias[0-9]+"
     ops.sysrc_removed(
         name="no interface lines (and CARP pass) in /etc/rc.conf",
@@ -110,7 +116,11 @@ def freebsd_node(target: common.Target) -> None:
         mode="644",
     )
 
-    common.install_hafs(python=PYTHON, site_packages=True)
+    rc_script = files.put(
+        name=RC_SCRIPT, src=StringIO(RC_SCRIPT_SOURCE.read_text()), dest=RC_SCRIPT, mode="755"
+    )
+
+    hafs_install = common.install_hafs(python=PYTHON, site_packages=True)
     common.service_configuration(cluster=cluster, node=node)
     sshd = common.replication_keys(cluster=cluster, node=node)
 
@@ -122,6 +132,11 @@ def freebsd_node(target: common.Target) -> None:
         ops.sysctl_value(name=f"sysctl {key}", key=key, value=value)
     server.shell(name="devd restarted", commands=["service devd restart"], _if=devd.did_change)
     common.zfs_layout(cluster=cluster, node=node, settings=settings)
+    server.shell(
+        name="hafs service daemon (re)started",
+        commands=["service hafs_service restart"],
+        _if=any_changed(rc_script, hafs_install),
+    )
     # Last, as it may briefly cut this very connection. Routes too: netif's own
     # `routing static any <if>` re-adds only routes tagged :<if>, not the default route.
     server.shell(

@@ -148,6 +148,7 @@ def test_fresh_node_gets_exactly_these_commands(recorded: Recorded) -> None:
         "sysrc -f /etc/rc.conf defaultrouter=172.21.0.1",
         "sysrc -f /etc/rc.conf zfs_enable=YES",
         "sysrc -f /etc/rc.conf sshd_enable=YES",
+        "sysrc -f /etc/rc.conf hafs_service_enable=YES",
         "mkdir -p /etc/rc.conf.d",
         "chown root:wheel /etc/rc.conf.d",
         "upload /etc/rc.conf.d/netif",
@@ -156,6 +157,9 @@ def test_fresh_node_gets_exactly_these_commands(recorded: Recorded) -> None:
         "mkdir -p /usr/local/etc/devd",
         "upload /usr/local/etc/devd/hafs.conf",
         "chmod 644 /usr/local/etc/devd/hafs.conf",
+        "mkdir -p /usr/local/etc/rc.d",
+        "upload /usr/local/etc/rc.d/hafs_service",
+        "chmod 755 /usr/local/etc/rc.d/hafs_service",
         "python3.11 -m venv --system-site-packages /opt/hafs",
         "mkdir -p /opt/hafs/dist",
         f"upload /opt/hafs/dist/{archive.name}",
@@ -186,6 +190,7 @@ def test_fresh_node_gets_exactly_these_commands(recorded: Recorded) -> None:
         "zpool create tank ada1",
         "zfs create tank/hafs",
         "zfs create tank/hafs/vip1",
+        "service hafs_service restart",
         "service netif restart em0",
         "service routing restart",
     ]
@@ -231,6 +236,7 @@ def configured(name: str) -> Responses:
         "/etc/hafs/cluster.json": service_config.render(cluster, node_model).encode(),
         "/etc/rc.conf.d/netif": netif_text.encode(),
         "/usr/local/etc/devd/hafs.conf": render.devd_conf(cluster, node_model).encode(),
+        "/usr/local/etc/rc.d/hafs_service": (REPO / "hooks" / "hafs_service.rc").read_bytes(),
         tarball: archive.data,
     }
     responses: Responses = {"replication_key.pub": public_key(name)}
@@ -243,6 +249,10 @@ def configured(name: str) -> Responses:
         "/etc/rc.conf.d": stat("/etc/rc.conf.d", "d", "rwxr-xr-x"),
         "/usr/local/etc/devd/hafs.conf": stat("/usr/local/etc/devd/hafs.conf", "-", "rw-r--r--"),
         "/usr/local/etc/devd": stat("/usr/local/etc/devd", "d", "rwxr-xr-x"),
+        "/usr/local/etc/rc.d/hafs_service": stat(
+            "/usr/local/etc/rc.d/hafs_service", "-", "rwxr-xr-x"
+        ),
+        "/usr/local/etc/rc.d": stat("/usr/local/etc/rc.d", "d", "rwxr-xr-x"),
         "/opt/hafs/bin/activate": stat("/opt/hafs/bin/activate", "-", "rw-r--r--"),
         tarball: stat(tarball, "-", "rw-r--r--"),
         "/opt/hafs/dist": stat("/opt/hafs/dist", "d", "rwxr-xr-x"),
@@ -268,7 +278,12 @@ def configured(name: str) -> Responses:
             "cat /boot/loader.conf": render.loader_conf(cluster, node_model),
             "cat /etc/sysctl.conf": "# admin's own\nkern.coredump=0\n"
             + render.sysctl_conf(cluster, node_model),
-            "cat /etc/rc.conf": [*rc_conf, 'sshd_enable="YES"', 'ifconfig_em1="DHCP"'],
+            "cat /etc/rc.conf": [
+                *rc_conf,
+                'sshd_enable="YES"',
+                'hafs_service_enable="YES"',
+                'ifconfig_em1="DHCP"',
+            ],
             "/opt/hafs/installed.sha256": archive.sha256,
             "/root/.ssh/authorized_keys": [
                 "ssh-ed25519 AAAAadmin admin@laptop",
@@ -302,6 +317,7 @@ def test_drifted_rc_files_converge_value_by_value(recorded: Recorded) -> None:
             'defaultrouter="172.21.0.254"',
             'zfs_enable="YES"',
             'sshd_enable="YES"',
+            'hafs_service_enable="YES"',
             'ifconfig_em0="vhid 1 pass testok 172.21.0.211/20 up"',
             'ifconfig_em0_alias0="vhid 2 advskew 2 pass testok 172.21.0.212/32"',
             'ifconfig_em1="DHCP"',
