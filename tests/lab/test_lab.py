@@ -29,6 +29,7 @@ INVENTORY = str(REPO / "inventory.py")
 CLUSTER = load(INVENTORY)
 HOMES = {str(v.address): [v.home] for v in CLUSTER.vips}
 TAKEOVER = 3 + 40 / 256 + 1  # slowest backup's master-down, plus a second
+FAILBACK = 120  # a node back from the dead stays demoted until its replicas are in sync
 
 
 def moved(vhid: int, skip: int = 0) -> dict[str, list[str]]:
@@ -103,7 +104,13 @@ def test_lab_life_cycle(name: str) -> None:
         "172.21.0.201",
         "up",
     )
-    assert n1["daemons"] == {"anchor": True, "zfs-fuse": True, "agent": True}
+    assert n1["daemons"] == {
+        "anchor": True,
+        "zfs-fuse": True,
+        "sshd": True,
+        "agent": True,
+        "service": True,
+    }
 
     # a node is a small host of its own: hostname, its pool, its agent
     assert hafs("lab", "exec", "--name", name, "ha-file-server-2", "--", "hostname").stdout == (
@@ -112,7 +119,7 @@ def test_lab_life_cycle(name: str) -> None:
     zfs = hafs(
         "lab", "exec", "--name", name, "ha-file-server-2", "--", "zfs", "list", "-H", "-o", "name"
     ).stdout.split()
-    assert zfs == ["tank", "tank/hafs"]
+    assert zfs[:2] == ["tank", "tank/hafs"] and "tank/hafs/vip2" in zfs  # its VIP's data
     agent = hafs(
         "lab",
         "exec",
@@ -141,9 +148,9 @@ def test_lab_life_cycle(name: str) -> None:
     n1 = node(name, "ha-file-server-1")
     assert n1["link"] == "cut" and not any(n1["daemons"].values())
 
-    # power back on: preempt returns the VIP home; its pool is imported again
+    # power back on: its pool is imported again; once re-synced, preempt returns the VIP home
     hafs("lab", "start", "--name", name, "ha-file-server-1")
-    wait_for(lambda: holders(name) == HOMES, TAKEOVER, "vip1 back on node 1")
+    wait_for(lambda: holders(name) == HOMES, FAILBACK, "vip1 back on node 1", step=0.5)
     assert (
         "tank/hafs"
         in hafs(
@@ -173,7 +180,7 @@ def test_lab_life_cycle(name: str) -> None:
     hafs("lab", "stop", "--name", name, "ha-file-server-4")
     assert holders(name) == moved(4)
     hafs("lab", "start", "--name", name, "ha-file-server-4")
-    wait_for(lambda: holders(name) == HOMES, TAKEOVER, "vip4 home after start")
+    wait_for(lambda: holders(name) == HOMES, FAILBACK, "vip4 home after start", step=0.5)
 
     began = time.monotonic()
     down = hafs("lab", "down", "--name", name)
@@ -195,6 +202,8 @@ def test_foreign_ucarp_on_freebsd_nodes(name: str) -> None:
     ]
     assert sorted(nodes["ha-file-server-1"]["daemons"]) == [
         "anchor",
+        "service",
+        "sshd",
         "ucarp-1",
         "ucarp-2",
         "ucarp-3",
@@ -202,11 +211,12 @@ def test_foreign_ucarp_on_freebsd_nodes(name: str) -> None:
         "zfs-fuse",
     ]
     assert holders(name) == HOMES
-    # the hafs node dies: a ucarp node takes its VIP (ucarp reacts up to a second late)
+    # the hafs node dies: a ucarp node takes its VIP (ucarp reacts up to a second late and
+    # runs its scripts, hafs event included, before it goes on)
     hafs("lab", "kill", "--name", name, "ha-file-server-4")
-    wait_for(lambda: holders(name) == moved(4), TAKEOVER + 2, "ucarp to take vip4")
+    wait_for(lambda: holders(name) == moved(4), TAKEOVER + 4, "ucarp to take vip4")
     hafs("lab", "start", "--name", name, "ha-file-server-4")
-    wait_for(lambda: holders(name) == HOMES, TAKEOVER + 2, "vip4 back on the hafs node")
+    wait_for(lambda: holders(name) == HOMES, FAILBACK, "vip4 back on the hafs node", step=0.5)
     # a ucarp node dies: the hafs node is vip3's best backup and takes it from dead ucarp
     assert CLUSTER.vip(3).backups[0] == "ha-file-server-4"
     hafs("lab", "kill", "--name", name, "ha-file-server-3")

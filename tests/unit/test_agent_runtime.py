@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from ipaddress import IPv4Address
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -103,13 +104,13 @@ def test_metrics_describe_every_vhid(agent: Agent) -> None:
     agent.drops["bad ttl"] = 3
     collector = AgentCollector(agent)
 
-    async def scrape() -> list[object]:  # the loop runs while another thread scrapes
+    async def scrape() -> list[Any]:  # the loop runs while another thread scrapes
         return await asyncio.to_thread(lambda: list(collector.collect()))
 
     families = agent.loop.run_until_complete(scrape())
     samples = {
         (s.name, tuple(sorted(s.labels.items()))): s.value for f in families for s in f.samples
-    }  # type: ignore[attr-defined]
+    }
     state = ("hafs_carp_state", (("interface", "eth0"), ("state", "BACKUP"), ("vhid", "7")))
     assert samples[state] == 1.0
     assert samples[("hafs_carp_advskew", (("interface", "eth0"), ("vhid", "7")))] == 10
