@@ -1,0 +1,123 @@
+"""The service daemon's decisions, with a fake node: smbd health and demotion, lag report."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from ipaddress import IPv4Address
+from typing import Any
+
+import pytest
+
+from hafs.service.cli import format_replication
+from hafs.service.config import ServiceConfig, ShareConfig, VipService
+from hafs.service.daemon import ServiceDaemon
+from hafs.service.node import ServiceError
+
+VIP = VipService(
+    1, "vip1", IPv4Address("10.0.0.100"), "n1", ("n1", "n2"), (ShareConfig("s", True, ()),)
+)
+CONFIG = ServiceConfig(
+    node="n1", pool="tank", replication_interval=10, peers={"n2": IPv4Address("10.0.0.2")},
+    vips=(VIP,), users={}, agent_socket=None,
+)  # fmt: skip
+
+
+class FakeZfs:
+    def exists(self, name: str) -> bool:
+        return True
+
+
+class FakeServices:
+    """A node holding VIP1 whose smbd died; ``start_ok`` says whether it starts again."""
+
+    def __init__(self, start_ok: bool, writable: bool = True) -> None:
+        self.config = CONFIG
+        self.zfs = FakeZfs()
+        self.start_ok = start_ok
+        self.writable = writable
+        self.calls: list[str] = []
+
+    def holds(self, vip: VipService) -> bool:
+        return True
+
+    def handover_pending(self, vip: VipService) -> bool:
+        return False
+
+    def dataset(self, vip: VipService) -> str:
+        return "tank/hafs/vip1"
+
+    def _writable(self, vip: VipService) -> bool:
+        return self.writable
+
+    def smbd_pid(self, vip: VipService) -> int | None:
+        return None
+
+    @contextlib.contextmanager
+    def locked(self, vip: VipService) -> Iterator[None]:
+        yield
+
+    def start_smbd(self, vip: VipService) -> None:
+        self.calls.append("start_smbd")
+        if not self.start_ok:
+            raise ServiceError("smbd does not listen")
+
+    def takeover(self, vip: VipService) -> None:
+        self.calls.append("takeover")
+
+    def replicate(self, vip: VipService) -> dict[str, Any]:
+        self.calls.append("replicate")
+        return {}
+
+
+def daemon(services: FakeServices) -> tuple[ServiceDaemon, list[tuple[str, int]]]:
+    d = ServiceDaemon(services)  # type: ignore[arg-type]
+    holds: list[tuple[str, int]] = []
+    d.hold = lambda name, value: holds.append((name, value))  # type: ignore[method-assign]
+    return d, holds
+
+
+def test_dead_smbd_is_restarted_then_replication_goes_on() -> None:
+    services = FakeServices(start_ok=True)
+    d, holds = daemon(services)
+    d.tend(VIP)
+    assert services.calls == ["start_smbd", "replicate"]
+    assert holds == [("smb-vip1", 0)]  # any earlier health demotion is released
+
+
+def test_smbd_that_does_not_start_demotes_the_node() -> None:
+    services = FakeServices(start_ok=False)
+    d, holds = daemon(services)
+    d.tend(VIP)
+    assert services.calls == ["start_smbd"]  # and no replication of a VIP it cannot serve
+    assert holds == [("smb-vip1", 240)]
+
+
+def test_held_but_never_taken_over_is_taken_over_on_the_second_round() -> None:
+    services = FakeServices(start_ok=True, writable=False)
+    d, _ = daemon(services)
+    d.tend(VIP)
+    assert services.calls == []  # the MASTER event's takeover may be running right now
+    d.tend(VIP)
+    assert services.calls == ["takeover"]
+
+
+def test_replication_report_shows_lag_and_failures(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = 1_000_000.0
+    monkeypatch.setattr(time, "time", lambda: now)
+    report = {
+        "node": "n1",
+        "vips": {
+            "vip1": {
+                "n2": {"ok": True, "snapshot": "hafs-20261124T000000000000Z", "at": now - 4.2},
+                "n3": {"ok": False, "error": "n3 unreachable: timed out", "at": now - 1},
+            }
+        },
+    }
+    assert format_replication(report).splitlines() == [
+        "replication from n1:",
+        "  vip1 -> n2: 4.2s ago, hafs-20261124T000000000000Z",
+        "  vip1 -> n3: FAILING: n3 unreachable: timed out",
+    ]
+    assert format_replication({"node": "n4", "vips": {}}).endswith("(this node holds no VIP)")
