@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from typing import Any, Literal, cast
 
 from hafs.cluster import Cluster, LinkMode, Node
 from hafs.errors import HafsError
+from hafs.secretfile import check_private
 
 DEFAULT_EVENT_COMMAND = ("hafs", "event")
 DEFAULT_CONTROL_SOCKET = "/run/hafs/agent.sock"
@@ -138,23 +138,10 @@ TOP_KEYS = {
 VHID_KEYS = {"vhid", "addresses", "advbase", "advskew", "interface", "link_mode"}
 
 
-def check_private(path: Path, what: str) -> None:
-    """Refuse a secret-holding file that group or others may read."""
-    try:
-        mode = path.stat().st_mode
-    except OSError as exc:
-        raise AgentConfigError(f"{what} {path}: {exc.strerror}") from exc
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise AgentConfigError(
-            f"{what} {path} is readable by group or others "
-            f"({stat.filemode(mode)}): chmod 600 {path}"
-        )
-
-
 def load(path: str | os.PathLike[str]) -> AgentConfig:
     """Read and validate an agent.toml (mode 0600 required)."""
     path = Path(path)
-    check_private(path, "config")
+    check_private(path, "config", AgentConfigError)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
@@ -208,7 +195,7 @@ def _passphrase(data: Mapping[str, Any], path: Path) -> str:
         raise AgentConfigError(f"config {path}: pass and pass_file: set only one")
     if "pass_file" in data:
         pass_path = Path(str(data["pass_file"]))
-        check_private(pass_path, "pass_file")
+        check_private(pass_path, "pass_file", AgentConfigError)
         try:
             return pass_path.read_text(encoding="utf-8").rstrip("\n")
         except (OSError, UnicodeDecodeError) as exc:

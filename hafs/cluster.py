@@ -32,7 +32,6 @@ by :mod:`hafs.check`.
 from __future__ import annotations
 
 import os
-import stat
 import tomllib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,6 +40,7 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 from hafs.errors import HafsError
+from hafs.secretfile import check_private
 
 OS = Literal["freebsd", "linux"]
 LinkMode = Literal["garp", "vmac"]
@@ -318,16 +318,7 @@ def _read_secrets(source: Path, data: dict[str, Any]) -> dict[str, Any]:
     file_name = data.get("secrets_file")
     if file_name is not None:
         path = source.parent / str(file_name)
-        try:
-            mode = path.stat().st_mode
-        except OSError as exc:
-            raise InventoryError(
-                f"secrets_file: {path}: {exc.strerror}: create it (mode 0600)"
-            ) from exc
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise InventoryError(
-                f"secrets_file: {path} is readable by group or others: chmod 600 {path}"
-            )
+        check_private(path, "secrets_file:", InventoryError)
         try:
             loaded = tomllib.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:

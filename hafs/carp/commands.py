@@ -20,6 +20,7 @@ from hafs.agentconf import AgentConfig, VhidEntry
 from hafs.carp import control
 from hafs.carp.wire import ucarp_refusal
 from hafs.errors import HafsError
+from hafs.secretfile import check_private
 
 SOCKET_HELP = "the agent's control socket (default: %(default)s)"
 
@@ -132,7 +133,7 @@ def ucarp_config(args: argparse.Namespace) -> AgentConfig:
         raise HafsError("--pass or --passfile: give exactly one (prefer --passfile)")
     if args.passfile is not None:
         path = Path(args.passfile)
-        agentconf.check_private(path, "--passfile")
+        check_private(path, "--passfile")
         try:
             passphrase = path.read_text(encoding="utf-8").split("\n")[0]
         except (OSError, UnicodeDecodeError) as exc:

@@ -16,9 +16,9 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
-from hafs.agentconf import check_private
 from hafs.cluster import Cluster, Node
 from hafs.errors import HafsError
+from hafs.secretfile import check_private
 
 DEFAULT_PATH = "/etc/hafs/cluster.json"
 DEFAULT_HAFS = ("/usr/local/bin/hafs",)
@@ -123,7 +123,7 @@ def render(
 
 def load(path: str | os.PathLike[str] | None = None) -> ServiceConfig:
     path = Path(path or os.environ.get("HAFS_CLUSTER_CONFIG", DEFAULT_PATH))
-    check_private(path, "cluster config")
+    check_private(path, "cluster config", ServiceConfigError)
     try:
         data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
         return ServiceConfig(
