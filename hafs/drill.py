@@ -55,6 +55,7 @@ from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from hafs.cluster import Cluster, Share, Vip
 from hafs.errors import HafsError
+from hafs.table import table
 from hafs.verify import (
     STATUS_OBJECT_NAME_NOT_FOUND,
     Connector,
@@ -64,7 +65,6 @@ from hafs.verify import (
     accessible,
     holder_from_shares,
     run_verify,
-    table,
 )
 
 if TYPE_CHECKING:

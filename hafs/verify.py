@@ -36,6 +36,7 @@ from typing import Any, Protocol
 
 from hafs.cluster import Cluster, Share, Vip
 from hafs.errors import HafsError
+from hafs.table import table
 
 SMB_PORT = 445
 CLIENT_NAME = "hafs-verify"
@@ -381,15 +382,6 @@ def run_verify(cluster: Cluster, connect: Connector, token: str | None = None) -
 
 def _ms(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds * 1000:.0f} ms"
-
-
-def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A plain-text table, columns padded to their widest cell."""
-    widths = [max(len(row[i]) for row in (headers, *rows)) for i in range(len(headers))]
-    return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        for row in (headers, *rows)
-    )
 
 
 def format_results(results: Sequence[VipResult]) -> str:

@@ -21,6 +21,7 @@ from hafs.carp import control
 from hafs.carp.wire import ucarp_refusal
 from hafs.errors import HafsError
 from hafs.secretfile import check_private
+from hafs.table import table
 
 SOCKET_HELP = "the agent's control socket (default: %(default)s)"
 
@@ -225,7 +226,7 @@ def format_status(status: dict[str, Any]) -> str:
         + (f" {demotion}" if demotion["total"] else "")
     ]
     header = ("VHID", "IF", "STATE", "SINCE", "REASON", "MASTER", "SKEW", "SENT", "RECV", "DROPS")
-    rows = [header]
+    rows = []
     for v in status["vhids"]:
         master = v["master"]
         drops = ",".join(f"{k}={n}" for k, n in sorted(v["drops"].items())) or "0"
@@ -244,8 +245,7 @@ def format_status(status: dict[str, Any]) -> str:
                 drops,
             )
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    lines.append(table(header, rows))
     for v in status["vhids"]:
         for source in v["split_brain"]:
             lines.append(

@@ -13,6 +13,7 @@ from typing import Any
 from hafs.commands import add_inventory_option
 from hafs.errors import HafsError
 from hafs.lab.cluster import ClusterLab
+from hafs.table import table
 
 DEFAULT_NAME = "hafs"
 
@@ -31,7 +32,8 @@ def _lab(args: argparse.Namespace, must_exist: bool = True) -> ClusterLab:
 
 
 def format_status(status: dict[str, Any]) -> str:
-    rows = [("NODE", "OS", "CARP", "ADDRESS", "LINK", "DAEMONS", "VIPS")]
+    header = ("NODE", "OS", "CARP", "ADDRESS", "LINK", "DAEMONS", "VIPS")
+    rows = []
     for n in status["nodes"]:
         alive = [k for k, ok in n["daemons"].items() if ok and k != "anchor"]
         daemons = ",".join(alive) if n["daemons"].get("anchor") else "powered off"
@@ -46,9 +48,8 @@ def format_status(status: dict[str, Any]) -> str:
                 " ".join(n["vips"]) or "-",
             )
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = [f"lab {status['name']} ({status['inventory']}); client {status['client']['address']}"]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    lines.append(table(header, rows))
     for v in status["vips"]:
         holders = v["holders"]
         where = ", ".join(holders) if holders else "NOBODY"
