@@ -39,6 +39,10 @@ from hafs.secretfile import check_private
 
 DEFAULT_EVENT_COMMAND = ("hafs", "event")
 DEFAULT_CONTROL_SOCKET = "/run/hafs/agent.sock"
+# the environment of event_command: the agent's control socket, and on MASTER the source
+# address of the master this node took over from, when it heard one (the node to fence)
+AGENT_SOCKET_ENV = "HAFS_AGENT_SOCKET"
+PREVIOUS_MASTER_ENV = "HAFS_PREVIOUS_MASTER"
 
 
 class AgentConfigError(HafsError):

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from typing import Any
 
-from hafs.agentconf import AgentConfig, VhidEntry
+from hafs.agentconf import AGENT_SOCKET_ENV, PREVIOUS_MASTER_ENV, AgentConfig, VhidEntry
 from hafs.carp import linux
 from hafs.carp.hooks import Command, HookRunner
 from hafs.carp.machine import (
@@ -485,10 +485,18 @@ class Agent:
             self.loop.call_soon(self._demotion_changed)
 
     def _transition(self, vhid: Vhid, action: Transition) -> None:
+        previous = action.previous_master
         log.info(
-            "vhid %s: %s -> %s (%s)", vhid.name, action.old.value, action.new.value, action.reason
+            "vhid %s: %s -> %s (%s%s)",
+            vhid.name,
+            action.old.value,
+            action.new.value,
+            action.reason,
+            f"; master was {previous}" if previous else "",
         )
-        env = {"HAFS_AGENT_SOCKET": self.config.control_socket}
+        env = {AGENT_SOCKET_ENV: self.config.control_socket}
+        if previous is not None:  # `hafs event` fences that node (others need no fencing)
+            env[PREVIOUS_MASTER_ENV] = str(previous)
         commands = (
             [Command((*self.config.event_command, vhid.name, action.new.value), env)]
             if self.config.event_command

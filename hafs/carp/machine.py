@@ -206,11 +206,15 @@ class Announce:
 
 @dataclass(frozen=True)
 class Transition:
-    """The state changed: log it, notify like devd, run the hooks (without blocking)."""
+    """The state changed: log it, notify like devd, run the hooks (without blocking).
+
+    ``previous_master``: on becoming master, the source of the master this node backed up
+    (timed out or preempted), if it heard one: the node whose service to fence."""
 
     old: State
     new: State
     reason: str
+    previous_master: Address | None = None
 
 
 @dataclass(frozen=True)
@@ -369,14 +373,18 @@ class VhidMachine:
             self._stopped = True
         if kind is None:
             return []
+        heard = None
+        if isinstance(event, AdvertReceived):
+            heard = (event.source, event.advert.advskew, event.advert.advbase)
+        if heard and self._state is BACKUP:  # before a change: a preempted master is "previous"
+            self._master = heard
         target = _TRANSITIONS.get((self._state, kind))
         if target is not None:
             actions = self._change(now, kind, *target)
         else:
             actions = self._stay(now, _IN_STATE.get((self._state, kind)))
-        if isinstance(event, AdvertReceived) and self._state is BACKUP:
-            advert = event.advert
-            self._master = (event.source, advert.advskew, advert.advbase)
+        if heard and self._state is BACKUP:
+            self._master = heard
         return actions
 
     def _classify(self, now: float, event: Event) -> _Input | None:
@@ -412,7 +420,8 @@ class VhidMachine:
 
     def _change(self, now: float, kind: _Input, new: State, reason: str) -> list[Action]:
         addresses = self._config.addresses
-        actions: list[Action] = [Transition(self._state, new, reason)]
+        previous = self._master[0] if self._master and new is MASTER else None
+        actions: list[Action] = [Transition(self._state, new, reason, previous)]
         if self._state is MASTER:
             if kind is _Input.SHUTDOWN:
                 actions.append(self._advert(BOWOUT_ADVSKEW, BOWOUT_ADVBASE))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -12,6 +13,7 @@ import sys
 import time
 from typing import Any
 
+from hafs.agentconf import PREVIOUS_MASTER_ENV
 from hafs.errors import HafsError
 from hafs.service import config as service_config
 from hafs.service.node import NodeServices
@@ -33,7 +35,7 @@ def cmd_event(args: argparse.Namespace) -> int:
     services = _services(args)
     vip = services.config.vip(int(match["vhid"]))
     if args.state == "MASTER":
-        services.takeover(vip)
+        services.takeover(vip, os.environ.get(PREVIOUS_MASTER_ENV))
     else:
         services.stepdown(vip)
     return 0
@@ -68,6 +70,8 @@ def cmd_snapshots(args: argparse.Namespace) -> int:
 
 
 def cmd_receive(args: argparse.Namespace) -> int:
+    with contextlib.suppress(OSError):  # a process group of its own, which a takeover may kill
+        os.setpgid(0, 0)  # (fails, harmlessly, when it leads its session: pgid == pid already)
     services = _services(args)
     services.receive(services.config.vip_named(args.vip), args.base, sys.stdin.buffer)
     return 0

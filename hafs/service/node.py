@@ -48,6 +48,7 @@ from hafs.service.samba import (
     SambaInstance,
     SambaShare,
     add_user_argv,
+    delete_user_argv,
     render_smb_conf,
     start_argv,
     stop_argvs,
@@ -175,20 +176,57 @@ class NodeServices:
     # --- takeover and step-down --------------------------------------------------------------
 
     @contextlib.contextmanager
-    def locked(self, vip: VipService) -> Iterator[None]:
-        """One takeover/step-down/receive of a VIP at a time on this node. A receive from a
-        node that just died ends when sshd drops the dead client (ClientAliveInterval)."""
+    def locked(self, vip: VipService, abort_receive: bool = False) -> Iterator[None]:
+        """One takeover/step-down/receive of a VIP at a time on this node.
+
+        ``abort_receive`` (a takeover): a receive in progress is killed, not waited for. Its
+        sender gave up the VIP, most likely by dying, and then the receive would end only
+        when sshd notices the dead client (never, without ClientAliveInterval). What it
+        carried is lost like any write of the last replication interval."""
         RUN_DIR.mkdir(parents=True, exist_ok=True)
         with open(RUN_DIR / f"{vip.name}.lock", "w") as lock:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                log.info("%s: waiting for the operation in progress (a receive?)", vip.name)
+                if abort_receive:
+                    self._abort_receives(vip)
+                log.info("%s: waiting for the operation in progress", vip.name)
                 fcntl.flock(lock, fcntl.LOCK_EX)
             yield
 
-    def takeover(self, vip: VipService) -> None:
-        with self.locked(vip):
+    @contextlib.contextmanager
+    def _receiving(self, vip: VipService) -> Iterator[None]:
+        """Register this process group as a receive of the VIP, from before it waits for the
+        lock until it ends (``hafs service receive`` runs in a group of its own: the one a
+        takeover kills, with its ``zfs recv``)."""
+        RUN_DIR.mkdir(parents=True, exist_ok=True)
+        path = RUN_DIR / f"{vip.name}.receiving.{os.getpgid(0)}"
+        path.touch()
+        try:
+            yield
+        finally:
+            path.unlink(missing_ok=True)
+
+    def _abort_receives(self, vip: VipService) -> None:
+        """Kill the process group of every receive of the VIP, running or waiting."""
+        for path in RUN_DIR.glob(f"{vip.name}.receiving.*"):
+            pgid = path.suffix[1:]
+            try:
+                cmdline = Path(f"/proc/{pgid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                cmdline = []
+            if b"receive" not in cmdline or vip.name.encode() not in cmdline:
+                path.unlink(missing_ok=True)  # stale: that process is gone (or another now)
+                continue
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(int(pgid), signal.SIGKILL)
+                log.info("%s takeover: aborted a receive in progress (pid %s)", vip.name, pgid)
+            path.unlink(missing_ok=True)
+
+    def takeover(self, vip: VipService, previous_master: str | None = None) -> None:
+        """Serve the VIP here. ``previous_master``: the address of the node the CARP daemon
+        took the VIP over from, if it knows (the one to fence); else every other carrier."""
+        with self.locked(vip, abort_receive=True):
             if self.smbd_pid(vip) is not None and self._writable(vip):
                 log.info("%s takeover: already serving", vip.name)
                 return
@@ -199,7 +237,7 @@ class NodeServices:
             with ThreadPoolExecutor(max(1, len(vip.carriers))) as pool:
                 # fencing starts first and never delays service: the old holder lost the VIP
                 # (its smbd is bound to an address it no longer has); fencing stops its writes
-                fencing = self._fence_peers(vip, pool)
+                fencing = self._fence_peers(vip, previous_master, pool)
                 with step(vip, "takeover", "roll back to the newest snapshot"):
                     self._rollback_or_provision(vip)
                 with step(vip, "takeover", "make the dataset writable"):
@@ -233,10 +271,17 @@ class NodeServices:
             return False
         return True
 
-    def _fence_peers(self, vip: VipService, pool: ThreadPoolExecutor) -> dict[str, Future[Any]]:
-        """Ask every other carrier to stop serving the VIP (the old holder may still be)."""
+    def _fence_peers(
+        self, vip: VipService, previous_master: str | None, pool: ThreadPoolExecutor
+    ) -> dict[str, Future[Any]]:
+        """Ask the old holder to stop serving the VIP (it may still be); when it is not known,
+        every other carrier. Fewer requests: less CPU taken from the takeover itself."""
         peers = [p for p in vip.carriers if p != self.config.node and p in self.config.peers]
-        return {p: pool.submit(self.remote, p, ["fence", vip.name], FENCE_TIMEOUT) for p in peers}
+        old = [p for p in peers if str(self.config.peers[p]) == previous_master]
+        return {
+            p: pool.submit(self.remote, p, ["fence", vip.name], FENCE_TIMEOUT)
+            for p in (old or peers)
+        }
 
     def _fenced(self, vip: VipService, fencing: dict[str, Future[Any]]) -> None:
         """Wait for the fence requests, FENCE_TIMEOUT at most: a dead node answers nothing."""
@@ -362,22 +407,28 @@ class NodeServices:
                 subprocess.run(argv, check=True, capture_output=True)
 
     def _ensure_passdb(self, instance: SambaInstance) -> None:
+        """Make the VIP's passdb hold exactly the configured users: add the new ones, set every
+        password (a changed one takes effect) and delete users no longer configured."""
         listed = subprocess.run(
             ["pdbedit", f"--configfile={instance.config_file}", "-L"],
             capture_output=True,
             text=True,
             check=False,
         ).stdout
-        present = {line.split(":")[0] for line in listed.splitlines()}
+        present = {line.split(":")[0] for line in listed.splitlines() if ":" in line}
         for user, password in self.config.users.items():
-            if user not in present:
-                subprocess.run(
-                    add_user_argv(instance, user),
-                    input=f"{password}\n{password}\n",
-                    capture_output=True,
-                    text=True,
-                    check=True,
-                )
+            subprocess.run(
+                add_user_argv(instance, user),
+                input=f"{password}\n{password}\n",
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+        for user in sorted(present - set(self.config.users)):
+            subprocess.run(delete_user_argv(instance, user), capture_output=True, check=True)
+            log.info(
+                "%s: user %s is no longer configured: removed from the passdb", instance.name, user
+            )
 
     # --- tickle ACKs -------------------------------------------------------------------------
 
@@ -522,7 +573,7 @@ class NodeServices:
     def receive(self, vip: VipService, base: str | None, stream: Any) -> None:
         """The receiving end: roll back to ``base`` (or start over), receive, stay read-only."""
         dataset = self.dataset(vip)
-        with self.locked(vip):
+        with self._receiving(vip), self.locked(vip):
             if self.smbd_pid(vip) is not None:
                 raise ServiceError(f"{vip.name}: serving here: refusing to receive over it")
             if base is not None:

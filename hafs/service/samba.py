@@ -152,6 +152,12 @@ def add_user_argv(instance: SambaInstance, user: str) -> list[str]:
     return ["smbpasswd", "-c", instance.config_file, "-a", "-s", user]
 
 
+def delete_user_argv(instance: SambaInstance, user: str) -> list[str]:
+    """argv deleting ``user`` from the instance's own passdb."""
+    _check_user(user)
+    return ["pdbedit", f"--configfile={instance.config_file}", "-x", "-u", user]
+
+
 def _check(instance: SambaInstance) -> None:
     if not _NETBIOS_RE.fullmatch(instance.name):
         raise SambaConfigError(

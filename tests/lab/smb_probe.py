@@ -5,7 +5,11 @@
 - ``wait TIMEOUT`` retries ``get`` every 0.1 s and prints ``<monotonic time> <content>``
   on the first success (CLOCK_MONOTONIC is the same in every namespace);
 - ``writer SECONDS`` writes PATH.<n> every 0.2 s and prints ``<n> <monotonic time>`` per
-  acknowledged write (the RPO measurement).
+  acknowledged write (the RPO measurement);
+- ``login`` connects once: exit 0 if the server accepts USER/PASSWORD, 3 if it refuses;
+- ``idle SECONDS`` opens a session, prints ``connected``, then sends nothing and prints
+  ``<monotonic time> reset`` when the server side resets the connection (tickle ACKs), or
+  ``<monotonic time> closed`` on an orderly close; exit 1 if neither came within SECONDS.
 """
 
 from __future__ import annotations
@@ -84,6 +88,24 @@ def main() -> int:
             except Exception:
                 pass
             time.sleep(0.2)
+    elif verb == "login":
+        try:
+            connect(vip, user, password).close()
+        except OSError as exc:
+            print(exc, file=sys.stderr)
+            return 3
+    elif verb == "idle":
+        conn = connect(vip, user, password)
+        print("connected", flush=True)
+        conn.sock.settimeout(float(rest[0]))
+        try:
+            data = conn.sock.recv(1)
+        except ConnectionResetError:
+            print(f"{time.monotonic():.3f} reset", flush=True)
+        except TimeoutError:
+            return 1
+        else:
+            print(f"{time.monotonic():.3f} closed {data!r}", flush=True)
     return 0
 
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -37,12 +39,18 @@ class ServiceLab:
         self.lab = lab
         self.cluster = cluster
 
-    def probe(self, verb: str, vhid: int, path: str, *rest: str) -> list[str]:
+    def probe(
+        self, verb: str, vhid: int, path: str, *rest: str, login: tuple[str, str] = (USER, PASSWORD)
+    ) -> list[str]:
         vip = self.cluster.vip(vhid)
         return [
             *self.lab.enter("client"), sys.executable, "-m", "tests.lab.smb_probe", verb,
-            str(vip.address), vip.shares[0].name, path, USER, PASSWORD, *rest,
+            str(vip.address), vip.shares[0].name, path, *login, *rest,
         ]  # fmt: skip
+
+    def login(self, vhid: int, user: str, password: str) -> int:
+        argv = self.probe("login", vhid, "-", login=(user, password))
+        return subprocess.run(argv, capture_output=True, cwd=REPO, check=False).returncode
 
     def put(self, vhid: int, path: str, data: str) -> None:
         result = subprocess.run(
@@ -67,6 +75,25 @@ class ServiceLab:
             text=True,
             cwd=REPO,
         )
+
+    def kill_and_time(self, node: str, vhid: int, path: str, content: str) -> tuple[float, float]:
+        """Power off ``node``, the VIP's holder; return when (monotonic) and the RTO: the time
+        until the VIP's best backup serves ``path`` with ``content``, which must be within
+        3*advbase + advskew/256 + 1 s (the probe itself adds up to 0.6 s: its 0.5 s connect
+        timeout and 0.1 s between tries)."""
+        backup = self.cluster.vip(vhid).backups[0]
+        budget = master_down(self.cluster, vhid, backup) + 1
+        waiting = self.wait_served(vhid, path, budget + 10)
+        killed_at = time.monotonic()
+        self.lab.kill(node)
+        out, _ = waiting.communicate(timeout=budget + 20)
+        assert out, f"VIP{vhid} not served within {budget + 10:.0f}s: {self.diagnose(vhid)}"
+        served_at, served = out.rstrip("\n").split(" ", 1)
+        rto = float(served_at) - killed_at
+        assert served == content
+        assert self.holders(vhid) == [backup]
+        assert rto <= budget + 0.6, f"VIP{vhid} served after {rto:.2f}s (budget {budget:.2f}s)"
+        return killed_at, rto
 
     def diagnose(self, vhid: int) -> str:
         """Where the VIP is and the tail of every node's agent log, for a failure message."""
@@ -173,8 +200,16 @@ def master_down(cluster: Cluster, vhid: int, node: str) -> float:
 def test_failover_and_failback_lose_nothing(service_lab: ServiceLab) -> None:
     s = service_lab
     home, backup = "ha-file-server-1", s.cluster.vip(1).backups[0]
+    budget = master_down(s.cluster, 1, backup) + 1
+    # an idle SMB client: without tickle ACKs it would learn of the failover only when it
+    # next sends (then after TCP retransmission timeouts); with them, at the takeover
+    idle = subprocess.Popen(
+        s.probe("idle", 1, "-", str(budget + 30)), stdout=subprocess.PIPE, text=True, cwd=REPO
+    )
+    assert idle.stdout is not None and idle.stdout.readline() == "connected\n"
     s.put(1, "f1.txt", "written on the home node")
-    s.wait_replicated(1, backup, time.time())  # a snapshot taken after the acknowledged write
+    # a snapshot taken after the acknowledged write (and with the idle client's connection)
+    s.wait_replicated(1, backup, time.time())
 
     # sample which nodes run an smbd for VIP1, all along
     doubles: list[list[str]] = []
@@ -190,19 +225,11 @@ def test_failover_and_failback_lose_nothing(service_lab: ServiceLab) -> None:
     watcher = threading.Thread(target=watch)
     watcher.start()
     try:
-        budget = master_down(s.cluster, 1, backup) + 1
-        waiting = s.wait_served(1, "f1.txt", budget + 10)
-        killed_at = time.monotonic()
-        s.lab.kill(home)
-        out, _ = waiting.communicate(timeout=budget + 20)
-        assert out, f"VIP1 not served within {budget + 10:.0f}s: {s.diagnose(1)}"
-        served_at, content = out.rstrip("\n").split(" ", 1)
-        rto = float(served_at) - killed_at
-        assert content == "written on the home node"
-        assert s.holders(1) == [backup]
-        # the probe itself adds up to 0.6 s (0.5 s connect timeout + 0.1 s between tries)
-        assert rto <= budget + 0.6, f"VIP1 served again after {rto:.2f}s (budget {budget:.2f}s)"
+        killed_at, rto = s.kill_and_time(home, 1, "f1.txt", "written on the home node")
         print(f"\nRTO VIP1 after power loss: {rto:.2f}s (budget {budget:.2f}s)")
+        told, _ = idle.communicate(timeout=budget + 40)
+        assert told.endswith(" reset\n"), f"the idle client was not reset: {told!r}"
+        print(f"idle SMB client reset {float(told.split()[0]) - killed_at:.2f}s after the kill")
 
         s.put(1, "f2.txt", "written on the backup")
         s.lab.start(home)
@@ -218,7 +245,44 @@ def test_failover_and_failback_lose_nothing(service_lab: ServiceLab) -> None:
     finally:
         stop.set()
         watcher.join()
+        idle.kill()
+        idle.wait()
     assert doubles == [], f"two smbd instances served VIP1 at once: {doubles[:3]}"
+
+
+def test_a_takeover_does_not_wait_for_a_receive_from_the_dead_holder(
+    service_lab: ServiceLab,
+) -> None:
+    s = service_lab
+    home, backup = "ha-file-server-1", s.cluster.vip(1).backups[0]
+    dataset = f"{s.cluster.zfs_pool}/hafs/vip1"
+    s.put(1, "r.txt", "replicated")
+    s.wait_replicated(1, backup, time.time())
+    listed = ["zfs", "list", "-H", "-t", "snapshot", "-o", "name", "-s", "createtxg", "-d", "1"]
+    listed.append(dataset)
+    base = s.lab.run(backup, listed).split()[-1].split("@")[1]
+    # a receive on the backup whose stream never comes: its sender died (and sshd has no
+    # ClientAliveInterval to notice); the holder's next receives queue behind it
+    stalled = subprocess.Popen(
+        [*s.lab.enter(backup), "sh", "-c",
+         f"sleep 600 | {sys.executable} -m hafs service receive vip1 --base {base}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, cwd=REPO,
+    )  # fmt: skip
+    try:
+        wait_for(
+            lambda: "vip1.receiving." in s.lab.run(backup, ["ls", "/run/hafs"]),
+            10,
+            "the stalled receive to start",
+        )
+        time.sleep(0.5)  # it holds the VIP's lock now
+        _, rto = s.kill_and_time(home, 1, "r.txt", "replicated")
+        log = s.lab.dir / backup / "agent.log"  # the hook's output comes when it ends
+        wait_for(lambda: "1@em0 MASTER: exited" in log.read_text(), 10, "the takeover hook")
+        assert "vip1 takeover: aborted a receive in progress" in log.read_text()
+        print(f"\nRTO VIP1 with a stalled receive on the backup: {rto:.2f}s")
+    finally:
+        os.killpg(stalled.pid, signal.SIGKILL)
+        stalled.wait()
 
 
 def test_graceful_stop_loses_nothing(service_lab: ServiceLab) -> None:
@@ -250,6 +314,26 @@ def test_event_is_idempotent_and_smbd_is_kept_alive(service_lab: ServiceLab) -> 
     )
     s.put(4, "after-restart.txt", "served again")
     assert s.get(4, "after-restart.txt") == "served again"
+
+
+def test_a_changed_user_list_takes_effect_at_the_next_takeover(service_lab: ServiceLab) -> None:
+    s = service_lab
+    home, check_user = "ha-file-server-4", s.cluster.check_user
+    assert check_user is not None and check_user != USER
+    assert s.login(4, USER, PASSWORD) == 0
+    assert s.login(4, check_user, s.cluster.smb_users[check_user]) == 0
+    # the operator changes alice's password and drops the check user; the node's cluster.json
+    # is rendered again (as a deploy would), and the next takeover applies it
+    rewrite = (
+        "import json, sys; p = '/etc/hafs/cluster.json'; c = json.load(open(p)); "
+        f"c['users'] = {{{USER!r}: 'a-new-password'}}; open(p, 'w').write(json.dumps(c))"
+    )
+    s.lab.run(home, [sys.executable, "-c", rewrite])
+    for event in ("BACKUP", "MASTER"):
+        s.lab.run(home, [sys.executable, "-m", "hafs", "event", "4@ens36", event])
+    assert s.login(4, USER, "a-new-password") == 0
+    assert s.login(4, USER, PASSWORD) == 3
+    assert s.login(4, check_user, s.cluster.smb_users[check_user]) == 3
 
 
 def test_hard_kill_loses_at_most_one_interval(service_lab: ServiceLab) -> None:

@@ -13,11 +13,13 @@ from typing import Any
 
 import pytest
 
-from hafs.agentconf import AgentConfig, VhidEntry
+from hafs.agentconf import AGENT_SOCKET_ENV, PREVIOUS_MASTER_ENV, AgentConfig, VhidEntry
 from hafs.carp.agent import Agent, sd_notify
 from hafs.carp.hooks import Command, HookRunner
-from hafs.carp.machine import LinkUp
+from hafs.carp.machine import LinkUp, State, Transition
 from hafs.carp.metrics import AgentCollector
+
+PEER = IPv4Address("10.0.0.2")
 
 
 def test_hooks_of_one_vhid_run_in_order_and_never_block(tmp_path: Path) -> None:
@@ -143,3 +145,25 @@ def test_a_hook_leaving_a_child_on_its_stdout_does_not_stall_its_vhid() -> None:
         return took
 
     assert asyncio.run(main()) < 3
+
+
+def test_the_event_hook_is_told_which_master_it_replaces(caplog: pytest.LogCaptureFixture) -> None:
+    config = AgentConfig(
+        node="n1", interface="eth0", srcip=IPv4Address("10.0.0.1"), passphrase="p",
+        vhids=(VhidEntry(7, (IPv4Address("10.0.0.100"),), advskew=10),),
+        event_command=("hafs", "event"), control_socket="/run/x.sock",
+    )  # fmt: skip
+    agent = Agent(config)
+    submitted: list[Command] = []
+    agent.hooks.submit = lambda vhid, commands: submitted.extend(commands)  # type: ignore[method-assign]
+    vhid = agent.vhids[("eth0", 7)]
+    caplog.set_level(logging.INFO, "hafs.agent")
+    agent._transition(vhid, Transition(State.BACKUP, State.MASTER, "master timed out", PEER))
+    agent._transition(vhid, Transition(State.MASTER, State.BACKUP, "more frequent ..."))
+    assert [c.argv for c in submitted] == [
+        ("hafs", "event", "7@eth0", "MASTER"),
+        ("hafs", "event", "7@eth0", "BACKUP"),
+    ]
+    assert submitted[0].env == {AGENT_SOCKET_ENV: "/run/x.sock", PREVIOUS_MASTER_ENV: "10.0.0.2"}
+    assert submitted[1].env == {AGENT_SOCKET_ENV: "/run/x.sock"}
+    assert "BACKUP -> MASTER (master timed out; master was 10.0.0.2)" in caplog.text

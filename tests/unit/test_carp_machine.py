@@ -173,6 +173,17 @@ def test_master_down_timer_makes_master() -> None:
     assert m.adverts_sent == 1
 
 
+def test_taking_over_from_a_master_names_it_for_fencing() -> None:
+    m = backup(advskew=10)
+    m.handle(1.0, heard(1, 0))
+    [transition, *_] = m.handle(1.0 + 3 + 10 / 256, Timeout())
+    assert transition == Transition(BACKUP, MASTER, "master timed out", previous_master=PEER)
+    assert m.master_source is None  # a master backs up nobody
+    [back, *_] = m.handle(9.0, heard(1, 0))  # a better master: back to BACKUP, no one to fence
+    assert back == Transition(MASTER, BACKUP, "more frequent advertisement received")
+    assert m.master_source == PEER
+
+
 def test_every_advert_restarts_master_down() -> None:
     m = backup()
     assert m.handle(2.0, heard()) == [SetTimer(5.0)]
@@ -232,7 +243,7 @@ def test_backup_hears_an_advert(
     else:
         skew = min(advskew + demotion, 240)
         assert actions == [
-            Transition(BACKUP, MASTER, reason),
+            Transition(BACKUP, MASTER, reason, previous_master=PEER),
             advert(skew, 42),  # adopted the heard counter
             AddVips(VIPS),
             Announce(VIPS),

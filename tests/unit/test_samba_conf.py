@@ -14,6 +14,7 @@ from hafs.service.samba import (
     SambaInstance,
     SambaShare,
     add_user_argv,
+    delete_user_argv,
     render_smb_conf,
     start_argv,
     stop_argvs,
@@ -139,6 +140,13 @@ def test_argvs_use_the_instance_config_file() -> None:
         "-s",
         "alice",
     ]
+    assert delete_user_argv(inst, "bob") == [
+        "pdbedit",
+        "--configfile=/run/hafs/vip1/smb.conf",
+        "-x",
+        "-u",
+        "bob",
+    ]
 
 
 @pytest.mark.parametrize("never", ["--no-process-group", "-F", "-i", "--interactive"])
@@ -181,3 +189,5 @@ def test_unsafe_values_are_refused_with_a_one_line_reason(
 def test_add_user_refuses_a_user_smbpasswd_would_misread() -> None:
     with pytest.raises(SambaConfigError, match="user '-a'"):
         add_user_argv(instance(), "-a")
+    with pytest.raises(SambaConfigError, match="user '-x'"):
+        delete_user_argv(instance(), "-x")

@@ -1,17 +1,22 @@
-"""Pure parts of the service layer: tickle ACKs, uids, cluster.json round trip."""
+"""Pure parts of the service layer: tickle ACKs, uids, cluster.json round trip, fencing."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from ipaddress import IPv4Address
 from pathlib import Path
+from typing import cast
 
 import pytest
 
 from hafs.errors import HafsError
 from hafs.service import config as service_config
-from hafs.service.config import ServiceConfigError
-from hafs.service.node import UID_BASE, UID_SPAN, tickle_segment, uid_of
+from hafs.service.config import ServiceConfig, ServiceConfigError, ShareConfig, VipService
+from hafs.service.node import UID_BASE, UID_SPAN, NodeServices, tickle_segment, uid_of
+from hafs.service.zfs import Zfs
 from tests.unit.conftest import MakeCluster
 
 
@@ -56,3 +61,44 @@ def test_cluster_json_errors_are_one_line(tmp_path: Path) -> None:
     os.chmod(path, 0o600)
     with pytest.raises(ServiceConfigError, match=r"KeyError.*render it again"):
         service_config.load(path)
+
+
+class RecordingNode(NodeServices):
+    """A node whose remote calls are recorded instead of made over ssh."""
+
+    def __init__(self, config: ServiceConfig) -> None:
+        super().__init__(config, zfs=cast(Zfs, object()))
+        self.asked: list[tuple[str, tuple[str, ...]]] = []
+
+    def remote(
+        self, peer: str, args: Sequence[str], timeout: float
+    ) -> subprocess.CompletedProcess[str]:
+        self.asked.append((peer, tuple(args)))
+        return subprocess.CompletedProcess([], 0, "", "")
+
+
+@pytest.mark.parametrize(
+    ("previous", "fenced"),
+    [
+        ("10.0.0.2", ["n2"]),  # the master the agent took over from: only that node
+        (None, ["n2", "n3"]),  # not known (devd, ucarp): every other carrier
+        ("10.0.0.9", ["n2", "n3"]),  # not a peer: every other carrier
+    ],
+)
+def test_takeover_fences_the_previous_master(previous: str | None, fenced: list[str]) -> None:
+    vip = VipService(
+        1,
+        "vip1",
+        IPv4Address("10.0.0.100"),
+        "n2",
+        ("n2", "n1", "n3"),
+        (ShareConfig("s", True, ()),),
+    )
+    config = ServiceConfig(
+        node="n1", pool="tank", replication_interval=10, vips=(vip,), users={}, agent_socket=None,
+        peers={"n2": IPv4Address("10.0.0.2"), "n3": IPv4Address("10.0.0.3")},
+    )  # fmt: skip
+    node = RecordingNode(config)
+    with ThreadPoolExecutor(2) as pool:
+        node._fenced(vip, node._fence_peers(vip, previous, pool))
+    assert sorted(node.asked) == [(peer, ("fence", "vip1")) for peer in fenced]
