@@ -16,7 +16,7 @@ from typing import Any
 from hafs.agentconf import PREVIOUS_MASTER_ENV
 from hafs.errors import HafsError
 from hafs.service import config as service_config
-from hafs.service.node import NodeServices
+from hafs.service.node import BACKGROUND_NICE, NodeServices
 
 EVENT_RE = re.compile(r"(?P<vhid>[0-9]{1,3})@(?P<ifname>[0-9A-Za-z._:-]+)")
 
@@ -60,7 +60,14 @@ def cmd_fence(args: argparse.Namespace) -> int:
     return 0
 
 
+def _background() -> None:
+    """Replication gives way to takeovers: the operations peers start here for it (and what
+    they spawn: zfs recv) run at a lower CPU priority."""
+    os.nice(BACKGROUND_NICE)
+
+
 def cmd_snapshots(args: argparse.Namespace) -> int:
+    _background()
     services = _services(args)
     dataset = services.dataset(services.config.vip_named(args.vip))
     if services.zfs.exists(dataset):
@@ -72,12 +79,14 @@ def cmd_snapshots(args: argparse.Namespace) -> int:
 def cmd_receive(args: argparse.Namespace) -> int:
     with contextlib.suppress(OSError):  # a process group of its own, which a takeover may kill
         os.setpgid(0, 0)  # (fails, harmlessly, when it leads its session: pgid == pid already)
+    _background()
     services = _services(args)
     services.receive(services.config.vip_named(args.vip), args.base, sys.stdin.buffer)
     return 0
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
+    _background()
     services = _services(args)
     vip = services.config.vip_named(args.vip)
     if not services.holds(vip):

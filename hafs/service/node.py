@@ -65,6 +65,7 @@ FENCE_TIMEOUT = 1.0  # a live peer on the LAN answers well within it
 SMBD_READY_TIMEOUT = 10.0
 SEND_TIMEOUT = 600.0
 HANDOVER_GRACE = 20.0  # a holder that quiesced for a handover serves again after this
+BACKGROUND_NICE = 10  # replication's CPU priority: a takeover on the same CPUs comes first
 
 
 class ServiceError(HafsError):
@@ -550,9 +551,12 @@ class NodeServices:
         dataset = self.dataset(vip)
         args = ["receive", vip.name] + (["--base", base] if base else [])
         send = self.zfs.send_command(f"{dataset}@{snapshot}", f"{dataset}@{base}" if base else None)
-        with subprocess.Popen(send, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as sender:
+        nice = ["nice", "-n", str(BACKGROUND_NICE)]
+        with subprocess.Popen(
+            [*nice, *send], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        ) as sender:
             receiver = subprocess.run(
-                self.remote_argv(peer, args),
+                [*nice, *self.remote_argv(peer, args)],
                 stdin=sender.stdout,
                 capture_output=True,
                 text=True,

@@ -275,6 +275,9 @@ def test_a_takeover_does_not_wait_for_a_receive_from_the_dead_holder(
             "the stalled receive to start",
         )
         time.sleep(0.5)  # it holds the VIP's lock now
+        [entry] = [e for e in s.lab.run(backup, ["ls", "/run/hafs"]).split() if "receiving" in e]
+        stat = Path(f"/proc/{entry.rsplit('.', 1)[1]}/stat").read_text()
+        assert stat.rsplit(")", 1)[1].split()[16] == "10"  # nice: replication gives way
         _, rto = s.kill_and_time(home, 1, "r.txt", "replicated")
         log = s.lab.dir / backup / "agent.log"  # the hook's output comes when it ends
         wait_for(lambda: "1@em0 MASTER: exited" in log.read_text(), 10, "the takeover hook")
