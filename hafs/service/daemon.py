@@ -41,7 +41,6 @@ class ServiceDaemon:
         self.config = services.config
         self.stopping = threading.Event()
         self.report: dict[str, Any] = {}
-        self.unserved: dict[str, int] = {}  # VIP held but not yet taken over: ticks seen
 
     # --- demotion (Linux: through the agent) ---------------------------------------------------
 
@@ -86,15 +85,13 @@ class ServiceDaemon:
     def tend(self, vip: VipService) -> None:
         services = self.services
         if not services.holds(vip) or services.handover_pending(vip):
-            self.unserved.pop(vip.name, None)
             return
         if not services.zfs.exists(services.dataset(vip)) or not services._writable(vip):
-            # the MASTER event's takeover runs now; do it here if it never came (or failed)
-            self.unserved[vip.name] = self.unserved.get(vip.name, 0) + 1
-            if self.unserved[vip.name] >= 2:
-                services.takeover(vip)
+            # held, not served: the MASTER event's takeover failed, or came before this daemon
+            # ran, or a restart of this daemon quiesced it. Take it over now; if that event's
+            # takeover is running, this one waits for its lock and then finds the VIP served.
+            services.takeover(vip)
             return
-        self.unserved.pop(vip.name, None)
         if services.smbd_pid(vip) is None:
             log.warning("%s: smbd is not running: restarting it", vip.name)
             try:
