@@ -44,7 +44,8 @@ def cmd_event(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from hafs.service.daemon import ServiceDaemon
 
-    ServiceDaemon(_services(args)).run()
+    services = _services(args)
+    ServiceDaemon(services, service_config.path_of(args.config)).run()
     return 0
 
 

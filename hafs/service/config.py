@@ -121,8 +121,13 @@ def render(
     return json.dumps(data, indent=2) + "\n"
 
 
+def path_of(path: str | os.PathLike[str] | None = None) -> Path:
+    """The cluster config's path: ``path``, else $HAFS_CLUSTER_CONFIG, else the default."""
+    return Path(path or os.environ.get("HAFS_CLUSTER_CONFIG", DEFAULT_PATH))
+
+
 def load(path: str | os.PathLike[str] | None = None) -> ServiceConfig:
-    path = Path(path or os.environ.get("HAFS_CLUSTER_CONFIG", DEFAULT_PATH))
+    path = path_of(path)
     check_private(path, "cluster config", ServiceConfigError)
     try:
         data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))

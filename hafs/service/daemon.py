@@ -20,10 +20,13 @@ import signal
 import subprocess
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from hafs.carp import control
 from hafs.carp.agent import RESYNC_HOLD
+from hafs.errors import HafsError
+from hafs.service import config as service_config
 from hafs.service.config import ServiceConfigError, VipService
 from hafs.service.node import RUN_DIR, NodeServices, ServiceError
 from hafs.service.zfs import ZfsError
@@ -36,9 +39,11 @@ MASTER_WAIT = 8.0  # two master-down intervals at advbase 1: every vhid has hear
 
 
 class ServiceDaemon:
-    def __init__(self, services: NodeServices) -> None:
+    def __init__(self, services: NodeServices, config_path: Path | None = None) -> None:
         self.services = services
         self.config = services.config
+        self.config_path = config_path  # re-read when it changes (None: never)
+        self.config_bytes = self._read_config()
         self.stopping = threading.Event()
         self.report: dict[str, Any] = {}
 
@@ -56,6 +61,36 @@ class ServiceDaemon:
     def hold(self, name: str, value: int) -> None:
         self.agent({"op": "demote", "hold": name, "value": value})
 
+    # --- cluster.json changes -------------------------------------------------------------------
+
+    def _read_config(self) -> bytes | None:
+        try:
+            return self.config_path.read_bytes() if self.config_path else None
+        except OSError:
+            return None
+
+    def reload(self) -> None:
+        """Re-read cluster.json when a deploy rewrote it: new users and passwords then reach
+        the VIPs served here within a round, with no restart (which would quiesce them)."""
+        data = self._read_config()
+        if self.config_path is None or data is None or data == self.config_bytes:
+            return
+        self.config_bytes = data
+        try:
+            config = service_config.load(self.config_path)
+        except HafsError as exc:
+            log.error("%s: %s: keeping the configuration in use", self.config_path, exc)
+            return
+        if config.node != self.config.node:
+            log.error(
+                "%s: now for node %s: keeping the configuration in use",
+                self.config_path,
+                config.node,
+            )
+            return
+        self.services.config = self.config = config
+        log.info("%s changed: reloaded", self.config_path)
+
     # --- the loop ------------------------------------------------------------------------------
 
     def run(self) -> None:
@@ -69,6 +104,7 @@ class ServiceDaemon:
         )
         while not self.stopping.is_set():
             began = time.monotonic()
+            self.reload()
             if self.resync_pending():
                 self.resync()
             for vip in self.config.vips:
@@ -102,6 +138,7 @@ class ServiceDaemon:
                 log.error("%s: smbd does not start (%s): demoting this node", vip.name, exc)
                 self.hold(f"smb-{vip.name}", HEALTH_DEMOTION)
                 return
+        services.sync_users(vip)
         self.report[vip.name] = services.replicate(vip)
 
     def publish(self) -> None:

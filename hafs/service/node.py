@@ -309,13 +309,7 @@ class NodeServices:
             return
         instance = self.instance(vip)
         root = self.mountpoint(vip)
-        users_hash = hashlib.sha256(json.dumps(sorted(self.config.users.items())).encode())
-        marker = root / "samba" / "hafs-users.sha256"  # on the dataset: passdb done there
-        node_marker = RUN_DIR / "users.sha256"  # node-local: unix users done on this boot
-        digest = users_hash.hexdigest()
-        if _read(node_marker) != digest:
-            self._ensure_group_and_users()
-            node_marker.write_text(digest)
+        self._sync_node_users()  # first: the shares' group
         for sub in ("samba/private", "samba/state"):
             (root / sub).mkdir(parents=True, exist_ok=True)
         for share in instance.shares:
@@ -327,9 +321,7 @@ class NodeServices:
         for sub in ("lock", "cache", "pid", "ncalrpc", "log"):
             (runtime / sub).mkdir(parents=True, exist_ok=True)
         Path(instance.config_file).write_text(render_smb_conf(instance))
-        if _read(marker) != digest:  # the passdb moves with the dataset: once per user set
-            self._ensure_passdb(instance)
-            marker.write_text(digest)
+        self._sync_passdb(vip)
         subprocess.run(start_argv(instance, foreground=False), check=True, capture_output=True)
         deadline = time.monotonic() + SMBD_READY_TIMEOUT
         while not self._listening(vip):
@@ -359,6 +351,31 @@ class NodeServices:
         for pid in self.smbd_pids(vip):  # did not stop: named by its own smb.conf, nothing else
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+    # --- users ---------------------------------------------------------------------------------
+
+    def _users_digest(self) -> str:
+        return hashlib.sha256(json.dumps(sorted(self.config.users.items())).encode()).hexdigest()
+
+    def sync_users(self, vip: VipService) -> None:
+        """The node's Unix accounts and the VIP's passdb follow the configured users (a
+        changed cluster.json): work only when the user list changed since the last time."""
+        self._sync_node_users()
+        self._sync_passdb(vip)
+
+    def _sync_node_users(self) -> None:
+        marker = RUN_DIR / "users.sha256"  # node-local: the Unix users done on this boot
+        digest = self._users_digest()
+        if _read(marker) != digest:
+            self._ensure_group_and_users()
+            marker.write_text(digest)
+
+    def _sync_passdb(self, vip: VipService) -> None:
+        marker = self.mountpoint(vip) / "samba" / "hafs-users.sha256"  # moves with the passdb
+        digest = self._users_digest()
+        if _read(marker) != digest:
+            self._ensure_passdb(self.instance(vip))
+            marker.write_text(digest)
 
     def _ensure_group_and_users(self) -> None:
         RUN_DIR.mkdir(parents=True, exist_ok=True)

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 import time
 from collections.abc import Iterator
 from ipaddress import IPv4Address
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from hafs.service import config as service_config
 from hafs.service.cli import format_replication
 from hafs.service.config import ServiceConfig, ShareConfig, VipService
 from hafs.service.daemon import ServiceDaemon
@@ -66,13 +70,18 @@ class FakeServices:
     def takeover(self, vip: VipService) -> None:
         self.calls.append("takeover")
 
+    def sync_users(self, vip: VipService) -> None:
+        self.calls.append(f"sync_users {sorted(self.config.users.items())}")
+
     def replicate(self, vip: VipService) -> dict[str, Any]:
         self.calls.append("replicate")
         return {}
 
 
-def daemon(services: FakeServices) -> tuple[ServiceDaemon, list[tuple[str, int]]]:
-    d = ServiceDaemon(services)  # type: ignore[arg-type]
+def daemon(
+    services: FakeServices, config_path: Path | None = None
+) -> tuple[ServiceDaemon, list[tuple[str, int]]]:
+    d = ServiceDaemon(services, config_path)  # type: ignore[arg-type]
     holds: list[tuple[str, int]] = []
     d.hold = lambda name, value: holds.append((name, value))  # type: ignore[method-assign]
     return d, holds
@@ -82,7 +91,7 @@ def test_dead_smbd_is_restarted_then_replication_goes_on() -> None:
     services = FakeServices(start_ok=True)
     d, holds = daemon(services)
     d.tend(VIP)
-    assert services.calls == ["start_smbd", "replicate"]
+    assert services.calls == ["start_smbd", "sync_users []", "replicate"]
     assert holds == [("smb-vip1", 0)]  # any earlier health demotion is released
 
 
@@ -119,3 +128,34 @@ def test_replication_report_shows_lag_and_failures(monkeypatch: pytest.MonkeyPat
         "  vip1 -> n3: FAILING: n3 unreachable: timed out",
     ]
     assert format_replication({"node": "n4", "vips": {}}).endswith("(this node holds no VIP)")
+
+
+def test_a_rewritten_cluster_json_is_reloaded_and_its_users_applied(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "cluster.json"
+    cluster = {
+        "node": "n1", "pool": "tank", "replication_interval": 10, "agent_socket": None,
+        "peers": {"n2": "10.0.0.2"}, "users": {"alice": "old"},
+        "vips": [{"vhid": 1, "name": "vip1", "address": "10.0.0.100", "home": "n1",
+                  "carriers": ["n1", "n2"],
+                  "shares": [{"name": "s", "writable": True, "users": []}]}],
+    }  # fmt: skip
+    path.write_text(json.dumps(cluster))
+    path.chmod(0o600)
+    services = FakeServices(start_ok=True)
+    services.config = service_config.load(path)
+    services.smbd_pid = lambda vip: 1  # type: ignore[method-assign]
+    d, _ = daemon(services, path)
+    d.reload()  # unchanged: nothing
+    assert d.config is services.config
+    cluster["users"] = {"alice": "new"}
+    path.write_text(json.dumps(cluster))
+    d.reload()
+    d.tend(d.config.vip(1))
+    assert services.calls == ["sync_users [('alice', 'new')]", "replicate"]
+    caplog.set_level(logging.ERROR, "hafs.service")
+    path.write_text("{broken")
+    d.reload()  # a broken file: one line, and the daemon keeps what it has
+    assert d.config.users == {"alice": "new"}
+    assert "keeping the configuration in use" in caplog.text
