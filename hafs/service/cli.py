@@ -16,7 +16,7 @@ from typing import Any
 from hafs.agentconf import PREVIOUS_MASTER_ENV
 from hafs.errors import HafsError
 from hafs.service import config as service_config
-from hafs.service.node import BACKGROUND_NICE, NodeServices
+from hafs.service.node import BACKGROUND_NICE, NO_COPY, NodeServices
 
 EVENT_RE = re.compile(r"(?P<vhid>[0-9]{1,3})@(?P<ifname>[0-9A-Za-z._:-]+)")
 
@@ -92,6 +92,9 @@ def cmd_sync(args: argparse.Namespace) -> int:
     vip = services.config.vip_named(args.vip)
     if not services.holds(vip):
         raise HafsError(f"{vip.name}: not held by {services.config.node}: nothing to send")
+    if not services.zfs.exists(services.dataset(vip)):  # held, never received: no copy here
+        print(f"{vip.name}: no copy on {services.config.node}", file=sys.stderr)
+        return NO_COPY
     services.snapshot(vip)
     print(services.send(vip, args.to))
     return 0

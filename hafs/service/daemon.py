@@ -28,7 +28,7 @@ from hafs.carp.agent import RESYNC_HOLD
 from hafs.errors import HafsError
 from hafs.service import config as service_config
 from hafs.service.config import ServiceConfigError, VipService
-from hafs.service.node import RUN_DIR, NodeServices, ServiceError
+from hafs.service.node import NO_COPY, RUN_DIR, NodeServices, ServiceError
 from hafs.service.zfs import ZfsError
 
 log = logging.getLogger("hafs.service")
@@ -173,13 +173,12 @@ class ServiceDaemon:
                 continue
             holder = by_address[master["source"]]
             synced = self.services.remote(holder, ["sync", vip.name, "--to", self.config.node], 600)
-            log.info(
-                "%s resync from %s: %s",
-                vip.name,
-                holder,
-                "done" if synced.returncode == 0 else synced.stderr.strip(),
-            )
-            ok = ok and synced.returncode == 0
+            if synced.returncode == NO_COPY:  # it holds the VIP but never got a copy: ours stands
+                outcome = "it has no copy: this node's own is the newest"
+            else:
+                outcome = "done" if synced.returncode == 0 else synced.stderr.strip()
+            log.info("%s resync from %s: %s", vip.name, holder, outcome)
+            ok = ok and synced.returncode in (0, NO_COPY)
             if entry["advskew"] < master["advskew"]:  # this node will preempt it
                 handovers.append((vip, holder))
         if not ok:

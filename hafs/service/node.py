@@ -66,6 +66,7 @@ SMBD_READY_TIMEOUT = 10.0
 SEND_TIMEOUT = 600.0
 HANDOVER_GRACE = 20.0  # a holder that quiesced for a handover serves again after this
 BACKGROUND_NICE = 10  # replication's CPU priority: a takeover on the same CPUs comes first
+NO_COPY = 3  # exit status of `hafs service sync`: the holder has no copy of the VIP to send
 
 
 class ServiceError(HafsError):
@@ -294,7 +295,14 @@ class NodeServices:
     def _rollback_or_provision(self, vip: VipService) -> None:
         dataset = self.dataset(vip)
         if not self.zfs.exists(dataset):
-            log.info("%s takeover: no replica here: creating a new, empty dataset", vip.name)
+            if vip.home != self.config.node:
+                # an empty share in place of data that exists elsewhere: clients would write
+                # into it, and a later receive would have to put their writes aside
+                raise ServiceError(
+                    f"{vip.name}: no replica on {self.config.node} (none was ever received): "
+                    f"not serving an empty share in its place; its home {vip.home} serves it"
+                )
+            log.info("%s takeover: no dataset yet on its home: creating it, empty", vip.name)
             self.zfs.create(dataset, {})
             return
         snapshots = self.zfs.snapshots(dataset)
@@ -645,6 +653,8 @@ class NodeServices:
         """Quiesce the VIP here, send the final incremental to ``peer``; the VIP moves next."""
         (RUN_DIR / f"{vip.name}.handover").write_text(str(time.time()))
         self.stepdown(vip, "handover")
+        if not self.zfs.exists(self.dataset(vip)):  # never had a copy: nothing to send
+            return ""
         self.snapshot(vip)
         return self.send(vip, peer)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import subprocess
 import time
 from collections.abc import Iterator
 from ipaddress import IPv4Address
@@ -17,7 +18,7 @@ from hafs.service import config as service_config
 from hafs.service.cli import format_replication
 from hafs.service.config import ServiceConfig, ShareConfig, VipService
 from hafs.service.daemon import ServiceDaemon
-from hafs.service.node import ServiceError
+from hafs.service.node import NO_COPY, ServiceError
 
 VIP = VipService(
     1, "vip1", IPv4Address("10.0.0.100"), "n1", ("n1", "n2"), (ShareConfig("s", True, ()),)
@@ -159,3 +160,30 @@ def test_a_rewritten_cluster_json_is_reloaded_and_its_users_applied(
     d.reload()  # a broken file: one line, and the daemon keeps what it has
     assert d.config.users == {"alice": "new"}
     assert "keeping the configuration in use" in caplog.text
+
+
+@pytest.mark.parametrize(("sync_status", "released"), [(0, True), (NO_COPY, True), (1, False)])
+def test_resync_pulls_from_the_holder_then_takes_its_vip_back(
+    sync_status: int, released: bool
+) -> None:
+    """The home (n1) returns while n2 holds VIP1; a holder that never got a copy (it took the
+    VIP over before any replication) has nothing to send: the home's own copy stands."""
+    services = FakeServices(start_ok=True)
+    asked: list[list[str]] = []
+
+    def remote(peer: str, args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+        asked.append([peer, *args])
+        status = sync_status if args[0] == "sync" else 0
+        return subprocess.CompletedProcess(args, status, "", "boom" if status == 1 else "")
+
+    services.remote = remote  # type: ignore[attr-defined]
+    d, holds = daemon(services)
+    master = {"source": "10.0.0.2", "advskew": 10}
+    status = {"vhids": [{"vhid": 1, "state": "BACKUP", "advskew": 0, "master": master}]}
+    d.agent = lambda request: status  # type: ignore[method-assign]
+    d.resync()
+    expected = [["n2", "sync", "vip1", "--to", "n1"]]
+    if released:
+        expected.append(["n2", "handover", "vip1", "--to", "n1"])
+    assert asked == expected
+    assert holds == ([("resync", 0)] if released else [])  # else: still demoted, tried again

@@ -15,7 +15,14 @@ import pytest
 from hafs.errors import HafsError
 from hafs.service import config as service_config
 from hafs.service.config import ServiceConfig, ServiceConfigError, ShareConfig, VipService
-from hafs.service.node import UID_BASE, UID_SPAN, NodeServices, tickle_segment, uid_of
+from hafs.service.node import (
+    UID_BASE,
+    UID_SPAN,
+    NodeServices,
+    ServiceError,
+    tickle_segment,
+    uid_of,
+)
 from hafs.service.zfs import Zfs
 from tests.unit.conftest import MakeCluster
 
@@ -102,3 +109,36 @@ def test_takeover_fences_the_previous_master(previous: str | None, fenced: list[
     with ThreadPoolExecutor(2) as pool:
         node._fenced(vip, node._fence_peers(vip, previous, pool))
     assert sorted(node.asked) == [(peer, ("fence", "vip1")) for peer in fenced]
+
+
+class NoDatasets:
+    """A pool holding none of the VIPs' datasets yet."""
+
+    def __init__(self) -> None:
+        self.created: list[str] = []
+
+    def exists(self, name: str) -> bool:
+        return False
+
+    def create(self, name: str, properties: dict[str, str]) -> None:
+        self.created.append(name)
+
+
+@pytest.mark.parametrize("node", ["n1", "n2"])
+def test_only_the_home_provisions_a_missing_dataset(node: str) -> None:
+    vip = VipService(
+        1, "vip1", IPv4Address("10.0.0.100"), "n1", ("n1", "n2"), (ShareConfig("s", True, ()),)
+    )
+    config = ServiceConfig(
+        node=node, pool="tank", replication_interval=10, vips=(vip,), users={},
+        agent_socket=None, peers={},
+    )  # fmt: skip
+    zfs = NoDatasets()
+    services = NodeServices(config, zfs=cast(Zfs, zfs))
+    if node == "n1":  # the home: a new cluster's first takeover
+        services._rollback_or_provision(vip)
+        assert zfs.created == ["tank/hafs/vip1"]
+    else:  # a backup that never received a replica serves nothing rather than an empty share
+        with pytest.raises(ServiceError, match=r"vip1: no replica on n2 .* home n1 serves it"):
+            services._rollback_or_provision(vip)
+        assert zfs.created == []
