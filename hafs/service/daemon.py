@@ -138,7 +138,7 @@ class ServiceDaemon:
                 log.error("%s: smbd does not start (%s): demoting this node", vip.name, exc)
                 self.hold(f"smb-{vip.name}", HEALTH_DEMOTION)
                 return
-        services.sync_users(vip)
+        services.refresh(vip)
         self.report[vip.name] = services.replicate(vip)
 
     def publish(self) -> None:

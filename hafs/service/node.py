@@ -49,6 +49,7 @@ from hafs.service.samba import (
     SambaShare,
     add_user_argv,
     delete_user_argv,
+    reload_argv,
     render_smb_conf,
     start_argv,
     stop_argvs,
@@ -316,8 +317,19 @@ class NodeServices:
         if self.smbd_pid(vip) is not None:
             return
         instance = self.instance(vip)
-        root = self.mountpoint(vip)
         self._sync_node_users()  # first: the shares' group
+        self._lay_out(vip, instance)
+        self._sync_passdb(vip)
+        subprocess.run(start_argv(instance, foreground=False), check=True, capture_output=True)
+        deadline = time.monotonic() + SMBD_READY_TIMEOUT
+        while not self._listening(vip):
+            if time.monotonic() > deadline:
+                raise ServiceError(f"{vip.name}: smbd does not listen on {vip.address}:445")
+            time.sleep(0.02)
+
+    def _lay_out(self, vip: VipService, instance: SambaInstance) -> bool:
+        """Samba's dirs, the share dirs and smb.conf; True if smb.conf changed."""
+        root = self.mountpoint(vip)
         for sub in ("samba/private", "samba/state"):
             (root / sub).mkdir(parents=True, exist_ok=True)
         for share in instance.shares:
@@ -328,14 +340,21 @@ class NodeServices:
         runtime = RUN_DIR / "smb" / vip.name
         for sub in ("lock", "cache", "pid", "ncalrpc", "log"):
             (runtime / sub).mkdir(parents=True, exist_ok=True)
-        Path(instance.config_file).write_text(render_smb_conf(instance))
+        text = render_smb_conf(instance)
+        if _read(Path(instance.config_file)) == text:
+            return False
+        Path(instance.config_file).write_text(text)
+        return True
+
+    def refresh(self, vip: VipService) -> None:
+        """Bring the served VIP in line with the configuration (a changed cluster.json): Unix
+        users, shares and smb.conf (the running smbd re-reads it), passdb."""
+        instance = self.instance(vip)
+        self._sync_node_users()
+        if self._lay_out(vip, instance):
+            subprocess.run(reload_argv(instance), capture_output=True, check=False, timeout=10)
+            log.info("%s: smb.conf changed: smbd reloaded it", vip.name)
         self._sync_passdb(vip)
-        subprocess.run(start_argv(instance, foreground=False), check=True, capture_output=True)
-        deadline = time.monotonic() + SMBD_READY_TIMEOUT
-        while not self._listening(vip):
-            if time.monotonic() > deadline:
-                raise ServiceError(f"{vip.name}: smbd does not listen on {vip.address}:445")
-            time.sleep(0.02)
 
     @staticmethod
     def _listening(vip: VipService) -> bool:
@@ -364,12 +383,6 @@ class NodeServices:
 
     def _users_digest(self) -> str:
         return hashlib.sha256(json.dumps(sorted(self.config.users.items())).encode()).hexdigest()
-
-    def sync_users(self, vip: VipService) -> None:
-        """The node's Unix accounts and the VIP's passdb follow the configured users (a
-        changed cluster.json): work only when the user list changed since the last time."""
-        self._sync_node_users()
-        self._sync_passdb(vip)
 
     def _sync_node_users(self) -> None:
         marker = RUN_DIR / "users.sha256"  # node-local: the Unix users done on this boot

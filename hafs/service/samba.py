@@ -145,6 +145,11 @@ def stop_argvs(instance: SambaInstance) -> list[list[str]]:
     ]
 
 
+def reload_argv(instance: SambaInstance) -> list[str]:
+    """argv making the running smbd re-read its smb.conf (shares added, removed or changed)."""
+    return ["smbcontrol", f"--configfile={instance.config_file}", "smbd", "reload-config"]
+
+
 def add_user_argv(instance: SambaInstance, user: str) -> list[str]:
     """argv adding (or updating) ``user`` in the instance's own passdb: feed the password twice
     on stdin (``f"{pw}\\n{pw}\\n"``). The Unix account ``user`` must exist on the node."""

@@ -319,7 +319,7 @@ def test_event_is_idempotent_and_smbd_is_kept_alive(service_lab: ServiceLab) -> 
     assert s.get(4, "after-restart.txt") == "served again"
 
 
-def test_a_changed_user_list_reaches_the_served_vip_within_a_round(
+def test_a_changed_cluster_json_reaches_the_served_vip_within_a_round(
     service_lab: ServiceLab,
 ) -> None:
     s = service_lab
@@ -327,16 +327,28 @@ def test_a_changed_user_list_reaches_the_served_vip_within_a_round(
     assert check_user is not None and check_user != USER
     assert s.login(4, USER, PASSWORD) == 0
     assert s.login(4, check_user, s.cluster.smb_users[check_user]) == 0
-    # the operator changes alice's password and drops the check user; a deploy writes the
-    # node's cluster.json again, and the running service daemon picks it up
+    # the operator changes alice's password, drops the check user and adds a share; a deploy
+    # writes the node's cluster.json again, and the running service daemon picks it up
     rewrite = (
-        "import json, sys; p = '/etc/hafs/cluster.json'; c = json.load(open(p)); "
-        f"c['users'] = {{{USER!r}: 'a-new-password'}}; open(p, 'w').write(json.dumps(c))"
+        "import json; p = '/etc/hafs/cluster.json'; c = json.load(open(p)); "
+        f"c['users'] = {{{USER!r}: 'a-new-password'}}; "
+        "[v['shares'].append({'name': 'extra', 'writable': True, 'users': []}) "
+        " for v in c['vips'] if v['name'] == 'vip4']; "
+        "open(p, 'w').write(json.dumps(c))"
     )
     s.lab.run(home, [sys.executable, "-c", rewrite])
     wait_for(lambda: s.login(4, USER, "a-new-password") == 0, 3 * INTERVAL, "the new password")
     assert s.login(4, USER, PASSWORD) == 3
     assert s.login(4, check_user, s.cluster.smb_users[check_user]) == 3
+    vip = s.cluster.vip(4)
+    put = [
+        *s.lab.enter("client"), sys.executable, "-m", "tests.lab.smb_probe", "put",
+        str(vip.address), "extra", "new-share.txt", USER, "a-new-password",
+    ]  # fmt: skip
+    stored = subprocess.run(
+        put, input=b"in the new share", capture_output=True, cwd=REPO, check=False
+    )
+    assert stored.returncode == 0, stored.stderr.decode()[-600:]
     assert s.holders(4) == [home]  # no takeover, no restart was needed
 
 

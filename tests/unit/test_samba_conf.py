@@ -15,6 +15,7 @@ from hafs.service.samba import (
     SambaShare,
     add_user_argv,
     delete_user_argv,
+    reload_argv,
     render_smb_conf,
     start_argv,
     stop_argvs,
@@ -127,6 +128,12 @@ def test_argvs_use_the_instance_config_file() -> None:
         "smbd",
         "--daemon",
         "--configfile=/run/hafs/vip1/smb.conf",
+    ]
+    assert reload_argv(inst) == [
+        "smbcontrol",
+        "--configfile=/run/hafs/vip1/smb.conf",
+        "smbd",
+        "reload-config",
     ]
     assert stop_argvs(inst) == [
         ["smbcontrol", "--configfile=/run/hafs/vip1/smb.conf", "smbd", "shutdown"],

@@ -71,8 +71,8 @@ class FakeServices:
     def takeover(self, vip: VipService) -> None:
         self.calls.append("takeover")
 
-    def sync_users(self, vip: VipService) -> None:
-        self.calls.append(f"sync_users {sorted(self.config.users.items())}")
+    def refresh(self, vip: VipService) -> None:
+        self.calls.append(f"refresh {sorted(self.config.users.items())}")
 
     def replicate(self, vip: VipService) -> dict[str, Any]:
         self.calls.append("replicate")
@@ -92,7 +92,7 @@ def test_dead_smbd_is_restarted_then_replication_goes_on() -> None:
     services = FakeServices(start_ok=True)
     d, holds = daemon(services)
     d.tend(VIP)
-    assert services.calls == ["start_smbd", "sync_users []", "replicate"]
+    assert services.calls == ["start_smbd", "refresh []", "replicate"]
     assert holds == [("smb-vip1", 0)]  # any earlier health demotion is released
 
 
@@ -154,7 +154,7 @@ def test_a_rewritten_cluster_json_is_reloaded_and_its_users_applied(
     path.write_text(json.dumps(cluster))
     d.reload()
     d.tend(d.config.vip(1))
-    assert services.calls == ["sync_users [('alice', 'new')]", "replicate"]
+    assert services.calls == ["refresh [('alice', 'new')]", "replicate"]
     caplog.set_level(logging.ERROR, "hafs.service")
     path.write_text("{broken")
     d.reload()  # a broken file: one line, and the daemon keeps what it has
