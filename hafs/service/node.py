@@ -316,10 +316,10 @@ class NodeServices:
         """Lay out the dataset, users and smb.conf, then start smbd and wait until it listens."""
         if self.smbd_pid(vip) is not None:
             return
-        instance = self.instance(vip)
+        instance = self.instance(vip)  # (one `zfs get mountpoint`: the rest derives from it)
         self._sync_node_users()  # first: the shares' group
         self._lay_out(vip, instance)
-        self._sync_passdb(vip)
+        self._sync_passdb(instance)
         subprocess.run(start_argv(instance, foreground=False), check=True, capture_output=True)
         deadline = time.monotonic() + SMBD_READY_TIMEOUT
         while not self._listening(vip):
@@ -329,9 +329,8 @@ class NodeServices:
 
     def _lay_out(self, vip: VipService, instance: SambaInstance) -> bool:
         """Samba's dirs, the share dirs and smb.conf; True if smb.conf changed."""
-        root = self.mountpoint(vip)
-        for sub in ("samba/private", "samba/state"):
-            (root / sub).mkdir(parents=True, exist_ok=True)
+        for directory in (instance.dirs.private, instance.dirs.state):
+            Path(directory).mkdir(parents=True, exist_ok=True)
         for share in instance.shares:
             path = Path(share.path)
             path.mkdir(parents=True, exist_ok=True)
@@ -354,7 +353,7 @@ class NodeServices:
         if self._lay_out(vip, instance):
             subprocess.run(reload_argv(instance), capture_output=True, check=False, timeout=10)
             log.info("%s: smb.conf changed: smbd reloaded it", vip.name)
-        self._sync_passdb(vip)
+        self._sync_passdb(instance)
 
     @staticmethod
     def _listening(vip: VipService) -> bool:
@@ -391,11 +390,11 @@ class NodeServices:
             self._ensure_group_and_users()
             marker.write_text(digest)
 
-    def _sync_passdb(self, vip: VipService) -> None:
-        marker = self.mountpoint(vip) / "samba" / "hafs-users.sha256"  # moves with the passdb
+    def _sync_passdb(self, instance: SambaInstance) -> None:
+        marker = Path(instance.config_file).parent / "hafs-users.sha256"  # moves with the passdb
         digest = self._users_digest()
         if _read(marker) != digest:
-            self._ensure_passdb(self.instance(vip))
+            self._ensure_passdb(instance)
             marker.write_text(digest)
 
     def _ensure_group_and_users(self) -> None:
