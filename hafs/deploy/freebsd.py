@@ -23,6 +23,9 @@ Files, each rendered by :mod:`hafs.render` (what ``hafs render`` prints):
     ``net.inet.carp.preempt=1`` when the node takes its VIP back (failback); also set live.
 ``/usr/local/etc/devd/hafs.conf``
     the stanza that runs ``hafs event <vhid>@<if> <STATE>`` on every CARP state change.
+``/usr/local/etc/rc.d/hafs_service``, ``/usr/local/etc/rc.d/hafs_demote``
+    the service daemon, and the boot script that holds the node demoted ("resync", before
+    rc.d/netif) until that daemon has pulled what changed while the node was away.
 ``/etc/hafs/cluster.json`` (mode 0600), the replication key, ``PermitRootLogin``
     see :mod:`hafs.deploy.common` (FreeBSD's default ``PermitRootLogin no`` becomes
     ``forced-commands-only``: replication logs in as root with forced-command keys).
@@ -60,6 +63,8 @@ NETIF = "/etc/rc.conf.d/netif"
 DEVD = "/usr/local/etc/devd/hafs.conf"
 RC_SCRIPT = "/usr/local/etc/rc.d/hafs_service"
 RC_SCRIPT_SOURCE = common.SOURCE / "hooks" / "hafs_service.rc"
+DEMOTE_SCRIPT = "/usr/local/etc/rc.d/hafs_demote"
+DEMOTE_SCRIPT_SOURCE = common.SOURCE / "hooks" / "hafs_demote.rc"
 NETIF_HEADER = (
     "# hafs: the interfaces and CARP addresses of {node}, as `hafs render {node} rc.conf`\n"
     "# prints them. It holds the CARP pass: keep it 0600. rc.d/netif reads this file after\n"
@@ -93,7 +98,12 @@ def freebsd_node(target: common.Target) -> None:
     rc_settings = {key: value for _, key, value in rc_conf if not key.startswith("ifconfig_")}
     ops.sysrc_settings(
         name="/etc/rc.conf",
-        settings={**rc_settings, "sshd_enable": "YES", "hafs_service_enable": "YES"},
+        settings={
+            **rc_settings,
+            "sshd_enable": "YES",
+            "hafs_demote_enable": "YES",
+            "hafs_service_enable": "YES",
+        },
     )
     alias = rf"ifconfig_{re.escape(node.interface)}_alias[0-9]+"
     ops.sysrc_removed(
@@ -118,6 +128,12 @@ def freebsd_node(target: common.Target) -> None:
 
     rc_script = files.put(
         name=RC_SCRIPT, src=StringIO(RC_SCRIPT_SOURCE.read_text()), dest=RC_SCRIPT, mode="755"
+    )
+    files.put(  # boot only: never started by the deploy (it would demote a serving node)
+        name=DEMOTE_SCRIPT,
+        src=StringIO(DEMOTE_SCRIPT_SOURCE.read_text()),
+        dest=DEMOTE_SCRIPT,
+        mode="755",
     )
 
     hafs_install = common.install_hafs(python=PYTHON, site_packages=True)

@@ -62,9 +62,19 @@ usermod -s /bin/sh root >/dev/null 2>&1 || true
 echo ready
 exec sleep infinity
 """
-UCARP_UP = '#!/bin/sh\nip addr add "$2/32" dev "$1" label "$1:$3"\n{hafs} event "$3@$1" MASTER\n'
+# Stock ucarp stands in for FreeBSD's kernel CARP, which goes on advertising while devd runs
+# `hafs event`. ucarp waits for its scripts and sends nothing meanwhile (its first advert as
+# master comes after the up script), so the event runs in the background: waited for, a
+# takeover's seconds let every other backup time out and take the VIP too. The address
+# changes first, as in the kernel; the events serialise on the VIP's lock and look at the
+# address they find, so their order does not matter.
+UCARP_UP = (
+    '#!/bin/sh\nip addr add "$2/32" dev "$1" label "$1:$3"\n'
+    '{hafs} event "$3@$1" MASTER </dev/null &\n'
+)
 UCARP_DOWN = (
-    '#!/bin/sh\n{hafs} event "$3@$1" BACKUP\nip addr del "$2/32" dev "$1" 2>/dev/null || true\n'
+    '#!/bin/sh\nip addr del "$2/32" dev "$1" 2>/dev/null || true\n'
+    '{hafs} event "$3@$1" BACKUP </dev/null &\n'
 )
 HAFS = (sys.executable, "-m", "hafs")  # the hafs of this checkout, inside every node
 SSHD_CONFIG = """# hafs lab: replication and fencing between nodes, on the node's fixed address only

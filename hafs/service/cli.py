@@ -16,8 +16,10 @@ from typing import Any
 from hafs.agentconf import PREVIOUS_MASTER_ENV
 from hafs.errors import HafsError
 from hafs.service import config as service_config
+from hafs.service import demotion
 from hafs.service.node import BACKGROUND_NICE, NO_COPY, NodeServices
 
+MAX_HOLD = 240  # CARP advertises advskew + demotion capped at 240
 EVENT_RE = re.compile(r"(?P<vhid>[0-9]{1,3})@(?P<ifname>[0-9A-Za-z._:-]+)")
 
 
@@ -58,6 +60,30 @@ def cmd_fence(args: argparse.Namespace) -> int:
         print(f"{vip.name}: held here: not fenced")
         return 0
     services.stepdown(vip, "fence")
+    return 0
+
+
+def cmd_held(args: argparse.Namespace) -> int:
+    """Print the VIPs held here, one name per line (a returning peer's resync asks)."""
+    services = _services(args)
+    for vip in services.config.vips:
+        if services.holds(vip):
+            print(vip.name)
+    return 0
+
+
+def _hold_value(text: str) -> int:
+    if not text.isdigit() or int(text) > MAX_HOLD:
+        raise argparse.ArgumentTypeError(f"{text!r}: give 0 (release) to {MAX_HOLD}")
+    return int(text)
+
+
+def cmd_hold(args: argparse.Namespace) -> int:
+    services = _services(args)
+    node_demotion = demotion.for_node(services.config.agent_socket)
+    if node_demotion is None:
+        raise HafsError("this node's CARP daemon takes no demotion holds (ucarp?)")
+    node_demotion.hold(args.name, args.value)
     return 0
 
 
@@ -106,7 +132,7 @@ def cmd_handover(args: argparse.Namespace) -> int:
     return 0
 
 
-PEER_OPERATIONS = ("fence", "snapshots", "receive", "sync", "handover")
+PEER_OPERATIONS = ("fence", "snapshots", "receive", "sync", "handover", "held")
 
 
 def cmd_ssh_command(args: argparse.Namespace) -> int:
@@ -205,6 +231,15 @@ def register(sub: Any) -> None:
     p.add_argument("--to", required=True, metavar="NODE")
     p = parser("handover", "stop serving VIP, send the final incremental to a peer", cmd_handover)
     p.add_argument("--to", required=True, metavar="NODE")
+    parser("held", "list the VIPs this node holds now, one name per line", cmd_held, vip=False)
+    p = parser(
+        "hold",
+        "set a demotion hold of this node's CARP daemon (FreeBSD: net.inet.carp.demotion)",
+        cmd_hold,
+        vip=False,
+    )
+    p.add_argument("name", help="the hold's name, e.g. resync or maintenance")
+    p.add_argument("value", type=_hold_value, help="advskew added while held (0 releases; 240 max)")
     p = parser(
         "ssh-command",
         "forced command of peers' replication keys: runs $SSH_ORIGINAL_COMMAND if allowed",

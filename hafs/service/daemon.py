@@ -3,11 +3,12 @@
 Every ``replication_interval`` it tends each VIP this node holds: keeps its smbd alive
 (restart; if that fails, demote the node so a backup takes over), records the SMB clients,
 snapshots and sends to the other carriers, and publishes the lag per peer in
-``/run/hafs/replication.json`` (shown by ``hafs status``).
+``/var/run/hafs/replication.json`` (shown by ``hafs status``).
 
-Started while the agent holds the node demoted ("resync", ``start_demoted`` in agent.toml),
-it first brings every replica up to date from the current holders and asks them to hand over
-the VIPs this node will preempt, then releases the demotion. On SIGTERM it quiesces the VIPs
+Started while the node is held demoted ("resync": ``start_demoted`` in agent.toml on Linux,
+``rc.d/hafs_demote`` at boot on FreeBSD), it asks every peer which VIPs it holds, brings every
+replica up to date from those holders and asks them to hand over the VIPs this node will
+preempt, then releases the demotion. On SIGTERM it quiesces the VIPs
 it holds and sends the final incremental to every carrier before the CARP daemon bows out,
 so a graceful stop loses nothing.
 """
@@ -20,14 +21,15 @@ import signal
 import subprocess
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from hafs.carp import control
 from hafs.carp.agent import RESYNC_HOLD
 from hafs.errors import HafsError
 from hafs.service import config as service_config
-from hafs.service.config import ServiceConfigError, VipService
+from hafs.service import demotion
+from hafs.service.config import VipService
 from hafs.service.node import NO_COPY, RUN_DIR, NodeServices, ServiceError
 from hafs.service.zfs import ZfsError
 
@@ -35,7 +37,7 @@ log = logging.getLogger("hafs.service")
 
 HEALTH_DEMOTION = 240
 STATUS_FILE = RUN_DIR / "replication.json"
-MASTER_WAIT = 8.0  # two master-down intervals at advbase 1: every vhid has heard its master
+HELD_TIMEOUT = 10.0  # ssh's connect timeout and a remote python's start, with room
 
 
 class ServiceDaemon:
@@ -44,22 +46,19 @@ class ServiceDaemon:
         self.config = services.config
         self.config_path = config_path  # re-read when it changes (None: never)
         self.config_bytes = self._read_config()
+        self.demotion = demotion.for_node(self.config.agent_socket)
         self.stopping = threading.Event()
         self.report: dict[str, Any] = {}
 
-    # --- demotion (Linux: through the agent) ---------------------------------------------------
-
-    def agent(self, request: dict[str, Any]) -> dict[str, Any] | None:
-        if self.config.agent_socket is None:
-            return None
-        try:
-            return control.request(self.config.agent_socket, request)
-        except control.ControlError as exc:
-            log.warning("agent: %s", exc)
-            return None
+    # --- demotion (the agent's holds on Linux, the kernel's counter on FreeBSD) ---------------
 
     def hold(self, name: str, value: int) -> None:
-        self.agent({"op": "demote", "hold": name, "value": value})
+        if self.demotion is None:
+            return
+        try:
+            self.demotion.hold(name, value)
+        except HafsError as exc:
+            log.error("demotion hold %s=%d: %s", name, value, exc)
 
     # --- cluster.json changes -------------------------------------------------------------------
 
@@ -112,6 +111,8 @@ class ServiceDaemon:
                     self.tend(vip)
                 except (ServiceError, ZfsError, OSError, subprocess.SubprocessError) as exc:
                     log.error("%s: %s", vip.name, exc)
+                except Exception:  # a bug: logged in full, and the other VIPs are still tended
+                    log.exception("%s: unexpected error", vip.name)
             self.publish()
             self.stopping.wait(
                 max(0.5, self.config.replication_interval - (time.monotonic() - began))
@@ -120,7 +121,14 @@ class ServiceDaemon:
 
     def tend(self, vip: VipService) -> None:
         services = self.services
-        if not services.holds(vip) or services.handover_pending(vip):
+        if not services.holds(vip):
+            if services.smbd_pid(vip) is not None:
+                # served, not held: the BACKUP event's step-down failed, or ran before a
+                # MASTER event that then found the VIP gone (hooks run detached under ucarp)
+                log.warning("%s: smbd runs but the VIP is not here: stepping down", vip.name)
+                services.stepdown(vip)
+            return
+        if services.handover_pending(vip):
             return
         if not services.zfs.exists(services.dataset(vip)) or not services._writable(vip):
             # held, not served: the MASTER event's takeover failed, or came before this daemon
@@ -152,26 +160,40 @@ class ServiceDaemon:
     # --- coming back: resync, then handover --------------------------------------------------
 
     def resync_pending(self) -> bool:
-        status = self.agent({"op": "status"})
-        return bool(status and RESYNC_HOLD in status["demotion"]["holds"])
+        holds = self.demotion.holds() if self.demotion else None
+        return bool(holds and RESYNC_HOLD in holds)
+
+    def holders(self) -> dict[str, list[str]]:
+        """VIP name -> the peers that hold it now (``hafs service held``, all peers at once).
+        The same question on every OS: FreeBSD's kernel CARP does not tell who is master.
+        A peer that does not answer is down (or cut off): it holds nothing to sync from."""
+        with ThreadPoolExecutor(max(1, len(self.config.peers))) as pool:
+            asked = {
+                peer: pool.submit(self.services.remote, peer, ["held"], HELD_TIMEOUT)
+                for peer in self.config.peers
+            }
+        held: dict[str, list[str]] = {}
+        for peer, future in asked.items():
+            answer = future.result()
+            if answer.returncode != 0:
+                log.info("resync: %s does not answer (%s)", peer, answer.stderr.strip())
+                continue
+            for name in answer.stdout.split():
+                held.setdefault(name, []).append(peer)
+        return held
 
     def resync(self) -> None:
         """Bring every replica up to date, take back what we will preempt, then undemote."""
-        status = self.wait_for_masters()
-        if status is None:
-            return
-        by_address = {str(a): n for n, a in self.config.peers.items()}
+        held = self.holders()
         ok = True
         handovers: list[tuple[VipService, str]] = []
-        for entry in status["vhids"]:  # first every replica, while the holders serve
-            try:
-                vip = self.config.vip(entry["vhid"])
-            except ServiceConfigError:
-                continue
-            master = entry.get("master")
-            if master is None or master["source"] not in by_address:
-                continue
-            holder = by_address[master["source"]]
+        for vip in self.config.vips:  # first every replica, while the holders serve
+            holders = [p for p in vip.carriers if p in held.get(vip.name, ())]
+            if not holders:
+                continue  # nobody serves it: no newer data anywhere to pull
+            holder = holders[0]
+            if len(holders) > 1:  # split brain, about to resolve: the better one stays
+                log.warning("%s: held by %s: syncing from %s", vip.name, holders, holder)
             synced = self.services.remote(holder, ["sync", vip.name, "--to", self.config.node], 600)
             if synced.returncode == NO_COPY:  # it holds the VIP but never got a copy: ours stands
                 outcome = "it has no copy: this node's own is the newest"
@@ -179,8 +201,8 @@ class ServiceDaemon:
                 outcome = "done" if synced.returncode == 0 else synced.stderr.strip()
             log.info("%s resync from %s: %s", vip.name, holder, outcome)
             ok = ok and synced.returncode in (0, NO_COPY)
-            if entry["advskew"] < master["advskew"]:  # this node will preempt it
-                handovers.append((vip, holder))
+            if vip.carriers.index(self.config.node) < vip.carriers.index(holder):
+                handovers.append((vip, holder))  # this node comes first: it will preempt
         if not ok:
             return  # still demoted; the next round tries again
         for vip, holder in handovers:  # then the short handovers, right before undemoting
@@ -197,19 +219,6 @@ class ServiceDaemon:
         if ok:
             log.info("resync complete: releasing the %s demotion", RESYNC_HOLD)
             self.hold(RESYNC_HOLD, 0)
-
-    def wait_for_masters(self) -> dict[str, Any] | None:
-        """The agent's status once every vhid has heard a master or is master (3 s + skew)."""
-        deadline = time.monotonic() + MASTER_WAIT
-        while not self.stopping.is_set():
-            status = self.agent({"op": "status"})
-            if status is None:
-                return None
-            settled = all(v["state"] == "MASTER" or v["master"] for v in status["vhids"])
-            if settled or time.monotonic() > deadline:
-                return status
-            self.stopping.wait(0.2)
-        return None
 
     # --- graceful stop ----------------------------------------------------------------------------
 

@@ -2,7 +2,7 @@
 
 A VIP's service is the dataset ``<pool>/hafs/<vip>`` (``shares/<share>`` for the data,
 ``samba/private`` and ``samba/state`` for Samba's passdb and state, ``samba/smb.conf``) and one
-smbd bound to the VIP alone, with its volatile directories in ``/run/hafs/smb/<vip>``.
+smbd bound to the VIP alone, with its volatile directories in ``/var/run/hafs/smb/<vip>``.
 
 - :meth:`NodeServices.takeover` (MASTER) runs ordered steps, each timed and logged: fence the
   other carriers' instances, roll the replica back to its newest complete snapshot (also the
@@ -31,7 +31,6 @@ import signal
 import socket
 import struct
 import subprocess
-import sys
 import time
 import zlib
 from collections.abc import Iterator, Sequence
@@ -42,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from hafs.errors import HafsError
+from hafs.service import host
 from hafs.service.config import ServiceConfig, VipService
 from hafs.service.samba import (
     SambaDirs,
@@ -58,7 +58,7 @@ from hafs.service.zfs import Zfs, ZfsError
 
 log = logging.getLogger("hafs.service")
 
-RUN_DIR = Path("/run/hafs")
+RUN_DIR = Path("/var/run/hafs")  # FreeBSD has no /run; on Linux /var/run is /run
 GROUP, GID = "hafs", 60000
 UID_BASE, UID_SPAN = 60001, 5000
 SSH_CONNECT_TIMEOUT = 2
@@ -117,7 +117,7 @@ class NodeServices:
         self.config = config
         self.zfs = zfs or Zfs()
         self.acked: dict[tuple[str, str], str] = {}  # (vip, peer) -> last snapshot it took
-        self.freebsd = sys.platform.startswith("freebsd")
+        self.freebsd = host.FREEBSD
 
     # --- where things are -----------------------------------------------------------------
 
@@ -144,26 +144,13 @@ class NodeServices:
 
     def smbd_pids(self, vip: VipService) -> list[int]:
         """The processes of this VIP's smbd: every smbd of this node whose command line names
-        its smb.conf (smbd forks one per client; a stale pid file never names a stranger).
-
-        "Of this node": in this mount namespace. Lab nodes share one pid namespace and the
-        same paths, so without that a node would see, and stop, the other nodes' instances.
-        """
-        config = f"/{vip.name}/samba/smb.conf".encode()
-        here = os.stat("/proc/self/ns/mnt").st_ino
-        pids = []
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-                if os.stat(f"/proc/{entry}/ns/mnt").st_ino != here:
-                    continue
-            except OSError:
-                continue
-            if argv[0].endswith(b"smbd") and any(a.endswith(config) for a in argv[1:]):
-                pids.append(int(entry))
-        return pids
+        its smb.conf (smbd forks one per client; a stale pid file never names a stranger)."""
+        config = f"/{vip.name}/samba/smb.conf"
+        return [
+            pid
+            for pid, argv in host.processes().items()
+            if argv[0].endswith("smbd") and any(a.endswith(config) for a in argv[1:])
+        ]
 
     def smbd_pid(self, vip: VipService) -> int | None:
         """The VIP's smbd, if one runs (its lowest pid: the parent of the client forks)."""
@@ -171,10 +158,8 @@ class NodeServices:
         return min(pids) if pids else None
 
     def holds(self, vip: VipService) -> bool:
-        """Is the VIP configured on one of this node's interfaces?"""
-        argv = ["ifconfig", "-a", "inet"] if self.freebsd else ["ip", "-4", "-o", "addr", "show"]
-        out = subprocess.run(argv, capture_output=True, text=True, check=False).stdout
-        return any(word.split("/")[0] == str(vip.address) for word in out.split())
+        """Is this node the VIP's CARP master, with the address in place?"""
+        return host.holds(vip.address, vip.vhid)
 
     # --- takeover and step-down --------------------------------------------------------------
 
@@ -214,11 +199,8 @@ class NodeServices:
         """Kill the process group of every receive of the VIP, running or waiting."""
         for path in RUN_DIR.glob(f"{vip.name}.receiving.*"):
             pgid = path.suffix[1:]
-            try:
-                cmdline = Path(f"/proc/{pgid}/cmdline").read_bytes().split(b"\0")
-            except OSError:
-                cmdline = []
-            if b"receive" not in cmdline or vip.name.encode() not in cmdline:
+            argv = host.processes().get(int(pgid), []) if pgid.isdigit() else []
+            if "receive" not in argv or vip.name not in argv:
                 path.unlink(missing_ok=True)  # stale: that process is gone (or another now)
                 continue
             with contextlib.suppress(ProcessLookupError):
@@ -322,7 +304,7 @@ class NodeServices:
         self._sync_passdb(instance)
         subprocess.run(start_argv(instance, foreground=False), check=True, capture_output=True)
         deadline = time.monotonic() + SMBD_READY_TIMEOUT
-        while not self._listening(vip):
+        while not host.listens(vip.address):
             if time.monotonic() > deadline:
                 raise ServiceError(f"{vip.name}: smbd does not listen on {vip.address}:445")
             time.sleep(0.02)
@@ -354,17 +336,6 @@ class NodeServices:
             subprocess.run(reload_argv(instance), capture_output=True, check=False, timeout=10)
             log.info("%s: smb.conf changed: smbd reloaded it", vip.name)
         self._sync_passdb(instance)
-
-    @staticmethod
-    def _listening(vip: VipService) -> bool:
-        """Does a local socket listen on VIP:445? (Connecting would reach whoever holds it.)"""
-        wanted = f"{int.from_bytes(vip.address.packed, 'little'):08X}:01BD"
-        with contextlib.suppress(OSError), open("/proc/net/tcp") as table:
-            return any(
-                fields[1] == wanted and fields[3] == "0A"  # 0A: TCP_LISTEN
-                for fields in (line.split() for line in table)
-            )
-        return False
 
     def stop_smbd(self, vip: VipService) -> None:
         """Ask smbd and its samba-dcerpcd to shut down; kill what is left of the instance."""
@@ -475,20 +446,7 @@ class NodeServices:
 
     def record_connections(self, vip: VipService) -> None:
         """Save the VIP's SMB clients (replicated with the data, read by the next holder)."""
-        if self.freebsd:
-            return
-        out = subprocess.run(
-            ["ss", "-Htn", "state", "established", "src", str(vip.address), "sport", "= :445"],
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout
-        clients = []
-        for line in out.splitlines():
-            peer = line.split()[-1]
-            host, _, port = peer.rpartition(":")
-            if port.isdigit():
-                clients.append([host, int(port)])
+        clients = [list(client) for client in host.smb_clients(vip.address)]
         self.connections_file(vip).write_text(json.dumps(clients))
 
     def _tickle(self, vip: VipService) -> None:
@@ -500,11 +458,11 @@ class NodeServices:
             return
         with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP) as sock:
             sock.bind((str(vip.address), 0))
-            for host, port in clients:
-                segment = tickle_segment(vip.address, IPv4Address(host), 445, int(port))
+            for client, port in clients:
+                segment = tickle_segment(vip.address, IPv4Address(client), 445, int(port))
                 for _ in range(2):
                     with contextlib.suppress(OSError):
-                        sock.sendto(segment, (host, 0))
+                        sock.sendto(segment, (client, 0))
         log.info("%s takeover: tickled %d client connection(s)", vip.name, len(clients))
 
     # --- replication ---------------------------------------------------------------------------

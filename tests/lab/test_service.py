@@ -143,7 +143,10 @@ class ServiceLab:
             taken = datetime.strptime(stamp, "hafs-%Y%m%dT%H%M%S%fZ").replace(tzinfo=UTC)
             return bool(item["ok"]) and taken.timestamp() > since
 
-        wait_for(done, timeout, f"{name} replicated to {peer}", step=0.2)
+        try:
+            wait_for(done, timeout, f"{name} replicated to {peer}", step=0.2)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{self.diagnose(vhid)}") from None
 
     def holders(self, vhid: int) -> list[str]:
         return self.lab.vip_holders()[str(self.cluster.vip(vhid).address)]
@@ -275,9 +278,15 @@ def test_a_takeover_does_not_wait_for_a_receive_from_the_dead_holder(
             "the stalled receive to start",
         )
         time.sleep(0.5)  # it holds the VIP's lock now
-        [entry] = [e for e in s.lab.run(backup, ["ls", "/run/hafs"]).split() if "receiving" in e]
-        stat = Path(f"/proc/{entry.rsplit('.', 1)[1]}/stat").read_text()
-        assert stat.rsplit(")", 1)[1].split()[16] == "10"  # nice: replication gives way
+        # the stalled receive, and any of the holder's queued behind it: all niced (replication
+        # gives way to takeovers); a queued one may end between the listing and the reading
+        entries = [e for e in s.lab.run(backup, ["ls", "/run/hafs"]).split() if "receiving" in e]
+        nice = []
+        for entry in entries:
+            with contextlib.suppress(FileNotFoundError):
+                stat = Path(f"/proc/{entry.rsplit('.', 1)[1]}/stat").read_text()
+                nice.append(stat.rsplit(")", 1)[1].split()[16])
+        assert nice and set(nice) == {"10"}, nice
         _, rto = s.kill_and_time(home, 1, "r.txt", "replicated")
         hook = s.lab.dir / backup / "agent.log"  # the hook's output comes when it ends
         wait_for(lambda: "1@em0 MASTER: exited" in hook.read_text(), 10, "the takeover hook")

@@ -148,6 +148,7 @@ def test_fresh_node_gets_exactly_these_commands(recorded: Recorded) -> None:
         "sysrc -f /etc/rc.conf defaultrouter=172.21.0.1",
         "sysrc -f /etc/rc.conf zfs_enable=YES",
         "sysrc -f /etc/rc.conf sshd_enable=YES",
+        "sysrc -f /etc/rc.conf hafs_demote_enable=YES",
         "sysrc -f /etc/rc.conf hafs_service_enable=YES",
         "mkdir -p /etc/rc.conf.d",
         "chown root:wheel /etc/rc.conf.d",
@@ -160,6 +161,9 @@ def test_fresh_node_gets_exactly_these_commands(recorded: Recorded) -> None:
         "mkdir -p /usr/local/etc/rc.d",
         "upload /usr/local/etc/rc.d/hafs_service",
         "chmod 755 /usr/local/etc/rc.d/hafs_service",
+        "mkdir -p /usr/local/etc/rc.d",
+        "upload /usr/local/etc/rc.d/hafs_demote",
+        "chmod 755 /usr/local/etc/rc.d/hafs_demote",
         "python3.11 -m venv --system-site-packages /opt/hafs",
         "mkdir -p /opt/hafs/dist",
         f"upload /opt/hafs/dist/{archive.name}",
@@ -237,6 +241,7 @@ def configured(name: str) -> Responses:
         "/etc/rc.conf.d/netif": netif_text.encode(),
         "/usr/local/etc/devd/hafs.conf": render.devd_conf(cluster, node_model).encode(),
         "/usr/local/etc/rc.d/hafs_service": (REPO / "hooks" / "hafs_service.rc").read_bytes(),
+        "/usr/local/etc/rc.d/hafs_demote": (REPO / "hooks" / "hafs_demote.rc").read_bytes(),
         tarball: archive.data,
     }
     responses: Responses = {"replication_key.pub": public_key(name)}
@@ -251,6 +256,9 @@ def configured(name: str) -> Responses:
         "/usr/local/etc/devd": stat("/usr/local/etc/devd", "d", "rwxr-xr-x"),
         "/usr/local/etc/rc.d/hafs_service": stat(
             "/usr/local/etc/rc.d/hafs_service", "-", "rwxr-xr-x"
+        ),
+        "/usr/local/etc/rc.d/hafs_demote": stat(
+            "/usr/local/etc/rc.d/hafs_demote", "-", "rwxr-xr-x"
         ),
         "/usr/local/etc/rc.d": stat("/usr/local/etc/rc.d", "d", "rwxr-xr-x"),
         "/opt/hafs/bin/activate": stat("/opt/hafs/bin/activate", "-", "rw-r--r--"),
@@ -281,6 +289,7 @@ def configured(name: str) -> Responses:
             "cat /etc/rc.conf": [
                 *rc_conf,
                 'sshd_enable="YES"',
+                'hafs_demote_enable="YES"',
                 'hafs_service_enable="YES"',
                 'ifconfig_em1="DHCP"',
             ],
@@ -317,6 +326,7 @@ def test_drifted_rc_files_converge_value_by_value(recorded: Recorded) -> None:
             'defaultrouter="172.21.0.254"',
             'zfs_enable="YES"',
             'sshd_enable="YES"',
+            'hafs_demote_enable="YES"',
             'hafs_service_enable="YES"',
             'ifconfig_em0="vhid 1 pass testok 172.21.0.211/20 up"',
             'ifconfig_em0_alias0="vhid 2 advskew 2 pass testok 172.21.0.212/32"',

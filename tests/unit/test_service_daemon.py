@@ -37,15 +37,17 @@ class FakeZfs:
 class FakeServices:
     """A node holding VIP1 whose smbd died; ``start_ok`` says whether it starts again."""
 
-    def __init__(self, start_ok: bool, writable: bool = True) -> None:
+    def __init__(self, start_ok: bool, writable: bool = True, held: bool = True) -> None:
         self.config = CONFIG
         self.zfs = FakeZfs()
         self.start_ok = start_ok
         self.writable = writable
+        self.held = held
+        self.smbd: int | None = None
         self.calls: list[str] = []
 
     def holds(self, vip: VipService) -> bool:
-        return True
+        return self.held
 
     def handover_pending(self, vip: VipService) -> bool:
         return False
@@ -57,7 +59,7 @@ class FakeServices:
         return self.writable
 
     def smbd_pid(self, vip: VipService) -> int | None:
-        return None
+        return self.smbd
 
     @contextlib.contextmanager
     def locked(self, vip: VipService) -> Iterator[None]:
@@ -70,6 +72,9 @@ class FakeServices:
 
     def takeover(self, vip: VipService) -> None:
         self.calls.append("takeover")
+
+    def stepdown(self, vip: VipService) -> None:
+        self.calls.append("stepdown")
 
     def refresh(self, vip: VipService) -> None:
         self.calls.append(f"refresh {sorted(self.config.users.items())}")
@@ -111,6 +116,16 @@ def test_held_but_not_served_is_taken_over_at_once() -> None:
     assert services.calls == ["takeover"]  # and no replication of a VIP it does not serve
 
 
+def test_served_but_not_held_is_stepped_down() -> None:
+    services = FakeServices(start_ok=True, held=False)
+    d, _ = daemon(services)
+    d.tend(VIP)  # a backup with no smbd for the VIP: nothing to do
+    assert services.calls == []
+    services.smbd = 4242  # a BACKUP event's step-down failed, or came before the MASTER's
+    d.tend(VIP)
+    assert services.calls == ["stepdown"]
+
+
 def test_replication_report_shows_lag_and_failures(monkeypatch: pytest.MonkeyPatch) -> None:
     now = 1_000_000.0
     monkeypatch.setattr(time, "time", lambda: now)
@@ -146,7 +161,7 @@ def test_a_rewritten_cluster_json_is_reloaded_and_its_users_applied(
     path.chmod(0o600)
     services = FakeServices(start_ok=True)
     services.config = service_config.load(path)
-    services.smbd_pid = lambda vip: 1  # type: ignore[method-assign]
+    services.smbd = 1
     d, _ = daemon(services, path)
     d.reload()  # unchanged: nothing
     assert d.config is services.config
@@ -173,17 +188,76 @@ def test_resync_pulls_from_the_holder_then_takes_its_vip_back(
 
     def remote(peer: str, args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
         asked.append([peer, *args])
+        if args[0] == "held":
+            return subprocess.CompletedProcess(args, 0, "vip1\n", "")
         status = sync_status if args[0] == "sync" else 0
         return subprocess.CompletedProcess(args, status, "", "boom" if status == 1 else "")
 
     services.remote = remote  # type: ignore[attr-defined]
     d, holds = daemon(services)
-    master = {"source": "10.0.0.2", "advskew": 10}
-    status = {"vhids": [{"vhid": 1, "state": "BACKUP", "advskew": 0, "master": master}]}
-    d.agent = lambda request: status  # type: ignore[method-assign]
     d.resync()
-    expected = [["n2", "sync", "vip1", "--to", "n1"]]
+    expected = [["n2", "held"], ["n2", "sync", "vip1", "--to", "n1"]]
     if released:
         expected.append(["n2", "handover", "vip1", "--to", "n1"])
     assert asked == expected
     assert holds == ([("resync", 0)] if released else [])  # else: still demoted, tried again
+
+
+THREE = ServiceConfig(
+    node="n2", pool="tank", replication_interval=10,
+    peers={"n1": IPv4Address("10.0.0.1"), "n3": IPv4Address("10.0.0.3")},
+    vips=(
+        VipService(1, "vip1", IPv4Address("10.0.0.101"), "n1", ("n1", "n2", "n3"), ()),
+        VipService(2, "vip2", IPv4Address("10.0.0.102"), "n2", ("n2", "n3", "n1"), ()),
+        VipService(3, "vip3", IPv4Address("10.0.0.103"), "n3", ("n3", "n1", "n2"), ()),
+    ),
+    users={}, agent_socket=None,
+)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("answers", "expected"),
+    [
+        # n1 is down; n3 holds its own vip3 and n2's vip2: sync both, take back vip2 only
+        (
+            {"n1": (255, "", "ssh: connect timed out"), "n3": (0, "vip3\nvip2\n", "")},
+            ["sync vip2 n3", "sync vip3 n3", "handover vip2 n3"],
+        ),
+        # vip1 held by n3 (n1 down): n2 comes before n3 for vip1, so it takes vip1 too
+        (
+            {"n1": (255, "", "no route"), "n3": (0, "vip1\nvip2\nvip3\n", "")},
+            [
+                "sync vip1 n3",
+                "sync vip2 n3",
+                "sync vip3 n3",
+                "handover vip1 n3",
+                "handover vip2 n3",
+            ],
+        ),
+        # both claim vip3 for a moment: the one first in its takeover order is the source
+        (
+            {"n1": (0, "vip1\nvip3\n", ""), "n3": (0, "vip3\nvip2\n", "")},
+            ["sync vip1 n1", "sync vip2 n3", "sync vip3 n3", "handover vip2 n3"],
+        ),
+        # nobody holds anything (n2 is the first back): nothing to pull, demotion released
+        ({"n1": (255, "", "down"), "n3": (255, "", "down")}, []),
+    ],
+)
+def test_resync_finds_the_holders_by_asking_every_peer(
+    answers: dict[str, tuple[int, str, str]], expected: list[str]
+) -> None:
+    services = FakeServices(start_ok=True)
+    services.config = THREE
+    asked: list[str] = []
+
+    def remote(peer: str, args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+        if args[0] == "held":
+            return subprocess.CompletedProcess(args, *answers[peer])
+        asked.append(f"{args[0]} {args[1]} {peer}")
+        return subprocess.CompletedProcess(args, 0, "", "")
+
+    services.remote = remote  # type: ignore[attr-defined]
+    d, holds = daemon(services)
+    d.resync()
+    assert asked == expected
+    assert holds == [("resync", 0)]
