@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from hafs.service import demotion
+from hafs.service import demotion, host
 from hafs.service.demotion import DemotionError, SysctlDemotion
 
 
@@ -23,7 +23,7 @@ def sysctl(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         failing = argv[1].endswith("=99")
         return subprocess.CompletedProcess(argv, 1 if failing else 0, "", "sysctl: denied")
 
-    monkeypatch.setattr(demotion.subprocess, "run", run)
+    monkeypatch.setattr(subprocess, "run", run)  # (the demotion module's sysctl call)
     return writes
 
 
@@ -54,7 +54,7 @@ def test_a_failed_write_changes_nothing_recorded(tmp_path: Path, sysctl: list[st
 
 def test_a_node_gets_the_demotion_of_its_carp_daemon(monkeypatch: pytest.MonkeyPatch) -> None:
     assert isinstance(demotion.for_node("/run/hafs/agent.sock"), demotion.AgentDemotion)
-    monkeypatch.setattr(demotion.host, "FREEBSD", True)
+    monkeypatch.setattr(host, "FREEBSD", True)
     assert isinstance(demotion.for_node(None), SysctlDemotion)
-    monkeypatch.setattr(demotion.host, "FREEBSD", False)
+    monkeypatch.setattr(host, "FREEBSD", False)
     assert demotion.for_node(None) is None  # Linux without the agent (stock ucarp): none
