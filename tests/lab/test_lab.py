@@ -214,7 +214,8 @@ def test_foreign_ucarp_on_freebsd_nodes(name: str) -> None:
     # the hafs node dies: a ucarp node takes its VIP (ucarp reacts up to a second late and
     # runs its scripts, hafs event included, before it goes on)
     hafs("lab", "kill", "--name", name, "ha-file-server-4")
-    wait_for(lambda: holders(name) == moved(4), TAKEOVER + 4, "ucarp to take vip4")
+    took = wait_for(lambda: holders(name) == moved(4), TAKEOVER + 4, "ucarp to take vip4")
+    print(f"\nvip4 on one ucarp node alone {took:.2f}s after the kill")
     hafs("lab", "start", "--name", name, "ha-file-server-4")
     wait_for(lambda: holders(name) == HOMES, FAILBACK, "vip4 back on the hafs node", step=0.5)
     # a ucarp node dies: the hafs node is vip3's best backup and takes it from dead ucarp
