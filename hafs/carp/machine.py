@@ -376,14 +376,15 @@ class VhidMachine:
         heard = None
         if isinstance(event, AdvertReceived):
             heard = (event.source, event.advert.advskew, event.advert.advbase)
-        if heard and self._state is BACKUP:  # before a change: a preempted master is "previous"
+        was = self._state
+        if heard and was is BACKUP:  # before a change: a preempted master is "previous"
             self._master = heard
-        target = _TRANSITIONS.get((self._state, kind))
+        target = _TRANSITIONS.get((was, kind))
         if target is not None:
             actions = self._change(now, kind, *target)
         else:
-            actions = self._stay(now, _IN_STATE.get((self._state, kind)))
-        if heard and self._state is BACKUP:
+            actions = self._stay(now, _IN_STATE.get((was, kind)))
+        if heard and was is not BACKUP and self._state is BACKUP:  # stepped down to its sender
             self._master = heard
         return actions
 

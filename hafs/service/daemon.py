@@ -188,12 +188,12 @@ class ServiceDaemon:
         ok = True
         handovers: list[tuple[VipService, str]] = []
         for vip in self.config.vips:  # first every replica, while the holders serve
-            holders = [p for p in vip.carriers if p in held.get(vip.name, ())]
-            if not holders:
+            serving = [p for p in vip.carriers if p in held.get(vip.name, ())]
+            if not serving:
                 continue  # nobody serves it: no newer data anywhere to pull
-            holder = holders[0]
-            if len(holders) > 1:  # split brain, about to resolve: the better one stays
-                log.warning("%s: held by %s: syncing from %s", vip.name, holders, holder)
+            holder = serving[0]
+            if len(serving) > 1:  # split brain, about to resolve: the better one stays
+                log.warning("%s: held by %s: syncing from %s", vip.name, serving, holder)
             synced = self.services.remote(holder, ["sync", vip.name, "--to", self.config.node], 600)
             if synced.returncode == NO_COPY:  # it holds the VIP but never got a copy: ours stands
                 outcome = "it has no copy: this node's own is the newest"

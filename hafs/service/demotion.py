@@ -21,11 +21,12 @@ from typing import Any, Protocol
 from hafs.carp import control
 from hafs.errors import HafsError
 from hafs.service import host
+from hafs.service.node import RUN_DIR
 
 log = logging.getLogger("hafs.service")
 
 SYSCTL = "net.inet.carp.demotion"
-FREEBSD_HOLDS = Path("/var/run/hafs/demotion.json")
+FREEBSD_HOLDS = RUN_DIR / "demotion.json"  # cleared at boot with /var/run
 
 
 class DemotionError(HafsError):

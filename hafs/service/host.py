@@ -115,8 +115,8 @@ def proc_net_tcp_listens(table: str, address: IPv4Address, port: int = SMB_PORT)
 def ss_clients(output: str) -> list[tuple[str, int]]:
     """Linux, ``ss -Htn state established src VIP sport = :445``: the clients' host and port."""
     clients = []
-    for fields in (line.split() for line in output.splitlines()):
-        host, _, port = fields[-1].rpartition(":") if fields else ("", "", "")
+    for line in output.splitlines():
+        host, _, port = line.strip().rpartition(" ")[2].rpartition(":")
         if port.isdigit():
             clients.append((host, int(port)))
     return clients
