@@ -17,7 +17,8 @@ from hafs.agentconf import PREVIOUS_MASTER_ENV
 from hafs.errors import HafsError
 from hafs.service import config as service_config
 from hafs.service import demotion
-from hafs.service.node import BACKGROUND_NICE, NO_COPY, NodeServices
+from hafs.service.node import NodeServices
+from hafs.service.replication import BACKGROUND_NICE, NO_COPY
 
 MAX_HOLD = 240  # CARP advertises advskew + demotion capped at 240
 EVENT_RE = re.compile(r"(?P<vhid>[0-9]{1,3})@(?P<ifname>[0-9A-Za-z._:-]+)")

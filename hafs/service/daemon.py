@@ -30,7 +30,9 @@ from hafs.errors import HafsError
 from hafs.service import config as service_config
 from hafs.service import demotion
 from hafs.service.config import VipService
-from hafs.service.node import NO_COPY, RUN_DIR, NodeServices, ServiceError
+from hafs.service.node import NodeServices
+from hafs.service.replication import NO_COPY
+from hafs.service.runtime import RUN_DIR, ServiceError
 from hafs.service.zfs import ZfsError
 
 log = logging.getLogger("hafs.service")
@@ -130,7 +132,7 @@ class ServiceDaemon:
             return
         if services.handover_pending(vip):
             return
-        if not services.zfs.exists(services.dataset(vip)) or not services._writable(vip):
+        if not services.zfs.exists(services.dataset(vip)) or not services.writable(vip):
             # held, not served: the MASTER event's takeover failed, or came before this daemon
             # ran, or a restart of this daemon quiesced it. Take it over now; if that event's
             # takeover is running, this one waits for its lock and then finds the VIP served.

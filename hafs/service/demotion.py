@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from hafs.carp import control
 from hafs.errors import HafsError
 from hafs.service import host
-from hafs.service.node import RUN_DIR
+from hafs.service.runtime import RUN_DIR
 
 log = logging.getLogger("hafs.service")
 

@@ -18,7 +18,8 @@ from hafs.service import config as service_config
 from hafs.service.cli import format_replication
 from hafs.service.config import ServiceConfig, ShareConfig, VipService
 from hafs.service.daemon import ServiceDaemon
-from hafs.service.node import NO_COPY, ServiceError
+from hafs.service.replication import NO_COPY
+from hafs.service.runtime import ServiceError
 
 VIP = VipService(
     1, "vip1", IPv4Address("10.0.0.100"), "n1", ("n1", "n2"), (ShareConfig("s", True, ()),)
@@ -41,7 +42,7 @@ class FakeServices:
         self.config = CONFIG
         self.zfs = FakeZfs()
         self.start_ok = start_ok
-        self.writable = writable
+        self.is_writable = writable
         self.held = held
         self.smbd: int | None = None
         self.calls: list[str] = []
@@ -55,8 +56,8 @@ class FakeServices:
     def dataset(self, vip: VipService) -> str:
         return "tank/hafs/vip1"
 
-    def _writable(self, vip: VipService) -> bool:
-        return self.writable
+    def writable(self, vip: VipService) -> bool:
+        return self.is_writable
 
     def smbd_pid(self, vip: VipService) -> int | None:
         return self.smbd

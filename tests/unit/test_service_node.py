@@ -14,15 +14,12 @@ import pytest
 
 from hafs.errors import HafsError
 from hafs.service import config as service_config
+from hafs.service import takeover
+from hafs.service.announce import tickle_segment
 from hafs.service.config import ServiceConfig, ServiceConfigError, ShareConfig, VipService
-from hafs.service.node import (
-    UID_BASE,
-    UID_SPAN,
-    NodeServices,
-    ServiceError,
-    tickle_segment,
-    uid_of,
-)
+from hafs.service.node import NodeServices
+from hafs.service.runtime import ServiceError
+from hafs.service.users import UID_BASE, UID_SPAN, uid_of
 from hafs.service.zfs import Zfs
 from tests.unit.conftest import MakeCluster
 
@@ -107,7 +104,7 @@ def test_takeover_fences_the_previous_master(previous: str | None, fenced: list[
     )  # fmt: skip
     node = RecordingNode(config)
     with ThreadPoolExecutor(2) as pool:
-        node._fenced(vip, node._fence_peers(vip, previous, pool))
+        takeover.fenced(vip, takeover.fence_peers(node, vip, previous, pool))
     assert sorted(node.asked) == [(peer, ("fence", "vip1")) for peer in fenced]
 
 
@@ -136,9 +133,9 @@ def test_only_the_home_provisions_a_missing_dataset(node: str) -> None:
     zfs = NoDatasets()
     services = NodeServices(config, zfs=cast(Zfs, zfs))
     if node == "n1":  # the home: a new cluster's first takeover
-        services._rollback_or_provision(vip)
+        takeover.rollback_or_provision(services, vip)
         assert zfs.created == ["tank/hafs/vip1"]
     else:  # a backup that never received a replica serves nothing rather than an empty share
         with pytest.raises(ServiceError, match=r"vip1: no replica on n2 .* home n1 serves it"):
-            services._rollback_or_provision(vip)
+            takeover.rollback_or_provision(services, vip)
         assert zfs.created == []

@@ -1,0 +1,59 @@
+"""Tickle ACKs: the clients of the old holder reconnect at once instead of waiting on TCP.
+
+The holder records its SMB clients in the dataset at every snapshot (so the list travels with
+the data); the new holder sends each an ACK with sequence 0 from the VIP's port 445.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import socket
+import struct
+from ipaddress import IPv4Address
+from pathlib import Path
+
+from hafs.service import host
+
+log = logging.getLogger("hafs.service")
+
+
+def tickle_segment(src: IPv4Address, dst: IPv4Address, sport: int, dport: int) -> bytes:
+    """A TCP ACK with sequence 0 from ``src:sport``: the client answers with an ACK, our
+    kernel (which has no such connection) resets it, and the client reconnects at once."""
+    header = struct.pack("!HHIIBBHHH", sport, dport, 0, 0, 5 << 4, 0x10, 1234, 0, 0)
+    pseudo = src.packed + dst.packed + struct.pack("!BBH", 0, socket.IPPROTO_TCP, len(header))
+    data = pseudo + header
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return header[:16] + struct.pack("!H", ~total & 0xFFFF) + header[18:]
+
+
+def connections_file(mountpoint: Path) -> Path:
+    return mountpoint / "samba" / "state" / "hafs-connections.json"
+
+
+def record_connections(address: IPv4Address, mountpoint: Path) -> None:
+    """Save the VIP's SMB clients (replicated with the data, read by the next holder)."""
+    clients = [list(client) for client in host.smb_clients(address)]
+    connections_file(mountpoint).write_text(json.dumps(clients))
+
+
+def tickle(name: str, address: IPv4Address, mountpoint: Path) -> None:
+    """Send tickle ACKs from ``address`` to the clients recorded in the dataset."""
+    try:
+        clients = json.loads(connections_file(mountpoint).read_text())
+    except (OSError, ValueError):
+        return
+    if not clients:
+        return
+    with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP) as sock:
+        sock.bind((str(address), 0))
+        for client, port in clients:
+            segment = tickle_segment(address, IPv4Address(client), 445, int(port))
+            for _ in range(2):
+                with contextlib.suppress(OSError):
+                    sock.sendto(segment, (client, 0))
+    log.info("%s takeover: tickled %d client connection(s)", name, len(clients))

@@ -1,0 +1,172 @@
+"""Replication: the holder snapshots a VIP and sends incrementals to every other carrier.
+
+- :func:`replicate` (the service daemon, every ``replication_interval``): record the SMB
+  clients, snapshot, send to every peer at once, prune.
+- :func:`send`: incremental from the newest snapshot the peer has (remembered per peer, else
+  asked), streamed over ssh into ``hafs service receive`` there, at nice 10.
+- :func:`receive` (the receiving end): roll back to the common snapshot, receive, stay a
+  read-only replica.
+- Failback: a returning node pulls the delta (``sync``), then asks the holder to
+  :func:`handover`: it stops serving, sends the final incremental, and the VIP moves when the
+  returning node drops its "resync" demotion and preempts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from hafs.service.config import VipService
+from hafs.service.runtime import RUN_DIR, ServiceError
+from hafs.service.zfs import ZfsError
+
+if TYPE_CHECKING:
+    from hafs.service.node import NodeServices
+
+log = logging.getLogger("hafs.service")
+
+SEND_TIMEOUT = 600.0
+HANDOVER_GRACE = 20.0  # a holder that quiesced for a handover serves again after this
+BACKGROUND_NICE = 10  # replication's CPU priority: a takeover on the same CPUs comes first
+NO_COPY = 3  # exit status of `hafs service sync`: the holder has no copy of the VIP to send
+
+
+def snapshot(services: NodeServices, vip: VipService) -> str:
+    name = datetime.now(UTC).strftime("hafs-%Y%m%dT%H%M%S%fZ")
+    services.zfs.snapshot(f"{services.dataset(vip)}@{name}")
+    return name
+
+
+def send(services: NodeServices, vip: VipService, peer: str) -> str:
+    """Send the newest snapshot to ``peer``: incremental from the newest common one.
+
+    The common one is the last snapshot ``peer`` acknowledged, when this process sent it
+    one (one ssh round trip); else, or if that fails, it is looked up on the peer first.
+    """
+    local = services.zfs.snapshots(services.dataset(vip))
+    if not local:
+        raise ServiceError(f"{vip.name}: nothing to send: no snapshot")
+    newest, names = local[-1], [s.name for s in local]
+    acked = services.acked.get((vip.name, peer))
+    if acked == newest.name:
+        return acked
+    if acked in names:
+        try:
+            return _stream(services, vip, peer, newest.name, acked)
+        except ServiceError as exc:
+            log.info(
+                "%s: incremental to %s from %s failed (%s): asking it", vip.name, peer, acked, exc
+            )
+    listed = services.remote(peer, ["snapshots", vip.name], 30)
+    if listed.returncode != 0:
+        raise ServiceError(f"{vip.name}: {peer} unreachable: {listed.stderr.strip()}")
+    theirs = set(listed.stdout.split())
+    if newest.name in theirs:
+        services.acked[(vip.name, peer)] = newest.name
+        return newest.name
+    base = next((n for n in reversed(names) if n in theirs), None)
+    return _stream(services, vip, peer, newest.name, base)
+
+
+def _stream(
+    services: NodeServices, vip: VipService, peer: str, snapshot: str, base: str | None
+) -> str:
+    dataset = services.dataset(vip)
+    args = ["receive", vip.name] + (["--base", base] if base else [])
+    send = services.zfs.send_command(f"{dataset}@{snapshot}", f"{dataset}@{base}" if base else None)
+    nice = ["nice", "-n", str(BACKGROUND_NICE)]
+    with subprocess.Popen([*nice, *send], stdout=subprocess.PIPE, stderr=subprocess.PIPE) as sender:
+        receiver = subprocess.run(
+            [*nice, *services.transport.remote_argv(peer, args)],
+            stdin=sender.stdout,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=SEND_TIMEOUT,
+        )
+        assert sender.stdout is not None
+        sender.stdout.close()
+        sender.wait(SEND_TIMEOUT)
+    if sender.returncode != 0 or receiver.returncode != 0:
+        services.acked.pop((vip.name, peer), None)
+        raise ServiceError(
+            f"{vip.name}: send to {peer} failed: {receiver.stderr.strip() or 'zfs send'}"
+        )
+    services.acked[(vip.name, peer)] = snapshot
+    return snapshot
+
+
+def receive(services: NodeServices, vip: VipService, base: str | None, stream: Any) -> None:
+    """The receiving end: roll back to ``base`` (or start over), receive, stay read-only."""
+    zfs, dataset = services.zfs, services.dataset(vip)
+    with services.receiving(vip), services.locked(vip):
+        if services.smbd_pid(vip) is not None:
+            raise ServiceError(f"{vip.name}: serving here: refusing to receive over it")
+        if base is not None:
+            zfs.rollback(f"{dataset}@{base}", destroy_newer=True)
+        elif zfs.exists(dataset):
+            # no common snapshot: this copy diverged (or was never sent). Keep it aside
+            # for the operator instead of destroying data nobody else may have.
+            aside = f"{dataset}-diverged-{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
+            zfs.unmount(dataset)  # zfs-fuse refuses to rename a mounted dataset
+            zfs.rename(dataset, aside)
+            log.warning(
+                "%s: no common snapshot with the sender: kept this copy as %s", vip.name, aside
+            )
+        subprocess.run(zfs.recv_command(dataset), stdin=stream, check=True, capture_output=True)
+        zfs.set(dataset, "readonly", "on")
+        prune(services, vip)
+
+
+def prune(services: NodeServices, vip: VipService) -> None:
+    snapshots = services.zfs.snapshots(services.dataset(vip))
+    for old in snapshots[: -services.config.keep_snapshots]:
+        services.zfs.destroy_snapshot(old.full_name)
+
+
+def replicate(
+    services: NodeServices, vip: VipService, record_clients: bool = True
+) -> dict[str, dict[str, Any]]:
+    """Snapshot the VIP and send it to every other carrier; per peer: outcome and lag."""
+    if record_clients:
+        services.record_connections(vip)
+    name = snapshot(services, vip)
+    taken = time.time()
+    config = services.config
+    peers = [p for p in vip.carriers if p != config.node and p in config.peers]
+
+    def send_to(peer: str) -> dict[str, Any]:
+        try:
+            sent = send(services, vip, peer)
+        except (ServiceError, ZfsError, subprocess.SubprocessError, OSError) as exc:
+            log.warning("%s replication to %s: %s", vip.name, peer, exc)
+            return {"ok": False, "error": str(exc), "at": time.time()}
+        return {"ok": True, "snapshot": sent, "at": time.time(), "seconds": time.time() - taken}
+
+    with ThreadPoolExecutor(max(1, len(peers))) as pool:  # every backup at once
+        report = dict(zip(peers, pool.map(send_to, peers), strict=True))
+    prune(services, vip)
+    log.debug("%s snapshot %s sent: %s", vip.name, name, report)
+    return report
+
+
+def handover(services: NodeServices, vip: VipService, peer: str) -> str:
+    """Quiesce the VIP here, send the final incremental to ``peer``; the VIP moves next."""
+    (RUN_DIR / f"{vip.name}.handover").write_text(str(time.time()))
+    services.stepdown(vip, "handover")
+    if not services.zfs.exists(services.dataset(vip)):  # never had a copy: nothing to send
+        return ""
+    snapshot(services, vip)
+    return send(services, vip, peer)
+
+
+def handover_pending(vip: VipService) -> bool:
+    marker = RUN_DIR / f"{vip.name}.handover"
+    with contextlib.suppress(OSError, ValueError):
+        return time.time() - float(marker.read_text()) < HANDOVER_GRACE
+    return False
