@@ -16,9 +16,10 @@ from typing import Any
 from hafs.agentconf import PREVIOUS_MASTER_ENV
 from hafs.errors import HafsError
 from hafs.service import config as service_config
-from hafs.service import demotion
+from hafs.service import demotion, divergence
 from hafs.service.node import NodeServices
 from hafs.service.replication import BACKGROUND_NICE, NO_COPY
+from hafs.table import table
 
 MAX_HOLD = 240  # CARP advertises advskew + demotion capped at 240
 EVENT_RE = re.compile(r"(?P<vhid>[0-9]{1,3})@(?P<ifname>[0-9A-Za-z._:-]+)")
@@ -133,6 +134,42 @@ def cmd_handover(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_diverged(args: argparse.Namespace) -> int:
+    """Kept-aside copies: list them, show one, or discard one (the operator's call)."""
+    services = _services(args)
+    if args.action == "list":
+        found = divergence.copies(services)
+        if args.json:
+            print(json.dumps([c.as_dict() for c in found], indent=2))
+        elif not found:
+            print(f"no kept-aside copies on {services.config.node}")
+        else:
+            print(table(["COPY", "VIP", "KEPT", "USED", "MOUNTED AT"], [
+                [c.name, c.vip, c.kept, _size(c.used), c.mountpoint] for c in found
+            ]))  # fmt: skip
+        return 0
+    if args.name is None:
+        raise HafsError(f"hafs service diverged {args.action}: name the copy (see `list`)")
+    if args.action == "show":
+        copy = divergence.find(services, args.name)
+        if args.json:
+            print(json.dumps(copy.as_dict(), indent=2))
+        else:
+            print(f"{copy.name}: kept-aside copy of {copy.vip}, kept {copy.kept}")
+            print(f"  dataset    {copy.dataset} ({_size(copy.used)} of its own)")
+            print(f"  files      {copy.mountpoint}/shares (read-only: copy out what you need)")
+            print(f"  snapshots  {', '.join(copy.snapshots) or '(none)'}")
+            print(f"  discard    hafs service diverged discard {copy.name}")
+        return 0
+    copy = divergence.discard(services, args.name)
+    print(f"discarded {copy.dataset}")
+    return 0
+
+
+def _size(used: int) -> str:
+    return f"{used / 2**20:.1f} MiB"
+
+
 PEER_OPERATIONS = ("fence", "snapshots", "receive", "sync", "handover", "held")
 
 
@@ -188,6 +225,11 @@ def format_replication(report: dict[str, Any]) -> str:
             lines.append(f"  {vip} -> {peer}: {lag}")
     if len(lines) == 1:
         lines.append("  (this node holds no VIP)")
+    for copy in report.get("diverged", []):
+        lines.append(
+            f"  KEPT ASIDE: {copy['name']} ({copy['vip']}, kept {copy['kept']}): "
+            "diverged data found only here; `hafs service diverged show` it"
+        )
     return "\n".join(lines)
 
 
@@ -241,6 +283,15 @@ def register(sub: Any) -> None:
     )
     p.add_argument("name", help="the hold's name, e.g. resync or maintenance")
     p.add_argument("value", type=_hold_value, help="advskew added while held (0 releases; 240 max)")
+    p = parser(
+        "diverged",
+        "kept-aside copies of diverged data: list, show one, or discard one",
+        cmd_diverged,
+        vip=False,
+    )
+    p.add_argument("action", choices=["list", "show", "discard"])
+    p.add_argument("name", nargs="?", help="the copy, as `list` names it (show, discard)")
+    p.add_argument("--json", action="store_true", help="print JSON")
     p = parser(
         "ssh-command",
         "forced command of peers' replication keys: runs $SSH_ORIGINAL_COMMAND if allowed",

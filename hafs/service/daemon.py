@@ -28,7 +28,7 @@ from typing import Any
 from hafs.carp.agent import RESYNC_HOLD
 from hafs.errors import HafsError
 from hafs.service import config as service_config
-from hafs.service import demotion
+from hafs.service import demotion, divergence
 from hafs.service.config import VipService
 from hafs.service.node import NodeServices
 from hafs.service.replication import NO_COPY
@@ -152,11 +152,17 @@ class ServiceDaemon:
         self.report[vip.name] = services.replicate(vip)
 
     def publish(self) -> None:
+        """The round's report: lag per VIP and peer, and the kept-aside copies (so `hafs
+        status` shows them without asking zfs)."""
+        try:
+            diverged = [c.as_dict() for c in divergence.copies(self.services)]
+        except (ZfsError, ValueError) as exc:
+            log.error("kept-aside copies not listed: %s", exc)
+            diverged = []
+        report = {"node": self.config.node, "at": time.time(), "vips": self.report}
         RUN_DIR.mkdir(parents=True, exist_ok=True)
         tmp = STATUS_FILE.with_suffix(".tmp")
-        tmp.write_text(
-            json.dumps({"node": self.config.node, "at": time.time(), "vips": self.report})
-        )
+        tmp.write_text(json.dumps({**report, "diverged": diverged}))
         tmp.replace(STATUS_FILE)
 
     # --- coming back: resync, then handover --------------------------------------------------

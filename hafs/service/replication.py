@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from hafs.service import divergence
 from hafs.service.config import VipService
 from hafs.service.runtime import RUN_DIR, ServiceError
 from hafs.service.zfs import ZfsError
@@ -102,31 +103,34 @@ def _stream(
 
 
 def receive(services: NodeServices, vip: VipService, base: str | None, stream: Any) -> None:
-    """The receiving end: roll back to ``base`` (or start over), receive, stay read-only."""
+    """The receiving end: become the sender's copy, keeping aside whatever existed here only
+    (:mod:`hafs.service.divergence`), receive, stay a read-only replica."""
     zfs, dataset = services.zfs, services.dataset(vip)
     with services.receiving(vip), services.locked(vip):
         if services.smbd_pid(vip) is not None:
             raise ServiceError(f"{vip.name}: serving here: refusing to receive over it")
-        if base is not None:
-            zfs.rollback(f"{dataset}@{base}", destroy_newer=True)
-        elif zfs.exists(dataset):
-            # no common snapshot: this copy diverged (or was never sent). Keep it aside
-            # for the operator instead of destroying data nobody else may have.
-            aside = f"{dataset}-diverged-{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
-            zfs.unmount(dataset)  # zfs-fuse refuses to rename a mounted dataset
-            zfs.rename(dataset, aside)
-            log.warning(
-                "%s: no common snapshot with the sender: kept this copy as %s", vip.name, aside
-            )
+        if zfs.exists(dataset):
+            divergence.seal(services, vip, "served here until a crash, never stepped down")
+            if base is None:  # no common snapshot: this copy diverged (or was never sent)
+                divergence.keep_whole(services, vip)
+            else:
+                divergence.keep_aside(services, vip, base)
+                zfs.rollback(f"{dataset}@{base}")  # nothing newer is left: drops stray atimes
         subprocess.run(zfs.recv_command(dataset), stdin=stream, check=True, capture_output=True)
         zfs.set(dataset, "readonly", "on")
         prune(services, vip)
 
 
 def prune(services: NodeServices, vip: VipService) -> None:
+    """Keep the newest ``keep_snapshots``; a snapshot a kept-aside copy was cloned from stays
+    (zfs refuses to destroy it: that copy's common history)."""
     snapshots = services.zfs.snapshots(services.dataset(vip))
     for old in snapshots[: -services.config.keep_snapshots]:
-        services.zfs.destroy_snapshot(old.full_name)
+        try:
+            services.zfs.destroy_snapshot(old.full_name)
+        except ZfsError as exc:
+            if "dependent clones" not in exc.message:
+                raise
 
 
 def replicate(
@@ -158,10 +162,9 @@ def replicate(
 def handover(services: NodeServices, vip: VipService, peer: str) -> str:
     """Quiesce the VIP here, send the final incremental to ``peer``; the VIP moves next."""
     (RUN_DIR / f"{vip.name}.handover").write_text(str(time.time()))
-    services.stepdown(vip, "handover")
+    services.stepdown(vip, "handover")  # seals: its last writes are the newest snapshot
     if not services.zfs.exists(services.dataset(vip)):  # never had a copy: nothing to send
         return ""
-    snapshot(services, vip)
     return send(services, vip, peer)
 
 

@@ -2,10 +2,12 @@
 
 Takeover, in order: fence the old holder (asked in the background; it never delays service),
 roll the replica back to its newest complete snapshot (also the only way zfs-fuse drops pages
-cached before a receive), make it writable, start smbd, announce (tickle ACKs to the old
+cached before a receive; never a dataset served here last, whose head is newer), make it
+writable and mark it served, start smbd, announce (tickle ACKs to the old
 holder's clients, so they reconnect at once), then wait for the fence answers.
 
-Step-down: stop smbd and its samba-dcerpcd and leave the dataset a read-only replica. Both are
+Step-down: stop smbd and its samba-dcerpcd, seal what was served (a snapshot, so no later
+rollback or receive can lose it) and leave the dataset a read-only replica. Both are
 idempotent, and both run under the VIP's lock (one operation of a VIP at a time on a node).
 """
 
@@ -15,6 +17,7 @@ import logging
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any
 
+from hafs.service import divergence
 from hafs.service.config import VipService
 from hafs.service.runtime import RUN_DIR, ServiceError, step
 
@@ -46,6 +49,7 @@ def takeover(services: NodeServices, vip: VipService, previous_master: str | Non
                 rollback_or_provision(services, vip)
             with step(vip, "takeover", "make the dataset writable"):
                 services.zfs.set(services.dataset(vip), "readonly", "off")
+                divergence.mark_served(services, vip)
             with step(vip, "takeover", "start smbd"):
                 services.start_smbd(vip)
             with step(vip, "takeover", "announce (tickle ACKs)"):
@@ -62,6 +66,8 @@ def stepdown(services: NodeServices, vip: VipService, action: str = "step-down")
             return
         with step(vip, action, "stop smbd"):
             services.stop_smbd(vip)
+        with step(vip, action, "seal: snapshot what was served"):
+            divergence.seal(services, vip, action)
         with step(vip, action, "make the dataset a read-only replica"):
             services.zfs.set(services.dataset(vip), "readonly", "on")
 
@@ -101,8 +107,13 @@ def rollback_or_provision(services: NodeServices, vip: VipService) -> None:
         log.info("%s takeover: no dataset yet on its home: creating it, empty", vip.name)
         zfs.create(dataset, {})
         return
+    if divergence.was_served(services, vip):
+        # served here until now (smbd died, a restart, a crash): the head holds the newest
+        # writes, which a rollback would destroy; nothing was received over them
+        log.info("%s takeover: served here last: keeping the head, no rollback", vip.name)
+        return
     snapshots = zfs.snapshots(dataset)
     if snapshots:
         newest = snapshots[-1]
-        zfs.rollback(newest.full_name, destroy_newer=True)
+        zfs.rollback(newest.full_name)  # the newest: destroys no snapshot
         log.info("%s takeover: rolled back to %s", vip.name, newest.name)

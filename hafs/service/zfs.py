@@ -176,14 +176,32 @@ class Zfs:
         """Rename a dataset (a diverged replica is kept aside, never destroyed)."""
         self._run("zfs", "rename", dataset, new_name)
 
-    def rollback(self, snapshot: str, *, destroy_newer: bool = False) -> None:
-        """Roll the dataset back to ``snapshot``, discarding changes made since.
+    def mount(self, dataset: str) -> None:
+        self._run("zfs", "mount", dataset)
 
-        Rolling back past newer snapshots needs ``destroy_newer`` (``-r``), which destroys them:
-        that is how a returning node drops the history it made alone before pulling the delta.
+    def clone(self, snapshot: str, dataset: str) -> None:
+        """A new filesystem ``dataset`` sharing every block of ``snapshot`` (nothing copied)."""
+        self._run("zfs", "clone", _snapshot_name("clone", snapshot), dataset)
+
+    def promote(self, clone: str) -> None:
+        """Make ``clone`` own its origin's history up to the origin snapshot; the former
+        parent becomes a clone of it (how a diverged copy is kept aside at no cost)."""
+        self._run("zfs", "promote", clone)
+
+    def destroy_recursive(self, dataset: str) -> None:
+        """Destroy ``dataset`` with its snapshots (an operator's discard of a kept copy)."""
+        if "/" not in dataset or "@" in dataset:
+            raise ZfsError(("zfs", "destroy", "-r", dataset), "refused: not a child dataset")
+        self._run("zfs", "destroy", "-r", dataset)
+
+    def rollback(self, snapshot: str) -> None:
+        """Roll the dataset back to ``snapshot``, its newest, discarding changes made since.
+
+        zfs refuses when newer snapshots exist (``-r`` would destroy them): hafs never does
+        that; a diverged replica's newer snapshots are kept aside first
+        (:mod:`hafs.service.divergence`).
         """
-        flags = ["-r"] if destroy_newer else []
-        self._run("zfs", "rollback", *flags, _snapshot_name("rollback", snapshot))
+        self._run("zfs", "rollback", _snapshot_name("rollback", snapshot))
 
     # streams
 

@@ -30,13 +30,16 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from ipaddress import IPv4Address
 from pathlib import Path
 
 import pytest
 
 from hafs.lab.netns import Netns, inside, new_prefix
+from hafs.service import divergence, replication
+from hafs.service.config import ServiceConfig, VipService
+from hafs.service.node import NodeServices
 from hafs.service.samba import (
     SambaDirs,
     SambaInstance,
@@ -352,10 +355,8 @@ def test_takeover_rolls_back_then_makes_the_replica_writable(two: tuple[Node, No
     assert b.sh(f"cat {path}/f; ls {path}") == "newer\nf\n"
     b.sh(f"echo served > {path}/f")
     with pytest.raises(ZfsError, match="more recent snapshots exist"):
-        b.zfs.rollback(f"{ds}@r1")
-    b.zfs.rollback(f"{ds}@r1", destroy_newer=True)
-    assert names(b.zfs.snapshots(ds)) == ["r1"]
-    assert b.sh(f"cat {path}/f") == "kept\n"
+        b.zfs.rollback(f"{ds}@r1")  # hafs never destroys snapshots to roll back past them
+    assert names(b.zfs.snapshots(ds)) == ["r1", "r2"]
 
 
 def test_properties_listing_and_pruning(two: tuple[Node, Node]) -> None:
@@ -504,3 +505,50 @@ def test_rendered_instance_serves_a_dataset_share_to_pysmb(
             _stop_instance(node, instance, smbd)
         assert smbd.returncode in (0, -signal.SIGTERM)  # smbd ends itself with SIGTERM
         assert node.sh(f"ls {dirs.private}").split() == ["passdb.tdb", "secrets.tdb"]
+
+
+def test_a_diverged_replica_is_kept_aside_and_the_incremental_still_applies(
+    two: tuple[Node, Node],
+) -> None:
+    """Both sides wrote after their common snapshot (b served through a partition, with a
+    last unsnapshotted write): b follows a, and b's own writes survive as a kept copy that
+    costs no copy of the shared data, until an operator discards it."""
+    a, b = two
+    vip = VipService(9, "div", IPv4Address("10.0.0.9"), "a", ("a", "b"), ())
+    config = ServiceConfig(
+        node="b", pool=b.pool, replication_interval=10, peers={}, vips=(vip,), users={},
+    )  # fmt: skip
+    services = NodeServices(config, zfs=b.zfs)
+    src, dst = f"{a.pool}/hafs/div", f"{b.pool}/hafs/div"
+    here, there = f"{a.mountpoint}/hafs/div", f"{b.mountpoint}/hafs/div"
+    a.zfs.create(src)
+    a.sh(f"echo common > {here}/common")
+    a.zfs.snapshot(f"{src}@c1")
+    assert pipe(a.zfs.send_command(f"{src}@c1"), b.zfs.recv_command(dst)) == (0, "")
+    b.zfs.set(dst, "readonly", "off")  # b takes over (a cut off) and serves
+    divergence.mark_served(services, vip)
+    b.sh(f"echo b-snapshotted > {there}/b1")
+    b.zfs.snapshot(f"{dst}@b1")
+    b.sh(f"echo b-last-write > {there}/b2")  # acknowledged, never snapshotted
+    a.sh(f"echo a-wrote > {here}/a1")  # meanwhile a served its clients too
+    a.zfs.snapshot(f"{src}@a1")
+
+    sealed = divergence.seal(services, vip, "step-down")  # b steps down
+    assert sealed is not None and not divergence.was_served(services, vip)
+    aside = divergence.keep_aside(services, vip, "c1")
+    assert aside is not None and aside.startswith(f"{dst}-diverged-")
+    assert divergence.keep_aside(services, vip, "c1") is None  # nothing newer is left
+    b.zfs.rollback(f"{dst}@c1")
+    assert pipe(a.zfs.send_command(f"{src}@a1", "@c1"), b.zfs.recv_command(dst)) == (0, "")
+
+    assert b.sh(f"ls {there}").split() == ["a1", "common"]  # b follows a ...
+    kept = f"{b.mountpoint}/hafs/{aside.rsplit('/', 1)[1]}"
+    assert b.sh(f"cat {kept}/b1 {kept}/b2 {kept}/common") == "b-snapshotted\nb-last-write\ncommon\n"
+    [copy] = divergence.copies(services)  # ... and b's own writes are kept, listed, read-only
+    assert (copy.vip, copy.dataset, copy.snapshots) == ("div", aside, ["b1", sealed])
+    assert b.run("touch", f"{kept}/x").returncode != 0
+    # the common snapshot stays while the copy needs it; pruning skips it quietly
+    replication.prune(NodeServices(replace(config, keep_snapshots=1), zfs=b.zfs), vip)
+    assert names(b.zfs.snapshots(dst)) == ["c1", "a1"]
+    divergence.discard(services, copy.name)
+    assert divergence.copies(services) == [] and b.zfs.list_datasets(f"{b.pool}/hafs/div") == [dst]

@@ -1,0 +1,175 @@
+"""Divergence keeps both sides: nothing that exists on one node only is destroyed.
+
+Two copies of a VIP diverge when both were written after their newest common snapshot: a
+node that served through a partition or a stalled agent, a holder preempted before its last
+writes were sent, a holder that crashed with writes of its last interval. Replication then
+brings the receiver to the sender's copy, and what the receiver alone had is **kept aside**,
+never rolled back or ``recv -F``-ed away:
+
+- :func:`seal`: a dataset leaves service (step-down, or a receive finds it was served and
+  never stepped down: a crash) only after a snapshot of what it was last served with, so
+  those writes are a snapshot like any other and cannot be lost to a rollback. The user
+  property ``hafs:served`` marks a dataset that is (or was, until a crash) being served.
+- :func:`keep_aside`: before a receive rolls the replica back to the common snapshot, any
+  snapshot newer than it (made here, never sent) is kept: the dataset is renamed to
+  ``<vip>-diverged-<UTC time>``, the common snapshot is cloned back in its place and
+  promoted. No data is copied: the kept copy shares every block with the replica up to the
+  common snapshot (ZFS clones; works on zfs-fuse's pool version 23 as on OpenZFS).
+- With no common snapshot at all, the whole dataset is renamed aside and a full stream
+  received (:func:`keep_whole`).
+
+Kept copies stay mounted read-only beside the VIP's dataset, are listed by ``hafs status``
+and ``hafs service diverged list``, and are removed only by an operator
+(``hafs service diverged discard NAME``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from hafs.service.config import VipService
+from hafs.service.runtime import ServiceError
+from hafs.service.zfs import ZfsError
+
+if TYPE_CHECKING:
+    from hafs.service.node import NodeServices
+
+log = logging.getLogger("hafs.service")
+
+SERVED = "hafs:served"  # "on" from takeover until the step-down's sealing snapshot
+MARK = "-diverged-"
+
+
+def mark_served(services: NodeServices, vip: VipService) -> None:
+    services.zfs.set(services.dataset(vip), SERVED, "on")
+
+
+def was_served(services: NodeServices, vip: VipService) -> bool:
+    return services.zfs.get(services.dataset(vip), SERVED) == "on"
+
+
+def seal(services: NodeServices, vip: VipService, why: str) -> str | None:
+    """Snapshot a dataset that was served (its last writes become a snapshot), then clear
+    the mark. Returns the snapshot taken, or None if the dataset was not being served."""
+    dataset = services.dataset(vip)
+    if not services.zfs.exists(dataset) or not was_served(services, vip):
+        return None
+    name = services.snapshot(vip)
+    services.zfs.set(dataset, SERVED, "off")
+    log.info("%s: sealed what was served here as @%s (%s)", vip.name, name, why)
+    return name
+
+
+def _aside_name(dataset: str) -> str:
+    return f"{dataset}{MARK}{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}"
+
+
+def keep_aside(services: NodeServices, vip: VipService, base: str) -> str | None:
+    """Keep the snapshots newer than ``base`` (made here only) as a diverged copy; leave the
+    VIP's dataset at ``base``, ready for the incremental. Returns the copy's name, if any."""
+    zfs, dataset = services.zfs, services.dataset(vip)
+    names = [s.name for s in zfs.snapshots(dataset)]
+    if base not in names:
+        raise ServiceError(f"{vip.name}: no snapshot @{base} here to receive onto")
+    unique = names[names.index(base) + 1 :]
+    if not unique:
+        return None
+    aside = _aside_name(dataset)
+    zfs.unmount(dataset)  # zfs-fuse refuses to rename a mounted dataset
+    zfs.rename(dataset, aside)
+    zfs.clone(f"{aside}@{base}", dataset)
+    zfs.promote(dataset)  # the replica owns the common history again; the copy is its clone
+    _keep_mounted(services, aside)
+    log.warning(
+        "%s: DIVERGED: %d snapshot(s) after @%s exist on this node only (newest @%s): "
+        "kept as %s; this node now follows the sender. `hafs service diverged show %s`",
+        vip.name, len(unique), base, unique[-1], aside, aside.rsplit("/", 1)[1],
+    )  # fmt: skip
+    return aside
+
+
+def keep_whole(services: NodeServices, vip: VipService) -> str:
+    """No snapshot in common with the sender: keep the whole dataset aside."""
+    zfs, dataset = services.zfs, services.dataset(vip)
+    aside = _aside_name(dataset)
+    zfs.unmount(dataset)
+    zfs.rename(dataset, aside)
+    _keep_mounted(services, aside)
+    log.warning(
+        "%s: DIVERGED: no snapshot in common with the sender: this node's copy kept as %s",
+        vip.name,
+        aside,
+    )
+    return aside
+
+
+def _keep_mounted(services: NodeServices, aside: str) -> None:
+    """Read-only and mounted, so an operator can copy files out of it."""
+    services.zfs.set(aside, "readonly", "on")
+    services.zfs.set(aside, SERVED, "off")
+    try:
+        services.zfs.mount(aside)
+    except ZfsError as exc:  # kept all the same; `zfs mount` it by hand
+        log.warning("%s: kept, but not mounted: %s", aside, exc)
+
+
+@dataclass(frozen=True)
+class DivergedCopy:
+    """One kept-aside copy: its dataset, the VIP, when it was kept, what it holds."""
+
+    name: str
+    vip: str
+    dataset: str
+    kept: str
+    mountpoint: str
+    used: int
+    snapshots: list[str]
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def copies(services: NodeServices) -> list[DivergedCopy]:
+    """Every kept-aside copy on this node's pool, oldest first."""
+    zfs, root = services.zfs, f"{services.config.pool}/hafs"
+    if not zfs.exists(root):
+        return []
+    found = []
+    for dataset in zfs.list_datasets(root):
+        name = dataset.rsplit("/", 1)[1]
+        if MARK not in name:
+            continue
+        vip, _, kept = name.partition(MARK)
+        found.append(
+            DivergedCopy(
+                name=name,
+                vip=vip,
+                dataset=dataset,
+                kept=kept,
+                mountpoint=zfs.get(dataset, "mountpoint"),
+                used=int(zfs.get(dataset, "used")),
+                snapshots=[s.name for s in zfs.snapshots(dataset)],
+            )
+        )
+    return sorted(found, key=lambda c: c.kept)
+
+
+def find(services: NodeServices, name: str) -> DivergedCopy:
+    for copy in copies(services):
+        if name in (copy.name, copy.dataset):
+            return copy
+    raise ServiceError(
+        f"no kept-aside copy {name!r} on {services.config.node}: "
+        "`hafs service diverged list` shows them"
+    )
+
+
+def discard(services: NodeServices, name: str) -> DivergedCopy:
+    """Destroy a kept-aside copy (the operator's decision, never hafs's own)."""
+    copy = find(services, name)
+    services.zfs.destroy_recursive(copy.dataset)
+    log.warning("%s: kept-aside copy %s discarded by the operator", copy.vip, copy.name)
+    return copy
