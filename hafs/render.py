@@ -87,7 +87,10 @@ def sysctl_conf(cluster: Cluster, node: Node) -> str:
 
 
 def devd_conf(cluster: Cluster, node: Node) -> str:
-    """The devd stanza: every CARP state change runs ``hafs event <vhid>@<if> <STATE>``."""
+    """The devd stanzas: every CARP state change runs ``hafs event <vhid>@<if> <STATE>``;
+    the CARP interface losing carrier raises the "resync" demotion hold, so when the link
+    comes back (and the kernel drops its own link-down demotion) the node does not preempt
+    with stale data: its service daemon pulls what changed meanwhile, then releases it."""
     return (
         "# hafs: move the VIP's service with the VIP on every CARP state change\n"
         "notify 0 {\n"
@@ -95,6 +98,13 @@ def devd_conf(cluster: Cluster, node: Node) -> str:
         '\tmatch "subsystem" "[0-9]+@[0-9a-zA-Z._]+";\n'
         '\tmatch "type" "(MASTER|BACKUP|INIT)";\n'
         f'\taction "{HAFS_BIN} event $subsystem $type";\n'
+        "};\n"
+        "# hafs: a node whose link went down may have missed writes: resync before preempting\n"
+        "notify 0 {\n"
+        '\tmatch "system" "IFNET";\n'
+        f'\tmatch "subsystem" "{node.interface}";\n'
+        '\tmatch "type" "LINK_DOWN";\n'
+        f'\taction "{HAFS_BIN} service hold resync 240";\n'
         "};\n"
     )
 

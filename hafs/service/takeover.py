@@ -1,6 +1,11 @@
 """Takeover (MASTER) and step-down (BACKUP/INIT): ordered steps, each timed and logged.
 
-Takeover, in order: fence the old holder (asked in the background; it never delays service),
+Takeover, in order: on a node that holds the "resync" demotion (it came back: boot, link,
+stalled agent), first the gate of the rule "the newest copy serves": if a reachable carrier
+serves the VIP or has a snapshot this node lacks, refuse (the hook fails, the node keeps its
+hold and steps down when the other master's adverts win; its service daemon pulls the delta).
+FreeBSD's kernel may preempt before userland has raised the hold; this gate is what stops
+it there. Then fence the old holder (asked in the background; it never delays service),
 roll the replica back to its newest complete snapshot (also the only way zfs-fuse drops pages
 cached before a receive; never a dataset served here last, whose head is newer), make it
 writable and mark it served, start smbd, announce (tickle ACKs to the old
@@ -17,7 +22,8 @@ import logging
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any
 
-from hafs.service import divergence
+from hafs.carp.agent import RESYNC_HOLD
+from hafs.service import demotion, divergence
 from hafs.service.config import VipService
 from hafs.service.runtime import RUN_DIR, ServiceError, step
 
@@ -27,6 +33,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("hafs.service")
 
 FENCE_TIMEOUT = 1.0  # a live peer on the LAN answers well within it
+GATE_TIMEOUT = 5.0  # ssh's connect timeout and a remote python's start, with room
 
 
 def takeover(services: NodeServices, vip: VipService, previous_master: str | None = None) -> None:
@@ -41,6 +48,14 @@ def takeover(services: NodeServices, vip: VipService, previous_master: str | Non
             log.info("%s takeover: the VIP is no longer here: nothing to do", vip.name)
             return
         log.info("%s takeover: begins on %s", vip.name, node)
+        if resyncing(services):  # came back (boot, link, stall): the newest copy serves
+            with step(vip, "takeover", "check that no reachable carrier has newer data"):
+                newer = newer_elsewhere(services, vip)
+            if newer is not None:
+                raise ServiceError(
+                    f"{vip.name}: not serving: {newer}; this node keeps its resync hold, "
+                    "steps down and pulls the delta first"
+                )
         with ThreadPoolExecutor(max(1, len(vip.carriers))) as pool:
             # fencing starts first and never delays service: the old holder lost the VIP
             # (its smbd is bound to an address it no longer has); fencing stops its writes
@@ -58,6 +73,40 @@ def takeover(services: NodeServices, vip: VipService, previous_master: str | Non
                 fenced(vip, fencing)
         (RUN_DIR / f"{vip.name}.handover").unlink(missing_ok=True)
         log.info("%s takeover: serving on %s", vip.name, node)
+
+
+def resyncing(services: NodeServices) -> bool:
+    """Does this node hold the "resync" demotion (it may have missed writes)?"""
+    node_demotion = demotion.for_node(services.config.agent_socket)
+    holds = node_demotion.holds() if node_demotion else None
+    return bool(holds and RESYNC_HOLD in holds)
+
+
+def newer_elsewhere(services: NodeServices, vip: VipService) -> str | None:
+    """Why a reachable carrier's copy of the VIP is newer than this node's, or None.
+
+    Newer: it serves the VIP now, or it has a snapshot this node lacks (snapshot names are
+    unique per cluster: a UTC time to the microsecond, taken by the one holder). A carrier
+    that does not answer within :data:`GATE_TIMEOUT` is not reachable: it counts for nothing.
+    """
+    zfs, dataset, config = services.zfs, services.dataset(vip), services.config
+    ours = {s.name for s in zfs.snapshots(dataset)} if zfs.exists(dataset) else set()
+    peers = [p for p in vip.carriers if p != config.node and p in config.peers]
+    with ThreadPoolExecutor(max(1, 2 * len(peers))) as pool:
+        asked = {
+            p: (
+                pool.submit(services.remote, p, ["held"], GATE_TIMEOUT),
+                pool.submit(services.remote, p, ["snapshots", vip.name], GATE_TIMEOUT),
+            )
+            for p in peers
+        }
+    for peer, (held, listed) in asked.items():
+        if held.result().returncode == 0 and vip.name in held.result().stdout.split():
+            return f"{peer} serves it"
+        theirs = listed.result().stdout.split() if listed.result().returncode == 0 else []
+        if theirs and theirs[-1] not in ours:
+            return f"{peer} has @{theirs[-1]}, which this node lacks"
+    return None
 
 
 def stepdown(services: NodeServices, vip: VipService, action: str = "step-down") -> None:

@@ -49,6 +49,10 @@ def test_render_devd_calls_hafs_event(capsys: pytest.CaptureFixture[str]) -> Non
     out = capsys.readouterr().out
     assert 'match "system" "CARP";' in out
     assert 'action "/usr/local/bin/hafs event $subsystem $type";' in out
+    # losing carrier raises the resync hold: the node cannot preempt with stale data on link up
+    link = out[out.index('"IFNET"') :]
+    assert 'match "type" "LINK_DOWN";' in link and 'match "subsystem" "em0";' in link
+    assert 'action "/usr/local/bin/hafs service hold resync 240";' in link
 
 
 def test_render_sysctl_sets_preempt_for_failback(capsys: pytest.CaptureFixture[str]) -> None:

@@ -20,7 +20,7 @@ from hafs.service.config import ServiceConfig, ServiceConfigError, ShareConfig, 
 from hafs.service.node import NodeServices
 from hafs.service.runtime import ServiceError
 from hafs.service.users import UID_BASE, UID_SPAN, uid_of
-from hafs.service.zfs import Zfs
+from hafs.service.zfs import Snapshot, Zfs
 from tests.unit.conftest import MakeCluster
 
 
@@ -139,3 +139,59 @@ def test_only_the_home_provisions_a_missing_dataset(node: str) -> None:
         with pytest.raises(ServiceError, match=r"vip1: no replica on n2 .* home n1 serves it"):
             takeover.rollback_or_provision(services, vip)
         assert zfs.created == []
+
+
+class Snapshots:
+    """A pool holding vip1 with the snapshots named."""
+
+    def __init__(self, *names: str) -> None:
+        self.names = names
+
+    def exists(self, name: str) -> bool:
+        return True
+
+    def snapshots(self, dataset: str) -> list[Snapshot]:
+        return [Snapshot(dataset, n) for n in self.names]
+
+
+class AnsweringNode(NodeServices):
+    """Peers answer ``held`` and ``snapshots`` as ``answers`` says (absent: unreachable)."""
+
+    def __init__(self, config: ServiceConfig, zfs: object, answers: dict[str, dict[str, str]]):
+        super().__init__(config, zfs=cast(Zfs, zfs))
+        self.answers = answers
+
+    def remote(
+        self, peer: str, args: Sequence[str], timeout: float
+    ) -> subprocess.CompletedProcess[str]:
+        if peer not in self.answers:
+            return subprocess.CompletedProcess([], 255, "", "ssh: connect timed out")
+        return subprocess.CompletedProcess([], 0, self.answers[peer].get(args[0], ""), "")
+
+
+@pytest.mark.parametrize(
+    ("answers", "newer"),
+    [
+        ({"n2": {"held": "vip1\n", "snapshots": "s1\n"}}, "n2 serves it"),
+        ({"n3": {"held": "", "snapshots": "s1\ns2\ns3\n"}}, "n3 has @s3, which this node lacks"),
+        ({"n2": {"held": "vip2\n", "snapshots": "s1\ns2\n"}, "n3": {"snapshots": "s1\n"}}, None),
+        ({}, None),  # nobody reachable: nothing newer within reach
+    ],
+)
+def test_a_returning_node_serves_only_if_no_reachable_carrier_is_newer(
+    answers: dict[str, dict[str, str]], newer: str | None
+) -> None:
+    vip = VipService(
+        1,
+        "vip1",
+        IPv4Address("10.0.0.100"),
+        "n1",
+        ("n1", "n2", "n3"),
+        (ShareConfig("s", True, ()),),
+    )
+    config = ServiceConfig(
+        node="n1", pool="tank", replication_interval=10, vips=(vip,), users={}, agent_socket=None,
+        peers={"n2": IPv4Address("10.0.0.2"), "n3": IPv4Address("10.0.0.3")},
+    )  # fmt: skip
+    node = AnsweringNode(config, Snapshots("s1", "s2"), answers)
+    assert takeover.newer_elsewhere(node, vip) == newer
