@@ -6,6 +6,7 @@
   on the first success (CLOCK_MONOTONIC is the same in every namespace);
 - ``writer SECONDS`` writes PATH.<n> every 0.2 s and prints ``<n> <monotonic time>`` per
   acknowledged write (the RPO measurement);
+- ``list`` prints the names in directory PATH of the share, one per line;
 - ``login`` connects once: exit 0 if the server accepts USER/PASSWORD, 3 if it refuses;
 - ``idle SECONDS`` opens a session, prints ``connected``, then sends nothing and prints
   ``<monotonic time> reset`` when the server side resets the connection (tickle ACKs), or
@@ -88,6 +89,15 @@ def main() -> int:
             except Exception:
                 pass
             time.sleep(0.2)
+    elif verb == "list":  # the names in the share's top directory, one per line
+        conn = connect(vip, user, password)
+        try:
+            entries = conn.listPath(share, path, timeout=10)
+        finally:
+            conn.close()
+        for entry in entries:
+            if entry.filename not in (".", ".."):
+                print(entry.filename)
     elif verb == "login":
         try:
             connect(vip, user, password).close()
