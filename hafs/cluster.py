@@ -15,7 +15,8 @@ inventory, read by pyinfra's own loader so that hafs and ``pyinfra`` always agre
     cluster-wide keys: ``carp_pass``, ``carp_advbase`` (1), ``failback`` (True),
     ``advskew_step`` (10), ``zfs_pool`` ("tank"), ``replication_interval`` (10 s),
     ``smb_users`` (name -> password), ``check_user``, ``secrets_file`` (a TOML file,
-    mode 0600, that may hold ``carp_pass`` and ``[smb_users]``).
+    mode 0600, that may hold ``carp_pass`` and ``[smb_users]``), ``quorum_witness`` (the
+    address a node that hears no peer pings: default, each node's ``gateway``).
 
 A VIP is a dict: ``vhid``, ``address`` (optionally with the subnet prefix, as the
 seed's ``172.21.0.211/20``), ``name`` (default ``vip<vhid>``), ``advbase``,
@@ -112,6 +113,11 @@ class Cluster:
     replication_interval: float = 10.0
     smb_users: Mapping[str, str] = field(default_factory=dict)
     check_user: str | None = None
+    quorum_witness: IPv4Address | None = None
+
+    def witness_of(self, node: Node) -> IPv4Address | None:
+        """What ``node`` pings when it hears no peer: the inventory's witness, or its gateway."""
+        return self.quorum_witness or node.gateway
 
     def node(self, name: str) -> Node:
         for node in self.nodes:
@@ -275,6 +281,11 @@ def from_pyinfra(inventory: Any, source: Path) -> Cluster:
         ),
         smb_users=secrets["smb_users"],
         check_user=check_user,
+        quorum_witness=(
+            None
+            if cluster_data.get("quorum_witness") is None
+            else _ipv4(cluster_data["quorum_witness"], "group_data: quorum_witness")
+        ),
     )
 
 
@@ -288,6 +299,7 @@ CLUSTER_KEYS = (
     "smb_users",
     "check_user",
     "secrets_file",
+    "quorum_witness",
 )
 
 

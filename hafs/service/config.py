@@ -61,6 +61,7 @@ class ServiceConfig:
     known_hosts: str = DEFAULT_KNOWN_HOSTS
     agent_socket: str | None = None  # Linux: the agent's control socket, for demotion holds
     keep_snapshots: int = KEEP_SNAPSHOTS
+    witness: IPv4Address | None = None  # answers when the peers are down, not when we are cut off
 
     def vip(self, vhid: int) -> VipService:
         for vip in self.vips:
@@ -117,6 +118,7 @@ def render(
         "users": dict(cluster.smb_users),
         "hafs_command": list(hafs_command),
         "agent_socket": agent_socket,
+        "witness": None if (w := cluster.witness_of(node)) is None else str(w),
     }
     return json.dumps(data, indent=2) + "\n"
 
@@ -153,6 +155,7 @@ def load(path: str | os.PathLike[str] | None = None) -> ServiceConfig:
             users=dict(data["users"]),
             hafs_command=tuple(data.get("hafs_command", DEFAULT_HAFS)),
             agent_socket=data.get("agent_socket"),
+            witness=IPv4Address(data["witness"]) if data.get("witness") else None,
         )
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ServiceConfigError(

@@ -30,7 +30,9 @@ from hafs.errors import HafsError
 from hafs.service import config as service_config
 from hafs.service import demotion, divergence
 from hafs.service.config import VipService
+from hafs.service.membership import PORT, Membership
 from hafs.service.node import NodeServices
+from hafs.service.quorum import Verdict
 from hafs.service.replication import NO_COPY
 from hafs.service.runtime import RUN_DIR, ServiceError
 from hafs.service.zfs import ZfsError
@@ -38,6 +40,7 @@ from hafs.service.zfs import ZfsError
 log = logging.getLogger("hafs.service")
 
 HEALTH_DEMOTION = 240
+QUORUM_HOLD = "quorum"  # the node is in a minority: it serves and takes nothing
 STATUS_FILE = RUN_DIR / "replication.json"
 HELD_TIMEOUT = 10.0  # ssh's connect timeout and a remote python's start, with room
 
@@ -51,6 +54,8 @@ class ServiceDaemon:
         self.demotion = demotion.for_node(self.config.agent_socket)
         self.stopping = threading.Event()
         self.report: dict[str, Any] = {}
+        self.membership: Membership | None = None
+        self.lost_quorum = False
 
     # --- demotion (the agent's holds on Linux, the kernel's counter on FreeBSD) ---------------
 
@@ -103,10 +108,11 @@ class ServiceDaemon:
             len(self.config.vips),
             self.config.replication_interval,
         )
+        self.start_membership()
         while not self.stopping.is_set():
             began = time.monotonic()
             self.reload()
-            if self.resync_pending():
+            if self.quorate() and self.resync_pending():
                 self.resync()
             for vip in self.config.vips:
                 try:
@@ -121,8 +127,51 @@ class ServiceDaemon:
             )
         self.shutdown()
 
+    # --- quorum ----------------------------------------------------------------------------------
+
+    def start_membership(self) -> None:
+        """Heartbeats with the peers on a thread of their own (a long send never delays them)."""
+        try:
+            self.membership = Membership(self.config, self.quorum_changed)
+        except OSError as exc:
+            log.error("quorum: no heartbeats (udp port %d: %s): serving without quorum", PORT, exc)
+            return
+        threading.Thread(
+            target=self.membership.run, args=(self.stopping,), name="hafs-membership", daemon=True
+        ).start()
+
+    def quorate(self) -> bool:
+        verdict = self.membership.verdict if self.membership else None
+        return verdict is None or verdict.quorate
+
+    def quorum_changed(self, verdict: Verdict) -> None:
+        """Lost: hold the node out of the way and stop serving every VIP at once (not at the
+        next round). Regained: this node may have missed writes: resync before preempting."""
+        if not verdict.quorate:
+            self.hold(QUORUM_HOLD, HEALTH_DEMOTION)
+            threading.Thread(target=self.release_all, name="hafs-quorum-lost").start()
+        elif self.lost_quorum:
+            self.hold(RESYNC_HOLD, HEALTH_DEMOTION)
+            self.hold(QUORUM_HOLD, 0)
+        self.lost_quorum = not verdict.quorate
+
+    def release_all(self) -> None:
+        for vip in self.config.vips:
+            if self.services.smbd_pid(vip) is not None:
+                log.warning("%s: no quorum: this node stops serving it", vip.name)
+                try:
+                    self.services.stepdown(vip, "quorum lost")
+                except (ServiceError, ZfsError, OSError, subprocess.SubprocessError) as exc:
+                    log.error("%s: step-down without quorum failed: %s", vip.name, exc)
+
+    # --- one VIP, every round ---------------------------------------------------------------------
+
     def tend(self, vip: VipService) -> None:
         services = self.services
+        if not self.quorate():  # a minority serves nothing and takes nothing over
+            if services.smbd_pid(vip) is not None:
+                services.stepdown(vip, "quorum lost")
+            return
         if not services.holds(vip):
             if services.smbd_pid(vip) is not None:
                 # served, not held: the BACKUP event's step-down failed, or ran before a

@@ -1,6 +1,7 @@
 """Takeover (MASTER) and step-down (BACKUP/INIT): ordered steps, each timed and logged.
 
-Takeover, in order: on a node that holds the "resync" demotion (it came back: boot, link,
+Takeover, in order: on a node in a minority (no quorum, :mod:`hafs.service.membership`),
+nothing: it refuses. On a node that holds the "resync" demotion (it came back: boot, link,
 stalled agent), first the gate of the rule "the newest copy serves": if a reachable carrier
 serves the VIP or has a snapshot this node lacks, refuse (the hook fails, the node keeps its
 hold and steps down when the other master's adverts win; its service daemon pulls the delta).
@@ -8,8 +9,8 @@ FreeBSD's kernel may preempt before userland has raised the hold; this gate is w
 it there. Then fence the old holder (asked in the background; it never delays service),
 roll the replica back to its newest complete snapshot (also the only way zfs-fuse drops pages
 cached before a receive; never a dataset served here last, whose head is newer), make it
-writable and mark it served, start smbd, announce (tickle ACKs to the old
-holder's clients, so they reconnect at once), then wait for the fence answers.
+writable and mark it served, start smbd, announce (tickle ACKs to the old holder's clients,
+so they reconnect at once), then wait for the fence answers.
 
 Step-down: stop smbd and its samba-dcerpcd, seal what was served (a snapshot, so no later
 rollback or receive can lose it) and leave the dataset a read-only replica. Both are
@@ -23,7 +24,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any
 
 from hafs.carp.agent import RESYNC_HOLD
-from hafs.service import demotion, divergence
+from hafs.service import demotion, divergence, membership
 from hafs.service.config import VipService
 from hafs.service.runtime import RUN_DIR, ServiceError, step
 
@@ -48,6 +49,9 @@ def takeover(services: NodeServices, vip: VipService, previous_master: str | Non
             log.info("%s takeover: the VIP is no longer here: nothing to do", vip.name)
             return
         log.info("%s takeover: begins on %s", vip.name, node)
+        verdict = membership.read_verdict()
+        if verdict is not None and not verdict["quorate"]:
+            raise ServiceError(f"{vip.name}: not serving: no quorum ({verdict['reason']})")
         if resyncing(services):  # came back (boot, link, stall): the newest copy serves
             with step(vip, "takeover", "check that no reachable carrier has newer data"):
                 newer = newer_elsewhere(services, vip)

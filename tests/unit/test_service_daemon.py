@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from ipaddress import IPv4Address
@@ -74,7 +75,7 @@ class FakeServices:
     def takeover(self, vip: VipService) -> None:
         self.calls.append("takeover")
 
-    def stepdown(self, vip: VipService) -> None:
+    def stepdown(self, vip: VipService, action: str = "step-down") -> None:
         self.calls.append("stepdown")
 
     def refresh(self, vip: VipService) -> None:
@@ -262,3 +263,24 @@ def test_resync_finds_the_holders_by_asking_every_peer(
     d.resync()
     assert asked == expected
     assert holds == [("resync", 0)]
+
+
+def test_a_node_without_quorum_serves_nothing_and_takes_nothing_over() -> None:
+    from hafs.service.quorum import Verdict
+
+    lost = Verdict(False, ("n1",), ("n1", "n2"), "isolated")
+    services = FakeServices(start_ok=True, writable=False)  # held, not served: would take over
+    d, holds = daemon(services)
+    d.quorum_changed(lost)
+    for thread in threading.enumerate():  # its step-down of what was served (nothing here)
+        if thread.name == "hafs-quorum-lost":
+            thread.join()
+    d.membership = type("M", (), {"verdict": lost})()
+    d.tend(VIP)
+    assert services.calls == [] and holds == [("quorum", 240)]
+    services.smbd = 4242  # served when quorum went: stepped down at once
+    d.release_all()
+    assert services.calls == ["stepdown"]
+    back = Verdict(True, ("n1", "n2"), ("n1", "n2"), "majority")
+    d.quorum_changed(back)  # it may have missed writes: resync before it preempts
+    assert holds[1:] == [("resync", 240), ("quorum", 0)]
