@@ -26,6 +26,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from hafs.carp import control
 from hafs.service import announce, host, replication, smbd, takeover
 from hafs.service.config import ServiceConfig, VipService
 from hafs.service.runtime import RUN_DIR
@@ -89,8 +90,22 @@ class NodeServices:
         return min(pids) if pids else None
 
     def holds(self, vip: VipService) -> bool:
-        """Is this node the VIP's CARP master, with the address in place?"""
-        return host.holds(vip.address, vip.vhid)
+        """Is this node the VIP's CARP master, with the address in place?
+
+        With ``hafs agent`` (Linux), the agent must say MASTER too: the address is the
+        kernel's and outlives an agent that was killed or is stalled, while another node has
+        taken the VIP over. Such a node must neither serve nor replicate (two holders sending
+        into the same backups); an agent that does not answer says nothing."""
+        if not host.holds(vip.address, vip.vhid):
+            return False
+        if self.config.agent_socket is None:  # FreeBSD's kernel CARP (or ucarp): the address
+            return True
+        try:
+            status = control.request(self.config.agent_socket, {"op": "status"})
+        except control.ControlError as exc:
+            log.warning("%s: held, but the agent does not answer (%s): not ours", vip.name, exc)
+            return False
+        return any(v["vhid"] == vip.vhid and v["state"] == "MASTER" for v in status["vhids"])
 
     def writable(self, vip: VipService) -> bool:
         """Can the dataset be written? Probed with a real write: zfs-fuse reports a
