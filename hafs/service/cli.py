@@ -26,8 +26,10 @@ EVENT_RE = re.compile(r"(?P<vhid>[0-9]{1,3})@(?P<ifname>[0-9A-Za-z._:-]+)")
 
 
 def _services(args: argparse.Namespace) -> NodeServices:
-    logging.basicConfig(
-        level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    logging.basicConfig(  # stamped always: hooks' output lands in files beside the daemon's
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
     )
     return NodeServices(service_config.load(args.config))
 
