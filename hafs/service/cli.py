@@ -112,7 +112,8 @@ def cmd_receive(args: argparse.Namespace) -> int:
         os.setpgid(0, 0)  # (fails, harmlessly, when it leads its session: pgid == pid already)
     _background()
     services = _services(args)
-    services.receive(services.config.vip_named(args.vip), args.base, sys.stdin.buffer)
+    keep = [name for name in (args.keep or "").split(",") if name]
+    services.receive(services.config.vip_named(args.vip), args.base, sys.stdin.buffer, keep)
     return 0
 
 
@@ -272,6 +273,9 @@ def register(sub: Any) -> None:
     parser("snapshots", "list this node's snapshots of VIP, oldest first", cmd_snapshots)
     p = parser("receive", "receive a zfs stream of VIP on stdin (replication)", cmd_receive)
     p.add_argument("--base", help="the common snapshot the stream is incremental from")
+    p.add_argument(
+        "--keep", metavar="SNAP,...", help="snapshots retention keeps (the sender's peers' bases)"
+    )
     p = parser("sync", "snapshot VIP now and send it to a peer", cmd_sync)
     p.add_argument("--to", required=True, metavar="NODE")
     p = parser("handover", "stop serving VIP, send the final incremental to a peer", cmd_handover)

@@ -199,8 +199,10 @@ class NodeServices:
     def send(self, vip: VipService, peer: str) -> str:
         return replication.send(self, vip, peer)
 
-    def receive(self, vip: VipService, base: str | None, stream: Any) -> None:
-        replication.receive(self, vip, base, stream)
+    def receive(
+        self, vip: VipService, base: str | None, stream: Any, keep: Sequence[str] = ()
+    ) -> None:
+        replication.receive(self, vip, base, stream, keep)
 
     def replicate(self, vip: VipService, record_clients: bool = True) -> dict[str, dict[str, Any]]:
         return replication.replicate(self, vip, record_clients)

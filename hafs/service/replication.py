@@ -17,6 +17,7 @@ import contextlib
 import logging
 import subprocess
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -35,6 +36,7 @@ SEND_TIMEOUT = 600.0
 HANDOVER_GRACE = 20.0  # a holder that quiesced for a handover serves again after this
 BACKGROUND_NICE = 10  # replication's CPU priority: a takeover on the same CPUs comes first
 NO_COPY = 3  # exit status of `hafs service sync`: the holder has no copy of the VIP to send
+BASE = "hafs:base:"  # + peer: a dataset property, the newest snapshot that peer has
 
 
 def snapshot(services: NodeServices, vip: VipService) -> str:
@@ -68,7 +70,7 @@ def send(services: NodeServices, vip: VipService, peer: str) -> str:
         raise ServiceError(f"{vip.name}: {peer} unreachable: {listed.stderr.strip()}")
     theirs = set(listed.stdout.split())
     if newest.name in theirs:
-        services.acked[(vip.name, peer)] = newest.name
+        _acked(services, vip, peer, newest.name)
         return newest.name
     base = next((n for n in reversed(names) if n in theirs), None)
     return _stream(services, vip, peer, newest.name, base)
@@ -78,7 +80,9 @@ def _stream(
     services: NodeServices, vip: VipService, peer: str, snapshot: str, base: str | None
 ) -> str:
     dataset = services.dataset(vip)
+    keep = sorted(bases(services, vip).values())  # the receiver keeps them too
     args = ["receive", vip.name] + (["--base", base] if base else [])
+    args += ["--keep", ",".join(keep)] if keep else []
     send = services.zfs.send_command(f"{dataset}@{snapshot}", f"{dataset}@{base}" if base else None)
     nice = ["nice", "-n", str(BACKGROUND_NICE)]
     with subprocess.Popen([*nice, *send], stdout=subprocess.PIPE, stderr=subprocess.PIPE) as sender:
@@ -98,11 +102,35 @@ def _stream(
         raise ServiceError(
             f"{vip.name}: send to {peer} failed: {receiver.stderr.strip() or 'zfs send'}"
         )
-    services.acked[(vip.name, peer)] = snapshot
+    _acked(services, vip, peer, snapshot)
     return snapshot
 
 
-def receive(services: NodeServices, vip: VipService, base: str | None, stream: Any) -> None:
+def _acked(services: NodeServices, vip: VipService, peer: str, snapshot: str) -> None:
+    """``peer`` has ``snapshot``: the next incremental starts there, and retention keeps it
+    (recorded on the dataset, so a restarted daemon knows it too)."""
+    if services.acked.get((vip.name, peer)) != snapshot:
+        services.zfs.set(services.dataset(vip), BASE + peer, snapshot)
+    services.acked[(vip.name, peer)] = snapshot
+
+
+def bases(services: NodeServices, vip: VipService) -> dict[str, str]:
+    """Per carrier, the newest snapshot it is known to have: its next incremental's base."""
+    found = services.zfs.user_properties(services.dataset(vip))
+    return {
+        peer: found[BASE + peer]
+        for peer in vip.carriers
+        if peer != services.config.node and BASE + peer in found
+    }
+
+
+def receive(
+    services: NodeServices,
+    vip: VipService,
+    base: str | None,
+    stream: Any,
+    keep: Sequence[str] = (),
+) -> None:
     """The receiving end: become the sender's copy, keeping aside whatever existed here only
     (:mod:`hafs.service.divergence`), receive, stay a read-only replica."""
     zfs, dataset = services.zfs, services.dataset(vip)
@@ -118,14 +146,19 @@ def receive(services: NodeServices, vip: VipService, base: str | None, stream: A
                 zfs.rollback(f"{dataset}@{base}")  # nothing newer is left: drops stray atimes
         subprocess.run(zfs.recv_command(dataset), stdin=stream, check=True, capture_output=True)
         zfs.set(dataset, "readonly", "on")
-        prune(services, vip)
+        prune(services, vip, keep)
 
 
-def prune(services: NodeServices, vip: VipService) -> None:
-    """Keep the newest ``keep_snapshots``; a snapshot a kept-aside copy was cloned from stays
-    (zfs refuses to destroy it: that copy's common history)."""
+def prune(services: NodeServices, vip: VipService, keep: Sequence[str] = ()) -> None:
+    """Keep the newest ``keep_snapshots``, the newest one each carrier is known to have
+    (on the holder: the base of its next incremental, however long it has been away) and
+    ``keep`` (on a receiver: the holder's list of those). A snapshot a kept-aside copy was
+    cloned from stays too (zfs refuses to destroy it: that copy's common history)."""
     snapshots = services.zfs.snapshots(services.dataset(vip))
+    kept = {*keep, *bases(services, vip).values()}
     for old in snapshots[: -services.config.keep_snapshots]:
+        if old.name in kept:
+            continue
         try:
             services.zfs.destroy_snapshot(old.full_name)
         except ZfsError as exc:

@@ -141,6 +141,12 @@ class Zfs:
         """
         return self._run("zfs", "get", "-H", "-p", "-o", "value", prop, name).rstrip("\n")
 
+    def user_properties(self, name: str) -> dict[str, str]:
+        """The user properties (``module:name``) set on ``name`` itself, in one call."""
+        out = self._run("zfs", "get", "-H", "-s", "local", "-o", "property,value", "all", name)
+        pairs = (line.split("\t", 1) for line in out.splitlines() if "\t" in line)
+        return {key: value for key, value in pairs if ":" in key}
+
     # snapshots
 
     def snapshot(self, snapshot: str) -> None:

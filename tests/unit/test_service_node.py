@@ -14,7 +14,7 @@ import pytest
 
 from hafs.errors import HafsError
 from hafs.service import config as service_config
-from hafs.service import takeover
+from hafs.service import replication, takeover
 from hafs.service.announce import tickle_segment
 from hafs.service.config import ServiceConfig, ServiceConfigError, ShareConfig, VipService
 from hafs.service.node import NodeServices
@@ -195,3 +195,31 @@ def test_a_returning_node_serves_only_if_no_reachable_carrier_is_newer(
     )  # fmt: skip
     node = AnsweringNode(config, Snapshots("s1", "s2"), answers)
     assert takeover.newer_elsewhere(node, vip) == newer
+
+
+class Retention(Snapshots):
+    """vip1 with snapshots s0..s19 whose holder recorded each peer's newest snapshot."""
+
+    def __init__(self, props: dict[str, str]) -> None:
+        super().__init__(*(f"s{i}" for i in range(20)))
+        self.props = props
+        self.destroyed: list[str] = []
+
+    def user_properties(self, name: str) -> dict[str, str]:
+        return self.props
+
+    def destroy_snapshot(self, snapshot: str) -> None:
+        self.destroyed.append(snapshot.split("@")[1])
+
+
+def test_retention_keeps_the_base_of_every_carrier_however_old() -> None:
+    vip = VipService(1, "vip1", IPv4Address("10.0.0.100"), "n1", ("n1", "n2", "n3"), ())
+    config = ServiceConfig(
+        node="n1", pool="tank", replication_interval=10, vips=(vip,), users={}, peers={},
+        keep_snapshots=12,
+    )  # fmt: skip
+    props = {"hafs:base:n2": "s19", "hafs:base:n3": "s2", "hafs:base:gone": "s4", "x:y": "s5"}
+    zfs = Retention(props)
+    replication.prune(NodeServices(config, zfs=cast(Zfs, zfs)), vip, keep=["s6"])
+    # n3 has been away since s2: its base stays; a node no longer a carrier keeps nothing
+    assert zfs.destroyed == ["s0", "s1", "s3", "s4", "s5", "s7"]
