@@ -8,13 +8,14 @@ never rolled back or ``recv -F``-ed away:
 
 - :func:`seal`: a dataset leaves service (step-down, or a receive finds it was served and
   never stepped down: a crash) only after a snapshot of what it was last served with, so
-  those writes are a snapshot like any other and cannot be lost to a rollback. The user
+  those writes are a snapshot like any other and cannot be lost to a rollback (a seal with
+  no change since the newest snapshot is dropped: nothing diverged). The user
   property ``hafs:served`` marks a dataset that is (or was, until a crash) being served.
-- :func:`keep_aside`: before a receive rolls the replica back to the common snapshot, any
-  snapshot newer than it (made here, never sent) is kept: the dataset is renamed to
-  ``<vip>-diverged-<UTC time>``, the common snapshot is cloned back in its place and
-  promoted. No data is copied: the kept copy shares every block with the replica up to the
-  common snapshot (ZFS clones; works on zfs-fuse's pool version 23 as on OpenZFS).
+- :func:`keep_aside`: before a receive rolls the replica back to the common snapshot, the
+  snapshots newer than it (made here, never sent), if they hold a change, are kept: the
+  dataset is renamed to ``<vip>-diverged-<UTC time>``, the common snapshot is cloned back in
+  its place and promoted. No data is copied: the kept copy shares every block with the
+  replica up to the common snapshot (ZFS clones; zfs-fuse's pool version 23 has them too).
 - With no common snapshot at all, the whole dataset is renamed aside and a full stream
   received (:func:`keep_whole`).
 
@@ -28,6 +29,7 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from itertools import pairwise
 from typing import TYPE_CHECKING, Any
 
 from hafs.service.config import VipService
@@ -54,11 +56,15 @@ def was_served(services: NodeServices, vip: VipService) -> bool:
 def seal(services: NodeServices, vip: VipService, why: str) -> str | None:
     """Snapshot a dataset that was served (its last writes become a snapshot), then clear
     the mark. Returns the snapshot taken, or None if the dataset was not being served."""
-    dataset = services.dataset(vip)
-    if not services.zfs.exists(dataset) or not was_served(services, vip):
+    zfs, dataset = services.zfs, services.dataset(vip)
+    if not zfs.exists(dataset) or not was_served(services, vip):
         return None
+    before = zfs.snapshots(dataset)
     name = services.snapshot(vip)
-    services.zfs.set(dataset, SERVED, "off")
+    if before and zfs.unchanged(before[-1].full_name, f"{dataset}@{name}"):
+        zfs.destroy_snapshot(f"{dataset}@{name}")  # the same as @before: nothing to seal
+        name = before[-1].name
+    zfs.set(dataset, SERVED, "off")
     log.info("%s: sealed what was served here as @%s (%s)", vip.name, name, why)
     return name
 
@@ -75,7 +81,10 @@ def keep_aside(services: NodeServices, vip: VipService, base: str) -> str | None
     if base not in names:
         raise ServiceError(f"{vip.name}: no snapshot @{base} here to receive onto")
     unique = names[names.index(base) + 1 :]
-    if not unique:
+    chain = [base, *unique]
+    if all(zfs.unchanged(f"{dataset}@{a}", f"{dataset}@{b}") for a, b in pairwise(chain)):
+        for name in reversed(unique):  # each the same as @base: nothing is unique here
+            zfs.destroy_snapshot(f"{dataset}@{name}")
         return None
     aside = _aside_name(dataset)
     zfs.unmount(dataset)  # zfs-fuse refuses to rename a mounted dataset

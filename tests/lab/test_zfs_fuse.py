@@ -552,3 +552,29 @@ def test_a_diverged_replica_is_kept_aside_and_the_incremental_still_applies(
     assert names(b.zfs.snapshots(dst)) == ["c1", "a1"]
     divergence.discard(services, copy.name)
     assert divergence.copies(services) == [] and b.zfs.list_datasets(f"{b.pool}/hafs/div") == [dst]
+
+
+def test_nothing_is_kept_aside_when_nothing_diverged(two: tuple[Node, Node]) -> None:
+    """A holder that stepped down (or crashed) with no write since its last snapshot, and a
+    replica whose own snapshots hold no change: no seal, no kept copy, the incremental goes on."""
+    _, b = two
+    vip = VipService(8, "same", IPv4Address("10.0.0.8"), "b", ("b",), ())
+    config = ServiceConfig(
+        node="b", pool=b.pool, replication_interval=10, peers={}, vips=(vip,), users={},
+    )  # fmt: skip
+    services = NodeServices(config, zfs=b.zfs)
+    ds, path = f"{b.pool}/hafs/same", f"{b.mountpoint}/hafs/same"
+    b.zfs.create(ds, {"atime": "off"})
+    b.sh(f"echo data > {path}/f")
+    b.zfs.snapshot(f"{ds}@c1")
+    b.sh(f"cat {path}/f")  # a read is no change
+    divergence.mark_served(services, vip)
+    assert divergence.seal(services, vip, "step-down") == "c1"
+    assert names(b.zfs.snapshots(ds)) == ["c1"]
+    b.zfs.snapshot(f"{ds}@same")  # made here, never sent, but no change
+    assert b.zfs.unchanged(f"{ds}@c1", f"{ds}@same")
+    assert divergence.keep_aside(services, vip, "c1") is None
+    assert names(b.zfs.snapshots(ds)) == ["c1"] and divergence.copies(services) == []
+    b.sh(f"touch {path}/f")
+    b.zfs.snapshot(f"{ds}@touched")
+    assert not b.zfs.unchanged(f"{ds}@c1", f"{ds}@touched")
