@@ -14,6 +14,14 @@ Example::
     link_mode = "garp"            # or "vmac": FreeBSD-style 00:00:5e:00:01:<vhid>
     event_command = ["hafs", "event"]
     hook_timeout = 30.0
+    start_demoted = true          # `hafs service run` runs beside the agent: see below
+
+``start_demoted`` says that a service daemon (``hafs service run``) runs beside the agent and
+releases the ``resync`` demotion hold once this node's data is in sync. With it, the agent
+holds the node demoted whenever it may have missed changes: at start, after a lost link,
+after the agent itself stalled, and after it heard no peer for a while (see
+:mod:`hafs.carp.agent`). Without it (a bare CARP node, ``hafs ucarp``) nobody would release
+the hold, so the agent raises none.
 
     [[vhid]]
     vhid = 1
@@ -72,7 +80,9 @@ class AgentConfig:
     hook_timeout: float = 30.0
     control_socket: str = DEFAULT_CONTROL_SOCKET
     metrics: str | None = None
-    start_demoted: bool = False  # hold "resync" until `hafs service run` has re-synced the data
+    # a service daemon releases the "resync" hold: hold it at start and whenever this node
+    # may have missed changes (link lost, agent stalled, peers silent)
+    start_demoted: bool = False
 
     def interface_of(self, entry: VhidEntry) -> str:
         return entry.interface or self.interface
@@ -108,7 +118,8 @@ def render(
         f"preempt = {_toml(node.preempt)}",
         f"link_mode = {_toml(node.link_mode)}",
         f"event_command = {_toml(list(event_command))}",
-        "# demoted at start until `hafs service run` has pulled what changed while it was away",
+        "# demoted at start, and after a lost link, a stall or silent peers, until",
+        "# `hafs service run` has pulled what changed meanwhile",
         f"start_demoted = {_toml(start_demoted)}",
     ]
     for vip in cluster.vips_of(node.name):

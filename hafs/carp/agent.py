@@ -16,6 +16,40 @@ say, in the order they say it, and feeds them what happens:
 - control: a unix socket answers ``hafs status`` and ``hafs demote``.
 - SIGTERM/SIGINT: each master bows out (advbase 255, advskew 255) so backups take over at
   once, VIPs are removed, hooks run, then the agent exits 0.
+- a tick every advbase/4 (:meth:`Agent._tick`) notices stalls and lost peers even when
+  nothing else happens, and feeds systemd's watchdog (``WATCHDOG=1``) when it asks for it.
+- :func:`cleanup` (``hafs agent --cleanup``, systemd's ExecStopPost) stands in for a dead
+  agent: no VIP of it stays up, and its services step down.
+
+The resync hold
+---------------
+
+A node that may have missed what its peers did must not take a VIP back with stale data. The
+agent then holds it demoted (the named hold ``resync``, 240) until ``hafs service run`` has
+pulled the newer data from the current holders and had the VIPs it will preempt handed over,
+and releases the hold through the control socket. The agent raises it:
+
+- at start;
+- when an interface loses carrier, and again when carrier returns (the link-down demotion
+  ends with the outage, and a service daemon that found no peer during the outage may have
+  released the hold meanwhile);
+- after the agent itself did not run for longer than the shortest master-down interval of
+  its vhids (SIGSTOP, a frozen VM, a long pause): every event reaches a machine through
+  :meth:`Agent._handle`, which first checks the loop's clock for such a gap, raises the hold
+  and reads the adverts queued meanwhile, before an expired timer or a queued packet can make
+  a stale master advertise its old skew (which would make the peer that took over step down);
+- when no peer was heard for longer than the longest master-down interval, after one was
+  (isolated, or every peer died: the service daemon then finds nobody to sync from and
+  releases the hold at once). A peer is heard by its adverts, except those of a master worse
+  than ours: such a peer steps down on our adverts and then, as a backup, falls silent by
+  design (with two nodes, one holding both VIPs, that is the normal state). If a demoted peer
+  (skew 240: it holds itself back, e.g. it resumed after a stall) advertises while nothing but
+  the silence holds this node, the agent releases the hold itself: that peer is the one that
+  missed changes, and with both at 240 (FreeBSD steps both masters down on equal adverts)
+  the stale one could win the next election.
+
+Only with ``start_demoted`` (agent.toml): it says that a service daemon runs beside the agent
+to release the hold; without one, the causes are only logged.
 """
 
 from __future__ import annotations
@@ -23,6 +57,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import random
 import signal
@@ -35,11 +70,14 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from typing import Any
 
+from pyroute2.netlink.exceptions import NetlinkError
+
 from hafs.agentconf import AGENT_SOCKET_ENV, PREVIOUS_MASTER_ENV, AgentConfig, VhidEntry
 from hafs.carp import linux
-from hafs.carp.hooks import Command, HookRunner
+from hafs.carp.hooks import Command, HookRunner, Result
 from hafs.carp.machine import (
     Action,
+    Address,
     AddVips,
     AdvertReceived,
     Announce,
@@ -57,7 +95,8 @@ from hafs.carp.machine import (
     VhidConfig,
     VhidMachine,
 )
-from hafs.carp.wire import Drop, Rejected, decode_ipv4, encode_ipv4, verify
+from hafs.carp.wire import MAX_SKEW, Drop, Rejected, decode_ipv4, encode_ipv4, verify
+from hafs.errors import HafsError
 
 log = logging.getLogger("hafs.agent")
 
@@ -65,8 +104,10 @@ LINK_DOWN_DEMOTION = 240  # FreeBSD's net.inet.carp.ifdown_demotion_factor
 SEND_ERROR_DEMOTION = 240  # FreeBSD's net.inet.carp.senderr_demotion_factor
 SEND_ERRORS_TO_DEMOTE = 3  # CARP_SENDAD_MAX_ERRORS
 SENDS_TO_UNDEMOTE = 3  # CARP_SENDAD_MIN_SUCCESS
-SHUTDOWN_HOOK_WAIT = 10.0
-RESYNC_HOLD = "resync"  # seconds the agent waits for hooks when it stops
+SHUTDOWN_HOOK_WAIT = 10.0  # seconds the agent waits for hooks when it stops
+RESYNC_HOLD = "resync"  # released by `hafs service run` once this node's data is in sync
+RESYNC_DEMOTION = 240
+TICKS_PER_ADVBASE = 4
 
 
 @dataclass(frozen=True)
@@ -86,6 +127,7 @@ class Demotion:
 
     operator: int = 0
     holds: dict[str, int] = field(default_factory=dict)
+    causes: dict[str, str] = field(default_factory=dict)  # why a hold the agent raised is up
     links_down: set[str] = field(default_factory=set)
     send_failing: set[str] = field(default_factory=set)
 
@@ -101,21 +143,62 @@ class Demotion:
     def set(self, value: int) -> None:
         self.operator = max(0, value)
 
-    def hold(self, name: str, value: int) -> None:
+    def hold(self, name: str, value: int, cause: str = "") -> None:
         """A named demotion (e.g. a hook re-syncing data); 0 releases it."""
         if value > 0:
             self.holds[name] = value
+            if cause:
+                self.causes[name] = cause
         else:
             self.holds.pop(name, None)
+            self.causes.pop(name, None)
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "total": self.total,
             "operator": self.operator,
             "holds": dict(self.holds),
+            "causes": dict(self.causes),
             "links_down": sorted(self.links_down),
             "send_failing": sorted(self.send_failing),
         }
+
+
+@dataclass
+class Liveness:
+    """Did this node miss what its peers did? Pure: the loop's clock comes in as ``now``.
+
+    ``ran(now)`` is called before any event reaches a machine and by the tick: a gap since
+    the previous call longer than ``stall_after`` means the agent did not run meanwhile.
+    ``heard(now)`` records a valid advert from another node; ``silent(now)`` reports, once
+    per silence, that none was heard for longer than ``silence_after`` after one was.
+    """
+
+    stall_after: float
+    silence_after: float
+    last_ran: float | None = None
+    last_heard: float | None = None
+    silence_told: bool = False
+
+    def ran(self, now: float) -> float | None:
+        """The seconds since the previous call when they are a stall, else None."""
+        last, self.last_ran = self.last_ran, now
+        if last is None or now - last <= self.stall_after:
+            return None
+        return now - last
+
+    def heard(self, now: float) -> None:
+        self.last_heard = now
+        self.silence_told = False
+
+    def silent(self, now: float) -> float | None:
+        """The seconds without a peer's advert, the first time they exceed the limit."""
+        if self.last_heard is None or self.silence_told:
+            return None
+        if now - self.last_heard <= self.silence_after:
+            return None
+        self.silence_told = True
+        return now - self.last_heard
 
 
 @dataclass
@@ -177,8 +260,8 @@ class Agent:
         self.manage_addresses = manage_addresses
         self.ignore_link_state = ignore_link_state
         self.demotion = Demotion()
-        if config.start_demoted:  # released by `hafs service run` once the data is in sync
-            self.demotion.hold(RESYNC_HOLD, LINK_DOWN_DEMOTION)
+        if config.start_demoted:
+            self._hold_resync("agent started")
         self.drops: Counter[str] = Counter()  # packets no vhid could be charged with
         self.hooks = HookRunner(config.hook_timeout)
         self.vhids: dict[tuple[str, int], Vhid] = {}
@@ -199,6 +282,13 @@ class Agent:
                 machine=VhidMachine(vhid_config, random64),
                 vip_ifname=linux.vmac_ifname(entry.vhid) if vmac else ifname,
             )
+        masters_down = [v.machine.config.master_down for v in self.vhids.values()]
+        self.liveness = Liveness(stall_after=min(masters_down), silence_after=max(masters_down))
+        self.tick = min(entry.advbase for entry in config.vhids) / TICKS_PER_ADVBASE
+        self._ticker: asyncio.TimerHandle | None = None
+        self._watchdog: float | None = None  # seconds between WATCHDOG=1, if systemd asks
+        self._watchdog_sent = -math.inf
+        self._silence_hold = False  # the resync hold is up for the silence of the peers only
         self.interfaces: dict[str, Interface] = {}
         self.vmac_socks: dict[int, linux.CarpSocket] = {}
         self._netlink = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hafs-netlink")
@@ -223,8 +313,11 @@ class Agent:
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self.stop)
         server = None
+        usec = os.environ.get("WATCHDOG_USEC", "")
+        self._watchdog = int(usec) / 2e6 if usec.isdigit() else None  # half, as systemd advises
         try:
             await self._open()
+            self._tick()
             server = await control.serve(self, self.config.control_socket)
             if ready is not None:
                 ready()
@@ -281,6 +374,8 @@ class Agent:
         if self._loop is not None:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._loop.remove_signal_handler(sig)
+        if self._ticker is not None:
+            self._ticker.cancel()
         for vhid in self.vhids.values():
             if vhid.timer is not None:
                 vhid.timer.cancel()
@@ -326,10 +421,20 @@ class Agent:
         if not verify(advert, config.key, config.addresses):
             vhid.drops[Drop.DIGEST.value] += 1
             return
+        now = self.loop.time()
+        if self._silence_hold and advert.advskew >= MAX_SKEW:  # before its advert is judged
+            self._silence_hold = False
+            if RESYNC_HOLD in self.demotion.holds:
+                log.warning("resync hold released: %s is back, demoted itself", source)
+                self.demotion.hold(RESYNC_HOLD, 0)
+                self._demotion_changed()
         seen = vhid.machine.foreign_masters_seen
         self._handle(vhid, AdvertReceived(advert, source))
         if vhid.machine.foreign_masters_seen != seen:
             self._foreign_master(vhid, str(source), advert.advskew)
+        else:  # a master to follow or yield to; a worse one is about to fall silent
+            self.liveness.heard(now)
+            self._silence_hold = False
 
     def _foreign_master(self, vhid: Vhid, source: str, advskew: int) -> None:
         """A worse master keeps advertising while we are master: warn once it persists.
@@ -386,12 +491,14 @@ class Agent:
         iface = self.interfaces[ifname]
         if running == iface.running:
             return
-        iface.running = running
+        was, iface.running = iface.running, running
         log.info("interface %s: link %s", ifname, "up" if running else "down")
         if running:
             self.demotion.links_down.discard(ifname)
         else:
             self.demotion.links_down.add(ifname)
+        if was is not None:  # a change, not the state found at start
+            self._hold_resync(f"link {ifname} {'back after a loss' if running else 'lost'}")
         for vhid in self.vhids.values():
             if vhid.ifname == ifname:
                 self._handle(vhid, LinkUp() if running else LinkDown())
@@ -402,6 +509,45 @@ class Agent:
         # asyncio may run a call_at handle a hair early: the deadline has come all the same
         self._handle(vhid, Timeout(), now=max(self.loop.time(), at))
 
+    def _tick(self) -> None:
+        """Every advbase/4: notice a stall, or that no peer is heard any more, even when
+        nothing else happens; and tell systemd's watchdog that the loop runs."""
+        now = self.loop.time()
+        self._check_stall()
+        silent = self.liveness.silent(now)
+        if silent is not None:
+            held = RESYNC_HOLD in self.demotion.holds
+            self._hold_resync(f"no peer heard for {silent:.1f}s")
+            self._silence_hold = not held and RESYNC_HOLD in self.demotion.holds
+            self._demotion_changed()
+        if self._watchdog is not None and now - self._watchdog_sent >= self._watchdog:
+            sd_notify("WATCHDOG=1")
+            self._watchdog_sent = now
+        self._ticker = self.loop.call_later(self.tick, self._tick)
+
+    def _check_stall(self) -> None:
+        """After a stall, before anything else: raise the resync hold (a master re-advertises
+        with it at once), then read the adverts queued meanwhile, so that they restart the
+        backups' master-down timers before those timers' expired callbacks run."""
+        gap = self.liveness.ran(self.loop.time())
+        if gap is None:
+            return
+        self._hold_resync(f"agent stalled {gap:.1f}s")
+        self._demotion_changed()
+        for ifname in self.interfaces:
+            self._readable(ifname)
+
+    def _hold_resync(self, cause: str) -> None:
+        """This node may have missed changes: hold it demoted until `hafs service run` has
+        re-synced it (only when one runs, i.e. with ``start_demoted``). The caller then tells
+        the machines (:meth:`_demotion_changed`)."""
+        if not self.config.start_demoted:
+            log.info("%s (no resync hold: start_demoted is off)", cause)
+            return
+        log.warning("resync hold raised: %s", cause)
+        self.demotion.hold(RESYNC_HOLD, RESYNC_DEMOTION, cause)
+        self._silence_hold = False  # another cause: it stays until the service daemon is done
+
     # --- demotion ----------------------------------------------------------------------------
 
     def change_demotion(self, change: Callable[[Demotion], None]) -> None:
@@ -410,6 +556,7 @@ class Agent:
         self._demotion_changed()
 
     def _demotion_changed(self) -> None:
+        self._check_stall()  # first, so the total sent includes a hold raised for a stall
         total = self.demotion.total
         for vhid in self.vhids.values():
             if vhid.machine.demotion != total:
@@ -418,6 +565,7 @@ class Agent:
     # --- actions out -------------------------------------------------------------------------
 
     def _handle(self, vhid: Vhid, event: Event, now: float | None = None) -> None:
+        self._check_stall()  # every entry point (timer, packet, link, control) comes here
         actions = vhid.machine.handle(self.loop.time() if now is None else now, event)
         for action in actions:
             self._apply(vhid, action)
@@ -494,11 +642,8 @@ class Agent:
             action.reason,
             f"; master was {previous}" if previous else "",
         )
-        env = {AGENT_SOCKET_ENV: self.config.control_socket}
-        if previous is not None:  # `hafs event` fences that node (others need no fencing)
-            env[PREVIOUS_MASTER_ENV] = str(previous)
         commands = (
-            [Command((*self.config.event_command, vhid.name, action.new.value), env)]
+            [event_command(self.config, vhid.name, action.new, previous)]
             if self.config.event_command
             else []
         )
@@ -567,6 +712,53 @@ class Agent:
             },
             "vhids": vhids,
         }
+
+
+def event_command(
+    config: AgentConfig, name: str, state: State, previous: Address | None = None
+) -> Command:
+    """``event_command <vhid>@<ifname> <STATE>``, told the control socket and, on MASTER, the
+    master it replaced (`hafs event` fences that node; others need no fencing)."""
+    env = {AGENT_SOCKET_ENV: config.control_socket}
+    if previous is not None:
+        env[PREVIOUS_MASTER_ENV] = str(previous)
+    return Command((*config.event_command, name, state.value), env)
+
+
+def cleanup(config: AgentConfig) -> int:
+    """Stand in for a dead agent (systemd's ExecStopPost, the lab's supervisor): remove every
+    VIP of ``config`` and each virtual-MAC interface, then run the event command with BACKUP
+    for every vhid, so that the service layer stops serving them. Finding nothing to remove is
+    no error. Returns 0, or 1 if a step failed (each failure is logged)."""
+    failed = False
+    for entry in config.vhids:
+        ifname = config.interface_of(entry)
+        try:
+            for address in entry.addresses:
+                if linux.remove_vip(ifname, address):
+                    log.info("cleanup: removed %s from %s", address, ifname)
+            if config.link_mode_of(entry) == "vmac" and linux.delete_vmac(entry.vhid):
+                log.info("cleanup: deleted %s", linux.vmac_ifname(entry.vhid))
+        except HafsError as exc:  # the interface is gone, and its addresses with it
+            log.info("cleanup: vhid %d: %s", entry.vhid, exc)
+        except (NetlinkError, OSError) as exc:
+            log.error("cleanup: vhid %d: %s", entry.vhid, exc)
+            failed = True
+    if config.event_command:
+        results = asyncio.run(_step_down(config))
+        failed = failed or len(results) < len(config.vhids)
+        failed = failed or any(r.returncode != 0 for r in results)
+    return 1 if failed else 0
+
+
+async def _step_down(config: AgentConfig) -> list[Result]:
+    runner = HookRunner(config.hook_timeout)
+    for entry in config.vhids:
+        name = f"{entry.vhid}@{config.interface_of(entry)}"
+        runner.submit(entry.vhid, [event_command(config, name, State.BACKUP)])
+    await runner.drain(config.hook_timeout + SHUTDOWN_HOOK_WAIT)
+    await runner.close()
+    return runner.results
 
 
 def sd_notify(message: str) -> None:

@@ -39,22 +39,10 @@ def setup_logging(level: str) -> None:
 async def _run_agent(agent: Any) -> None:
     from hafs.carp.agent import sd_notify
 
-    watchdog = None
-    usec = os.environ.get("WATCHDOG_USEC")
-    if usec and usec.isdigit():
-
-        async def feed() -> None:
-            while True:  # the loop itself is what the watchdog watches
-                sd_notify("WATCHDOG=1")
-                await asyncio.sleep(int(usec) / 2e6)
-
-        watchdog = asyncio.create_task(feed())
-    try:
+    try:  # the agent's tick feeds the watchdog (WATCHDOG=1)
         await agent.run(ready=lambda: sd_notify("READY=1"))
     finally:
         sd_notify("STOPPING=1")
-        if watchdog is not None:
-            watchdog.cancel()
 
 
 def start(config: AgentConfig, log_level: str, **options: Any) -> int:
@@ -78,14 +66,10 @@ def start(config: AgentConfig, log_level: str, **options: Any) -> int:
 def cmd_agent(args: argparse.Namespace) -> int:
     config = agentconf.load(args.config)
     if args.cleanup:
-        from hafs.carp import linux
+        from hafs.carp.agent import cleanup
 
-        for entry in config.vhids:
-            for address in entry.addresses:
-                linux.remove_vip(config.interface_of(entry), address)
-            if config.link_mode_of(entry) == "vmac":
-                linux.delete_vmac(entry.vhid)
-        return 0
+        setup_logging(args.log_level)
+        return cleanup(config)
     return start(config, args.log_level)
 
 
@@ -219,12 +203,24 @@ def _ago(since: float | None) -> str:
     return f"{stamp} ({time.time() - since:.0f}s ago)"
 
 
-def format_status(status: dict[str, Any]) -> str:
-    demotion = status["demotion"]
-    lines = [
-        f"node {status['node']} (pid {status['pid']}): demotion {demotion['total']}"
-        + (f" {demotion}" if demotion["total"] else "")
+def format_demotion(demotion: dict[str, Any]) -> str:
+    """``demotion 240 (holds resync=240: link em0 lost; links down em0)``."""
+    holds = [
+        f"{name}={value}" + (f": {demotion['causes'][name]}" if name in demotion["causes"] else "")
+        for name, value in sorted(demotion["holds"].items())
     ]
+    parts = [
+        f"operator {demotion['operator']}" if demotion["operator"] else "",
+        f"holds {'; '.join(holds)}" if holds else "",
+        f"links down {' '.join(demotion['links_down'])}" if demotion["links_down"] else "",
+        f"send failing {' '.join(demotion['send_failing'])}" if demotion["send_failing"] else "",
+    ]
+    detail = ", ".join(p for p in parts if p)
+    return f"demotion {demotion['total']}" + (f" ({detail})" if detail else "")
+
+
+def format_status(status: dict[str, Any]) -> str:
+    lines = [f"node {status['node']} (pid {status['pid']}): {format_demotion(status['demotion'])}"]
     header = ("VHID", "IF", "STATE", "SINCE", "REASON", "MASTER", "SKEW", "SENT", "RECV", "DROPS")
     rows = []
     for v in status["vhids"]:
@@ -301,14 +297,7 @@ def _integer(value: str, what: str) -> int:
 def cmd_demote(args: argparse.Namespace) -> int:
     reply = control.request(args.socket, demote_request(args))
     demotion = reply["demotion"]
-    if args.json:
-        print(json.dumps(demotion))
-    else:
-        holds = ", ".join(f"{k}={v}" for k, v in sorted(demotion["holds"].items())) or "none"
-        print(
-            f"demotion {demotion['total']} (operator {demotion['operator']}, holds {holds}, "
-            f"links down {demotion['links_down'] or 'none'})"
-        )
+    print(json.dumps(demotion) if args.json else format_demotion(demotion))
     return 0
 
 

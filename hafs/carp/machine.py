@@ -26,8 +26,15 @@ skew*1_000_000//256), compared as tuples; smaller is better. The rules, per rece
 
 * MASTER hears T(received) <= T(ours, S): BACKUP at once ("more frequent advertisement
   received"). Equal timing makes both masters step down; there is no address tie break.
-  A worse advert is ignored, but counted in ``foreign_masters_seen``: another node believes
-  it is master (split brain), which the agent reports.
+* MASTER hears a worse advert: another node believes it is master (the other side of a
+  healed partition, an agent resumed after a stall). It is counted in
+  ``foreign_masters_seen`` (the agent reports a split brain that persists) and answered at
+  once with our advert and an Announce, at most once per advbase per source, so that the
+  other master steps down now rather than at our next advert, and clients that learned its
+  MAC come back now rather than after an ARP timeout. Here hafs diverges from FreeBSD:
+  ``carp_input_c`` (case MASTER) only acts on a better or equal advert and ignores a worse
+  one; our answer is an extra advert of the same kind and a gratuitous ARP, both harmless
+  to FreeBSD and ucarp peers.
 * BACKUP hears a slower master, T(received) > T(ours, S), while preempt is on: MASTER now
   ("preempting a slower master").
 * BACKUP hears a master slower than its own master-down, T(3*advbase, S) < T(received):
@@ -247,7 +254,7 @@ class _Effect(enum.Enum):
     ADVERTISE = enum.auto()  # send an advert, next one an interval after the last deadline
     READVERTISE = enum.auto()  # send an advert now, next one an interval from now
     WAIT = enum.auto()  # restart the master-down timer
-    FOREIGN_MASTER = enum.auto()  # count a worse master while we are master
+    REASSERT = enum.auto()  # a worse master while we are master: count it, answer it
 
 
 _TRANSITIONS: dict[tuple[State, _Input], tuple[State, str]] = {
@@ -267,9 +274,9 @@ _IN_STATE: dict[tuple[State, _Input], _Effect] = {
     (BACKUP, _Input.HEARD_WORSE): _Effect.WAIT,
     (MASTER, _Input.TIMER): _Effect.ADVERTISE,
     (MASTER, _Input.DEMOTION): _Effect.READVERTISE,
-    (MASTER, _Input.HEARD_WORSE): _Effect.FOREIGN_MASTER,
-    (MASTER, _Input.HEARD_PREEMPTABLE): _Effect.FOREIGN_MASTER,
-    (MASTER, _Input.HEARD_DOOMED): _Effect.FOREIGN_MASTER,
+    (MASTER, _Input.HEARD_WORSE): _Effect.REASSERT,
+    (MASTER, _Input.HEARD_PREEMPTABLE): _Effect.REASSERT,
+    (MASTER, _Input.HEARD_DOOMED): _Effect.REASSERT,
 }
 # Every (state, input) pair in neither table is ignored: it produces no actions.
 
@@ -296,6 +303,7 @@ class VhidMachine:
         self._adverts_sent = 0
         self._adverts_received = 0
         self._foreign_masters_seen = 0
+        self._answered: dict[Address, float] = {}  # foreign master -> when we last answered it
 
     # Read-only status.
 
@@ -383,7 +391,8 @@ class VhidMachine:
         if target is not None:
             actions = self._change(now, kind, *target)
         else:
-            actions = self._stay(now, _IN_STATE.get((was, kind)))
+            source = event.source if isinstance(event, AdvertReceived) else None
+            actions = self._stay(now, _IN_STATE.get((was, kind)), source)
         if heard and was is not BACKUP and self._state is BACKUP:  # stepped down to its sender
             self._master = heard
         return actions
@@ -439,7 +448,7 @@ class VhidMachine:
             actions.append(self._set_timer(None))
         return actions
 
-    def _stay(self, now: float, effect: _Effect | None) -> list[Action]:
+    def _stay(self, now: float, effect: _Effect | None, source: Address | None) -> list[Action]:
         match effect:
             case _Effect.ADVERTISE:
                 last = now if self._deadline is None else self._deadline
@@ -452,9 +461,21 @@ class VhidMachine:
                 return [advert, self._set_timer(now + self.advert_interval)]
             case _Effect.WAIT:
                 return [self._set_timer(now + self._config.master_down)]
-            case _Effect.FOREIGN_MASTER:
+            case _Effect.REASSERT:
                 self._foreign_masters_seen += 1
+                if source is not None and self._may_answer(now, source):
+                    advert = self._advert(self.advertised_skew, self._config.advbase)
+                    return [advert, Announce(self._config.addresses)]
         return []
+
+    def _may_answer(self, now: float, source: Address) -> bool:
+        """Answer a foreign master at most once per advbase (and remember only recent ones)."""
+        advbase = self._config.advbase
+        self._answered = {s: t for s, t in self._answered.items() if now - t < advbase}
+        if source in self._answered:
+            return False
+        self._answered[source] = now
+        return True
 
     def _advert(self, advskew: int, advbase: int) -> SendAdvert:
         if self._last_counter is None:

@@ -1,4 +1,5 @@
-"""`hafs agent` on a bridge: interop with stock ucarp, elections, floods, bow-out.
+"""`hafs agent` on a bridge: interop with stock ucarp, elections, floods, bow-out, the resync
+hold (stall, lost link), split brain answered at once, the lab's supervisor.
 
 Each test builds its own namespaces (see conftest's rules) and stops every process it started.
 Timing margins: a backup takes over after 3*advbase + advskew/256 s; stock ucarp reacts on a
@@ -7,6 +8,8 @@ one-second tick, so waits involving ucarp allow it 2 s more.
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 import subprocess
 import sys
@@ -16,9 +19,11 @@ from pathlib import Path
 
 import pytest
 
+from hafs.carp import control
 from hafs.cluster import derive_layout
+from hafs.lab.cluster import supervised_agent
 from hafs.lab.netns import Lab, new_prefix
-from tests.lab.carp_bed import CarpBed, sample, wait_for
+from tests.lab.carp_bed import CarpBed, Peer, sample, wait_for
 
 VIP = "10.77.0.100"
 TAKEOVER = 3 + 10 / 256  # master-down of a backup with advskew 10
@@ -273,3 +278,147 @@ def test_cleanup_after_sigkill_removes_the_vips(bed: CarpBed, tmp_path: Path) ->
     ]
     subprocess.run(["ip", "netns", "exec", a.node.name, *cleanup], check=True, timeout=30)
     assert not a.holds(VIP)
+
+
+# --- the resync hold -----------------------------------------------------------------------
+
+VIP2 = "10.77.0.101"
+
+
+def release(peer: Peer) -> None:
+    """What the node's service daemon does once it has re-synced."""
+    assert peer.socket is not None
+    control.request(peer.socket, {"op": "demote", "hold": "resync", "value": 0})
+
+
+def resync_cause(peer: Peer) -> str:
+    demotion = peer.status()["demotion"]
+    return str(demotion["causes"].get("resync", "")) if "resync" in demotion["holds"] else ""
+
+
+def homes(bed: CarpBed) -> tuple[Peer, Peer]:
+    """a home of VIP (vhid 1), b of VIP2 (vhid 2), each the other's backup; both configured
+    with a service daemon's resync hold (released here, as the daemons would)."""
+    a, b = bed.node("a"), bed.node("b")
+    bed.hafs(a, [(1, VIP, 0), (2, VIP2, 10)], extra="start_demoted = true")
+    bed.hafs(b, [(1, VIP, 10), (2, VIP2, 0)], extra="start_demoted = true")
+    for peer in (a, b):
+        assert resync_cause(peer) == "agent started"
+        release(peer)
+    placed = {VIP: ["a"], VIP2: ["b"]}
+    wait_for(lambda: {v: bed.holders(v) for v in placed} == placed, 8, "VIPs on their homes")
+    return a, b
+
+
+def mac(peer: Peer) -> str:
+    (link,) = json.loads(peer.node.ip("-j", "link", "show", "dev", "eth0"))
+    return str(link["address"])
+
+
+def test_a_resumed_master_steps_down_and_the_new_master_answers_it(bed: CarpBed) -> None:
+    """SIGSTOP a master past master-down, SIGCONT it: it raises the resync hold before it
+    acts, so it advertises only demoted and ends BACKUP; b, master meanwhile, never steps
+    down and answers a's advert with its own and a gratuitous ARP, which a client hears."""
+    a, b = homes(bed)
+    c = bed.node("c")
+    ping = ["ip", "netns", "exec", c.node.name, "ping", "-c1", "-W2", VIP]
+    subprocess.run(ping, check=True, capture_output=True)  # c learns a's MAC for VIP
+    agent = a.status()["pid"]
+    os.kill(agent, signal.SIGSTOP)
+    try:
+        wait_for(lambda: b.vhid_state(1) == "MASTER", TAKEOVER + 2, "b to take VIP over")
+        # b hears no peer: it holds itself too (its service daemon would find nobody)
+        wait_for(lambda: resync_cause(b).startswith("no peer heard"), 3, "b's silence hold")
+        since = b.status()["vhids"][0]["since"]
+        # forget what b's takeover taught c: point VIP back at a, as a client that has not
+        # heard b's announcement (a stale entry is not probed while nobody sends to it)
+        c.node.ip("neigh", "replace", VIP, "lladdr", mac(a), "dev", "eth0", "nud", "stale")
+        time.sleep(1.2)  # past the neighbour table's lock time
+    finally:
+        os.kill(agent, signal.SIGCONT)
+    wait_for(lambda: mac(b) in c.node.ip("neigh", "show", VIP), 3, "b's gratuitous ARP at c")
+    wait_for(lambda: a.vhid_state(1) == "BACKUP", 5, "a to step down")
+    for _ in sample(bed, [VIP, VIP2], 3, step=0.1):  # b never steps down, a takes nothing
+        vhids = b.status()["vhids"]
+        assert [v["state"] for v in vhids] == ["MASTER", "MASTER"]
+        assert vhids[0]["since"] == pytest.approx(since, abs=0.05)
+        assert a.vhid_state(2) == "BACKUP"
+    assert bed.holders(VIP) == ["b"] and bed.holders(VIP2) == ["b"]
+    assert resync_cause(a).startswith("agent stalled ")
+    assert b.status()["demotion"]["holds"] == {}  # b yielded to the demoted a
+    log = a.output()
+    assert "resync hold raised: agent stalled " in log, log
+
+
+def test_after_a_lost_link_the_node_preempts_only_once_released(bed: CarpBed) -> None:
+    a, b = homes(bed)
+    a.port.cut()
+    wait_for(lambda: bed.holders(VIP) == ["b"], TAKEOVER + 1, "b to take VIP over")
+    assert resync_cause(a) == "link eth0 lost"
+    wait_for(lambda: resync_cause(b).startswith("no peer heard"), 3, "b's silence hold")
+    a.port.plug()
+    wait_for(lambda: a.vhid_state(1) == "BACKUP", 3, "a's link back")
+    assert a.status()["demotion"]["links_down"] == []
+    assert resync_cause(a) == "link eth0 back after a loss"
+    release(b)  # b's service daemon found nobody while a was cut off
+    for holders in sample(bed, [VIP, VIP2], TAKEOVER + 1, step=0.1):
+        assert holders == {VIP: ["b"], VIP2: ["b"]}, "a preempted with the hold up"
+    release(a)  # a's service daemon has pulled what b wrote: now the preempt hands VIP back
+    wait_for(lambda: bed.holders(VIP) == ["a"], 3, "a to preempt once released")
+    assert bed.holders(VIP2) == ["b"]
+
+
+# --- the lab's supervisor ------------------------------------------------------------------
+
+
+def test_the_lab_supervisor_cleans_up_after_a_killed_agent(bed: CarpBed, tmp_path: Path) -> None:
+    """SIGKILL the agent: the supervisor removes the VIP and runs the event hook with BACKUP
+    (ExecStopPost), then starts the agent again, demoted (Restart=always). SIGTERM to the
+    supervisor is a graceful stop: the agent bows out, no cleanup, no restart."""
+    a = bed.node("a")
+    events = tmp_path / "events"
+    a.socket = str(tmp_path / "a.sock")
+    configs = []
+    for name, demoted in (("a.toml", "false"), ("a-restart.toml", "true")):
+        config = tmp_path / name
+        config.write_text(
+            "\n".join([
+                'node = "a"', 'interface = "eth0"', f'srcip = "{a.address}"', 'pass = "testok"',
+                f'event_command = ["sh", "-c", "echo $0 $1 >> {events}"]',
+                f'control_socket = "{a.socket}"', f"start_demoted = {demoted}",
+                "[[vhid]]", "vhid = 1", f'addresses = ["{VIP}"]',
+            ]) + "\n"
+        )  # fmt: skip
+        config.chmod(0o600)
+        configs.append(config)
+    a.log = tmp_path / "a.log"
+    with a.log.open("wb") as out:
+        a.proc = bed.lab.popen(a.node, supervised_agent(*configs), stdout=out, stderr=out)
+    wait_for(lambda: a.holds(VIP), 8, "a to hold the VIP")
+    agent = a.status()["pid"]
+    assert agent != a.proc.pid  # the agent runs under the supervisor
+
+    os.kill(agent, signal.SIGKILL)
+    wait_for(lambda: not a.holds(VIP), 10, "the cleanup to remove the VIP")
+    wait_for(lambda: events.read_text().count("BACKUP") == 2, 10, "the cleanup's BACKUP event")
+
+    def restarted() -> bool:
+        try:
+            return bool(a.status()["pid"] != agent)
+        except control.ControlError:
+            return False
+
+    wait_for(restarted, 15, "the agent to start again")
+    assert resync_cause(a) == "agent started"  # the restart config: demoted
+    wait_for(lambda: a.holds(VIP), 8, "a alone to take the VIP again")
+
+    a.stop()
+    assert a.proc.returncode == 0, a.output()
+    assert not a.holds(VIP)
+    time.sleep(3)
+    assert [line.split()[1] for line in events.read_text().splitlines()] == [
+        "BACKUP", "MASTER",  # the first agent
+        "BACKUP",  # the cleanup after its SIGKILL
+        "BACKUP", "MASTER", "INIT",  # the restarted agent, stopped: no cleanup after it
+    ]  # fmt: skip
+    assert not Path(a.socket).exists()  # not started again

@@ -42,7 +42,9 @@ def agent() -> Iterator[Agent]:
     agent = Agent(config)
     loop = asyncio.new_event_loop()
     agent._loop = loop  # the packet path without sockets: no I/O is reached in BACKUP
-    agent.interfaces["eth0"] = SimpleNamespace(own={OWN}, running=True, srcip=OWN)  # type: ignore[assignment]
+    agent.interfaces["eth0"] = SimpleNamespace(  # type: ignore[assignment]
+        own={OWN}, running=True, srcip=OWN, sock=SimpleNamespace(recv=lambda: None)
+    )
     agent.hooks.submit = lambda vhid, commands: None  # type: ignore[method-assign]
     vhid = agent.vhids[("eth0", 1)]
     agent._handle(vhid, LinkUp())
@@ -96,9 +98,12 @@ def test_arbitrary_bytes_never_raise(agent: Agent, data: bytes) -> None:
 def test_demotion_parts_add_up() -> None:
     d = Demotion()
     d.adjust(+50)
-    d.hold("resync", 240)
+    d.hold("resync", 240, "link eth0 lost")
     d.links_down.add("eth0")
     assert d.total == 50 + 240 + 240
+    assert d.causes == {"resync": "link eth0 lost"}
+    d.hold("resync", 240)  # held again by a request: the cause stands
+    assert d.causes == {"resync": "link eth0 lost"}
     d.adjust(-100)
     assert d.operator == 0
     d.hold("resync", 0)
@@ -107,6 +112,7 @@ def test_demotion_parts_add_up() -> None:
         "total": 247,
         "operator": 7,
         "holds": {},
+        "causes": {},
         "links_down": ["eth0"],
         "send_failing": [],
     }

@@ -94,8 +94,9 @@ def agent() -> Iterator[Agent]:
     agent = Agent(config)
     agent._loop = asyncio.new_event_loop()
     agent.interfaces["eth0"] = SimpleNamespace(  # type: ignore[assignment]
-        own={IPv4Address("10.0.0.1")}, running=True, srcip=IPv4Address("10.0.0.1")
-    )
+        own={IPv4Address("10.0.0.1")}, running=True, srcip=IPv4Address("10.0.0.1"),
+        sock=SimpleNamespace(recv=lambda: None),
+    )  # fmt: skip
     agent.hooks.submit = lambda vhid, commands: None  # type: ignore[method-assign]
     agent._handle(agent.vhids[("eth0", 7)], LinkUp())
     yield agent

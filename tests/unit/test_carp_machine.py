@@ -278,7 +278,8 @@ def test_master_interval_includes_the_advertised_skew() -> None:
     assert m.handle(start + 2.25, Timeout()) == [advert(64, 1111, 2), SetTimer(start + 4.5)]
 
 
-# (our advbase, our advskew, demotion, heard advbase, heard advskew, steps down)
+# (our advbase, our advskew, demotion, heard advbase, heard advskew, steps down): a master
+# that does not step down answers the worse master (see the rate-limit test below)
 MASTER_HEARS = [
     (1, 0, 0, 1, 0, True),  # equal timing: step down, there is no tie break
     (1, 10, 0, 1, 9, True),
@@ -301,7 +302,8 @@ def test_master_hears_an_advert(
 ) -> None:
     m = master(advbase=advbase, advskew=advskew)
     m.handle(10.0, DemotionChanged(demotion))
-    actions = m.handle(10.5, heard(their_base, their_skew))
+    deadline = m.deadline
+    actions = m.handle(10.5, heard(their_base, their_skew, counter=41))
     if steps_down:
         assert actions == [
             Transition(MASTER, BACKUP, "more frequent advertisement received"),
@@ -310,14 +312,22 @@ def test_master_hears_an_advert(
         ]
         assert (m.state, m.master_source, m.foreign_masters_seen) == (BACKUP, PEER, 0)
     else:
-        assert actions == []
+        skew = min(advskew + demotion, 240)
+        assert actions == [advert(skew, 42, advbase), Announce(VIPS)]
         assert (m.state, m.master_source, m.foreign_masters_seen) == (MASTER, None, 1)
+        assert m.deadline == deadline  # the extra advert leaves the rhythm alone
 
 
-def test_master_hearing_a_worse_master_with_preempt_only_counts_it() -> None:
-    m = master(advskew=10, preempt=True)
-    assert m.handle(4.0, heard(1, 11)) == []
-    assert (m.state, m.foreign_masters_seen) == (MASTER, 1)
+def test_master_answers_each_worse_master_at_most_once_per_advbase() -> None:
+    m = master(advbase=2, advskew=10, preempt=True)
+    other = IPv4Address("10.0.0.3")
+    answer = [advert(10, 8, 2), Announce(VIPS)]
+    assert m.handle(10.0, heard(2, 50)) == answer
+    assert m.handle(11.9, heard(2, 50)) == []  # same source within advbase: counted only
+    answered = m.handle(11.9, AdvertReceived(Advert(1, 50, 2, 7, bytes(20)), other))
+    assert answered == answer  # another source is answered at once
+    assert m.handle(12.0, heard(2, 50)) == answer  # an advbase later: answered again
+    assert (m.state, m.foreign_masters_seen) == (MASTER, 4)
 
 
 def test_master_readvertises_at_once_when_demotion_changes() -> None:
@@ -335,7 +345,8 @@ def test_master_readvertises_at_once_when_demotion_changes() -> None:
 def test_random_counter_until_an_advert_is_heard_then_adopt_and_increment() -> None:
     m = master()
     assert m.handle(4.0, Timeout())[0] == advert(0, 1111)  # fresh random, not 1001
-    m.handle(4.5, heard(1, 5, counter=(1 << 64) - 2))  # worse: ignored, but counter adopted
+    answer = m.handle(4.5, heard(1, 5, counter=(1 << 64) - 3))  # worse: counter adopted
+    assert answer[0] == advert(0, (1 << 64) - 2)
     assert m.handle(5.0, Timeout())[0] == advert(0, (1 << 64) - 1)
     assert m.handle(6.0, Timeout())[0] == advert(0, 0)  # wraps like a uint64
 
@@ -487,6 +498,17 @@ def test_two_masters_with_equal_timing_both_step_down() -> None:
         receiver.handle(4.0, AdvertReceived(decoded, PEER))
     assert (a.state, b.state) == (BACKUP, BACKUP)
     assert a.reason == b.reason == "more frequent advertisement received"
+
+
+def test_a_healed_split_brain_ends_at_the_worse_masters_first_advert() -> None:
+    """Both sides of a partition became master; healed, the better master answers the worse
+    one's advert at once (advert and gratuitous ARP), so the worse one steps down now."""
+    link = Link(a=master(advskew=0), b=master(advskew=100))  # masters at 3.0 and 3.39
+    link.apply(3.5, "b", link.machines["b"].handle(3.5, DemotionChanged(10)))  # b advertises
+    assert (link.machines["a"].state, link.machines["b"].state) == (MASTER, BACKUP)
+    assert link.transitions() == [(3.5, "b", BACKUP, "more frequent advertisement received")]
+    assert (3.5, "a", Announce(VIPS)) in link.log
+    assert link.machines["a"].foreign_masters_seen == 1
 
 
 def test_bow_out_hands_over_at_once() -> None:
