@@ -14,14 +14,15 @@ Example::
     link_mode = "garp"            # or "vmac": FreeBSD-style 00:00:5e:00:01:<vhid>
     event_command = ["hafs", "event"]
     hook_timeout = 30.0
-    start_demoted = true          # `hafs service run` runs beside the agent: see below
+    start_demoted = true          # held at start until `hafs service run` has re-synced
+    resync_holds = true           # `hafs service run` runs beside the agent: see below
 
-``start_demoted`` says that a service daemon (``hafs service run``) runs beside the agent and
+``resync_holds`` says that a service daemon (``hafs service run``) runs beside the agent and
 releases the ``resync`` demotion hold once this node's data is in sync. With it, the agent
-holds the node demoted whenever it may have missed changes: at start, after a lost link,
-after the agent itself stalled, and after it heard no peer for a while (see
-:mod:`hafs.carp.agent`). Without it (a bare CARP node, ``hafs ucarp``) nobody would release
-the hold, so the agent raises none.
+holds the node demoted whenever it may have missed changes: after a lost link, after the
+agent itself stalled, and after it heard no peer for a while (see :mod:`hafs.carp.agent`);
+``start_demoted`` holds it at start too (a node that was up before). Without them (a bare
+CARP node, ``hafs ucarp``) nobody would release the hold, so the agent raises none.
 
     [[vhid]]
     vhid = 1
@@ -80,9 +81,10 @@ class AgentConfig:
     hook_timeout: float = 30.0
     control_socket: str = DEFAULT_CONTROL_SOCKET
     metrics: str | None = None
-    # a service daemon releases the "resync" hold: hold it at start and whenever this node
-    # may have missed changes (link lost, agent stalled, peers silent)
+    # a service daemon releases the "resync" hold: hold it at start (start_demoted) and
+    # whenever this node may have missed changes: link lost, agent stalled, peers silent
     start_demoted: bool = False
+    resync_holds: bool = False
 
     def interface_of(self, entry: VhidEntry) -> str:
         return entry.interface or self.interface
@@ -121,6 +123,7 @@ def render(
         "# demoted at start, and after a lost link, a stall or silent peers, until",
         "# `hafs service run` has pulled what changed meanwhile",
         f"start_demoted = {_toml(start_demoted)}",
+        "resync_holds = true",
     ]
     for vip in cluster.vips_of(node.name):
         lines += [
@@ -148,6 +151,7 @@ TOP_KEYS = {
     "control_socket",
     "metrics",
     "start_demoted",
+    "resync_holds",
     "vhid",
 }
 VHID_KEYS = {"vhid", "addresses", "advbase", "advskew", "interface", "link_mode"}
@@ -202,6 +206,7 @@ def parse(data: Mapping[str, Any], path: Path) -> AgentConfig:
         control_socket=str(_typed(data, "control_socket", str, where, DEFAULT_CONTROL_SOCKET)),
         metrics=_typed(data, "metrics", str, where, None),
         start_demoted=_typed(data, "start_demoted", bool, where, False),
+        resync_holds=_typed(data, "resync_holds", bool, where, False),
     )
 
 

@@ -48,8 +48,8 @@ and releases the hold through the control socket. The agent raises it:
   missed changes, and with both at 240 (FreeBSD steps both masters down on equal adverts)
   the stale one could win the next election.
 
-Only with ``start_demoted`` (agent.toml): it says that a service daemon runs beside the agent
-to release the hold; without one, the causes are only logged.
+Only with ``resync_holds`` or ``start_demoted`` (agent.toml): a service daemon runs beside the
+agent to release the hold; without one, the causes are only logged.
 """
 
 from __future__ import annotations
@@ -539,10 +539,10 @@ class Agent:
 
     def _hold_resync(self, cause: str) -> None:
         """This node may have missed changes: hold it demoted until `hafs service run` has
-        re-synced it (only when one runs, i.e. with ``start_demoted``). The caller then tells
-        the machines (:meth:`_demotion_changed`)."""
-        if not self.config.start_demoted:
-            log.info("%s (no resync hold: start_demoted is off)", cause)
+        re-synced it (only when one runs: ``resync_holds`` or ``start_demoted``). The caller
+        then tells the machines (:meth:`_demotion_changed`)."""
+        if not (self.config.resync_holds or self.config.start_demoted):
+            log.info("%s (no resync hold: resync_holds is off)", cause)
             return
         log.warning("resync hold raised: %s", cause)
         self.demotion.hold(RESYNC_HOLD, RESYNC_DEMOTION, cause)

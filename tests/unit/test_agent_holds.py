@@ -81,11 +81,11 @@ class Bed:
         assert self.state == "MASTER"
 
 
-def make_bed(start_demoted: bool = True) -> Bed:
+def make_bed(start_demoted: bool = True, resync_holds: bool = False) -> Bed:
     config = AgentConfig(
         node="n1", interface="eth0", srcip=OWN, passphrase="testok",
         vhids=(VhidEntry(1, (VIP,), advskew=10),), event_command=(),
-        start_demoted=start_demoted,
+        start_demoted=start_demoted, resync_holds=resync_holds,
     )  # fmt: skip
     clock, queued, sent = [100.0], list[bytes](), list[int]()
     agent = Agent(config)
@@ -170,18 +170,21 @@ def test_a_stalled_master_raises_the_hold_before_it_advertises(
     assert "resync hold raised: agent stalled 10.0s" in caplog.text
 
 
-@pytest.mark.parametrize("start_demoted", [True, False])
+@pytest.mark.parametrize(
+    ("start_demoted", "resync_holds"), [(True, False), (False, True), (False, False)]
+)
 def test_a_stalled_backup_reads_queued_adverts_before_its_expired_timer(
-    start_demoted: bool,
+    start_demoted: bool, resync_holds: bool
 ) -> None:
-    bed = make_bed(start_demoted)
+    bed = make_bed(start_demoted, resync_holds)
     bed.release()
     bed.at(113.0)  # the master-down deadline (103.04) passed while the agent was stopped
     bed.queued.append(advert(0))  # but the master went on advertising
     bed.fire_timer()
     assert bed.state == "BACKUP" and bed.sent == []
     assert bed.vhid.machine.deadline == 113.0 + MASTER_DOWN
-    assert bed.agent.demotion.holds == ({"resync": 240} if start_demoted else {})
+    held = start_demoted or resync_holds  # a first boot: not held at start, held after a stall
+    assert bed.agent.demotion.holds == ({"resync": 240} if held else {})
     bed.agent.loop.close()
 
 
