@@ -48,7 +48,10 @@ def format_status(status: dict[str, Any]) -> str:
                 " ".join(n["vips"]) or "-",
             )
         )
-    lines = [f"lab {status['name']} ({status['inventory']}); client {status['client']['address']}"]
+    head = f"lab {status['name']} ({status['inventory']}); client {status['client']['address']}"
+    if status.get("gateway"):
+        head += f"; gateway {', '.join(status['gateway']['addresses'])}"
+    lines = [head]
     lines.append(table(header, rows))
     for v in status["vips"]:
         holders = v["holders"]
@@ -114,8 +117,10 @@ NODE_ACTIONS = {
     "kill": "power loss: cut the node's cable and SIGKILL everything on it",
     "stop": "graceful shutdown: the CARP daemon bows out, the pool is exported",
     "start": "power the node on again (plugs its cable back in)",
-    "partition": "cut the node's cable, killing nothing",
-    "heal": "plug the node's cable back in",
+    "partition": "cut the node's cable, killing nothing (the node sees its link go down)",
+    "heal": "plug the node's cable back in (this also ends an isolation)",
+    "isolate": "the switch drops the node's traffic; the node keeps its link up and hears nobody",
+    "rejoin": "the switch forwards the node's traffic again (after isolate)",
 }
 
 

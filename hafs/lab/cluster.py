@@ -3,9 +3,10 @@
 A lab named NAME is made of:
 
 - network namespaces ``NAME-sw`` (holding the bridge ``NAME-br``), ``NAME-n<i>`` for node i
-  of the inventory and ``NAME-client``; no default route anywhere, nothing in the root
-  namespace. Each node's interface carries the inventory's name (``em0``, ``ens36``) and fixed
-  address.
+  of the inventory, ``NAME-client`` and ``NAME-gw``, which owns the nodes' ``gateway``
+  addresses and answers ping (the quorum witness a node asks when it hears no peer) but
+  routes nowhere; no default route anywhere, nothing in the root namespace. Each node's
+  interface carries the inventory's name (``em0``, ``ens36``) and fixed address.
 - per node an *anchor* process, the node's "hardware": it holds a mount and UTS namespace with
   the hostname of the node, private tmpfs over ``/run`` and ``/var/lib/zfs`` and an overlay
   over ``/etc``. Everything of the node runs entered into the anchor's namespaces: its
@@ -39,6 +40,7 @@ from typing import Any
 from hafs import agentconf
 from hafs.check import check
 from hafs.cluster import Cluster, Node, load
+from hafs.errors import HafsError
 from hafs.lab.netns import NETNS_DIR, Lab, LabError, Netns, Port, cleanup, list_namespaces
 from hafs.service import config as service_config
 
@@ -77,6 +79,32 @@ UCARP_DOWN = (
     '{hafs} event "$3@$1" BACKUP </dev/null &\n'
 )
 HAFS = (sys.executable, "-m", "hafs")  # the hafs of this checkout, inside every node
+# The agent supervised as systemd runs it (hooks/hafs-agent.service): when it dies otherwise
+# than by a graceful stop (exit 0: it bowed out and ran its own hooks), its cleanup removes
+# its VIPs and steps its services down (ExecStopPost), and it starts again 2 s later with the
+# restart config, which holds it demoted (Restart=always). SIGTERM/SIGINT go to the agent and
+# end the supervision. The lab records the supervisor's pid as the node's "agent"; its kill
+# (power loss) kills both, and no cleanup runs, as with a real power loss.
+# Arguments: the config, the restart config, then the agent's argv.
+AGENT_SUPERVISOR = r"""
+trap 'stopping=1; [ -z "$pid" ] || kill -TERM "$pid"' TERM INT
+config=$1 restart=$2
+shift 2
+while [ -z "$stopping" ]; do
+    "$@" --config "$config" &
+    pid=$!
+    [ -z "$stopping" ] || kill -TERM "$pid"
+    while :; do  # a trapped signal interrupts wait: wait again until the agent is gone
+        wait "$pid" 2>/dev/null  # no untimestamped "Killed" in the log
+        status=$?
+        [ "$status" -ge 128 ] && kill -0 "$pid" 2>/dev/null || break
+    done
+    pid=
+    [ "$status" -eq 0 ] || "$@" --config "$config" --cleanup
+    [ -n "$stopping" ] || sleep 2
+    config=$restart
+done
+"""
 SSHD_CONFIG = """# hafs lab: replication and fencing between nodes, on the node's fixed address only
 ListenAddress {address}
 HostKey /etc/hafs/ssh_host_ed25519_key
@@ -130,6 +158,28 @@ class Proc:
                 os.kill(self.pid, sig)
 
 
+def parent_pid(pid: int) -> int | None:
+    """The parent of ``pid``; None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def cmdline(pid: int) -> list[str]:
+    """The arguments of ``pid``; empty if it is gone."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []
+
+
+def triples(argv: Sequence[str]) -> set[tuple[str, str, str]]:
+    """Every three consecutive arguments of ``argv``."""
+    return set(zip(argv, argv[1:], argv[2:], strict=False))
+
+
 def pids_in_netns(ns: str) -> list[int]:
     """Every process whose network namespace is ``ns`` (by inode, never by name)."""
     try:
@@ -177,7 +227,7 @@ class ClusterLab:
         nodes: dict[str, dict[str, Any]] = self.state.get("nodes", {})
         if node not in nodes:
             known = ", ".join([*nodes, "client"])
-            raise LabError(f"lab {self.name}: no node {node!r}: choose one of {known}")
+            raise HafsError(f"lab {self.name}: no node {node!r}: choose one of {known}")
         return nodes[node]
 
     def procs(self, node: str) -> dict[str, Proc]:
@@ -257,6 +307,10 @@ class ClusterLab:
             progress(
                 f"client namespace {self.state['client']['ns']} ({self.state['client']['address']})"
             )
+            self._make_gateway(lab, cluster)
+            if self.state["gateway"]:
+                gateway = self.state["gateway"]
+                progress(f"gateway namespace {gateway['ns']} ({', '.join(gateway['addresses'])})")
             for node in cluster.nodes:  # every node ready first, so the first election is fair
                 self._boot(node.name, progress, carp=False)
             for node in cluster.nodes:  # all agents at once: the homes win the first election
@@ -319,10 +373,40 @@ class ClusterLab:
         taken = {n.address.ip for n in cluster.nodes if n.address} | {
             v.address for v in cluster.vips
         }
+        taken |= {n.gateway for n in cluster.nodes if n.gateway}
         address = next(a for a in reversed(list(subnet.hosts())) if a not in taken)
         ns = lab.add_node("client")
         lab.connect(ns, "eth0", f"{address}/{subnet.prefixlen}")
         self.state["client"] = {"ns": ns.name, "address": str(address)}
+        self._save()
+
+    def _make_gateway(self, lab: Lab, cluster: Cluster) -> None:
+        """One namespace owning every node's gateway (within the node's subnet) on the bridge.
+
+        It only answers (ping, ARP): no forwarding, no route beyond the subnet, so a node can
+        use it as a quorum witness and still reach nothing outside the lab.
+        """
+        addresses: dict[str, IPv4Interface] = {}
+        for node in cluster.nodes:
+            subnet = cluster.subnet(node)
+            if node.gateway is None or subnet is None or node.gateway not in subnet:
+                continue
+            if node.gateway in {n.address.ip for n in cluster.nodes if n.address} | {
+                v.address for v in cluster.vips
+            }:
+                raise LabError(
+                    f"{node.name}: gateway {node.gateway} is also a node's or a VIP's address: "
+                    "give the nodes a gateway address of its own"
+                )
+            addresses[str(node.gateway)] = IPv4Interface(f"{node.gateway}/{subnet.prefixlen}")
+        self.state["gateway"] = None
+        if addresses:
+            ns = lab.add_node("gw")
+            first, *rest = addresses.values()
+            lab.connect(ns, "eth0", first.with_prefixlen)
+            for address in rest:
+                ns.add_address("eth0", address.with_prefixlen)
+            self.state["gateway"] = {"ns": ns.name, "addresses": list(addresses)}
         self._save()
 
     def _boot(self, node: str, progress: Progress, carp: bool = True) -> None:
@@ -412,15 +496,16 @@ class ClusterLab:
         if state["impl"] == "ucarp":
             self._start_ucarp(cluster, model)
             return
-        config = self.dir / node / "agent.toml"
-        text = agentconf.render(
-            cluster, model, event_command=(*HAFS, "event"), start_demoted=start_demoted
-        )
-        config.write_text(text)
-        os.chmod(config, 0o600)
-        self._daemon(
-            node, "agent", [sys.executable, "-m", "hafs", "agent", "--config", str(config)]
-        )
+        configs = []
+        for name, demoted in (("agent.toml", start_demoted), ("agent-restart.toml", True)):
+            config = self.dir / node / name
+            text = agentconf.render(
+                cluster, model, event_command=(*HAFS, "event"), start_demoted=demoted
+            )
+            config.write_text(text)
+            os.chmod(config, 0o600)
+            configs.append(config)
+        self._daemon(node, "agent", supervised_agent(*configs))
 
     def _wait_for_agent(self, node: str) -> None:
         if self.node_state(node)["impl"] == "hafs":
@@ -531,11 +616,26 @@ class ClusterLab:
                     holders.append(node)
         return held
 
-    def link_up(self, node: str) -> bool:
-        state = self.node_state(node)
-        out = Netns(f"{self.name}-sw").ip("-o", "link", "show", state["peer"])
-        flags = out.partition("<")[2].partition(">")[0].split(",")
-        return "UP" in flags
+    def link(self, node: str) -> str:
+        """The node's cable: ``up``, ``cut`` (no carrier) or ``isolated`` (carrier, no traffic)."""
+        return self._port(node).state()
+
+    def agent(self, node: str) -> Proc | None:
+        """The node's running ``hafs agent`` process: the one the lab recorded as "agent", or
+        that process's child when it is a supervisor; None if neither runs an agent now."""
+        recorded = self.procs(node).get("agent")
+        if recorded is None or not recorded.alive:
+            return None
+        for pid in pids_in_netns(self.node_state(node)["ns"]):
+            if recorded.pid not in (pid, parent_pid(pid)):
+                continue
+            argv = cmdline(pid)
+            # the agent itself: not its supervisor (no --config after "agent"), nor its cleanup
+            if ("hafs", "agent", "--config") in triples(argv) and "--cleanup" not in argv:
+                start = start_time(pid)
+                if start is not None:
+                    return Proc(pid, start)
+        return None
 
     def status(self) -> dict[str, Any]:
         cluster = self.cluster()
@@ -552,8 +652,9 @@ class ClusterLab:
                     "namespace": state["ns"],
                     "interface": state["ifname"],
                     "address": state["address"],
-                    "link": "up" if self.link_up(node.name) else "cut",
+                    "link": self.link(node.name),
                     "daemons": {k: p.alive for k, p in procs.items()},
+                    "agent_pid": agent.pid if (agent := self.agent(node.name)) else None,
                     "vips": sorted(v for v, h in holders.items() if node.name in h),
                 }
             )
@@ -571,6 +672,7 @@ class ClusterLab:
             "name": self.name,
             "inventory": self.state["inventory"],
             "client": self.state["client"],
+            "gateway": self.state.get("gateway"),
             "nodes": nodes,
             "vips": vips,
         }
@@ -616,10 +718,24 @@ class ClusterLab:
             raise
 
     def partition(self, node: str) -> None:
+        """Cut the node's cable: it loses carrier, and its daemons see the link go down."""
         self._port(node).cut()
 
     def heal(self, node: str) -> None:
+        """Plug the node's cable back in (this also ends an isolation)."""
         self._port(node).plug()
+
+    def isolate(self, node: str) -> None:
+        """The switch drops everything to and from the node; the node keeps carrier."""
+        if self.link(node) == "cut":
+            raise LabError(f"node {node}: its cable is cut: hafs lab heal {node} first")
+        self._port(node).isolate()
+
+    def rejoin(self, node: str) -> None:
+        """The switch forwards the node's traffic again."""
+        if self.link(node) == "cut":
+            raise LabError(f"node {node}: its cable is cut: hafs lab heal {node} instead")
+        self._port(node).rejoin()
 
     def _drop_vips(self, node: str) -> None:
         state = self.node_state(node)
@@ -664,6 +780,14 @@ class ClusterLab:
             shutil.rmtree(self.dir)
         self.state = {}
         return removed
+
+
+def supervised_agent(config: Path, restart_config: Path) -> list[str]:
+    """The argv of ``hafs agent --config config`` under :data:`AGENT_SUPERVISOR`."""
+    return [
+        "sh", "-c", AGENT_SUPERVISOR, "hafs-agent-supervisor",
+        str(config), str(restart_config), *HAFS, "agent",
+    ]  # fmt: skip
 
 
 def _keygen(path: Path, comment: str) -> None:

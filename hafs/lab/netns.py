@@ -12,9 +12,17 @@ from inside the node: its interface keeps IFF_UP, loses IFF_LOWER_UP, shows ``NO
 operstate DOWN, and netlink reports it. Setting the node side down is an administrative down
 (IFF_UP cleared) instead.
 
-Implementation: the ``ip`` command (iproute2), run as ``ip -n <ns> ...``. It is the interface an
-operator reproduces by hand, its syntax is stable across iproute2 releases (pyroute2's API changed
-between 0.7 and 0.9), and its one-line error messages go straight into :class:`LabError`.
+Isolation (:meth:`Port.isolate`): the bridge port's STP state is set to *disabled*, so the bridge
+forwards nothing to or from it, while both veth ends stay up: the node keeps carrier (LOWER_UP)
+and hears nobody, the failure of a dead switch port or a wrong VLAN that a cable cut cannot show.
+The bridge runs no STP, so the kernel keeps the state until the port's carrier comes back: a cut
+cable plugged in, or the node setting its interface down and up, ends an isolation (measured).
+``ip link set ... type bridge_slave state 0`` is accepted by iproute2 6.1 but changes nothing
+here; ``bridge link set ... state`` does.
+
+Implementation: iproute2's ``ip`` and ``bridge`` commands, run as ``ip -n <ns> ...``. They are
+what an operator reproduces by hand, their syntax is stable across iproute2 releases (pyroute2's
+API changed between 0.7 and 0.9), and their one-line errors go straight into :class:`LabError`.
 ``ip netns exec`` execs the command in place, so a :class:`subprocess.Popen` handle's pid is the
 command's own pid and the lab stops exactly the processes it started.
 
@@ -26,6 +34,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes
+import json
 import os
 import re
 import secrets
@@ -43,6 +52,8 @@ _PREFIX_RE = re.compile(r"[a-z][a-z0-9-]{0,9}")
 _NODE_RE = re.compile(r"[a-z0-9]{1,16}")
 _IFNAME_RE = re.compile(r"[a-zA-Z0-9._-]{1,15}")
 _STOP_TIMEOUT = 3.0
+_BR_STATE_DISABLED = "0"  # bridge port states, as in linux/if_bridge.h
+_BR_STATE_FORWARDING = "3"
 
 
 class LabError(HafsError):
@@ -56,11 +67,15 @@ def new_prefix(base: str = "hafs-t") -> str:
     return f"{base}{secrets.token_hex(2)}"
 
 
-def _ip(*args: str) -> str:
-    proc = subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
+def _iproute2(*argv: str) -> str:
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
-        raise LabError(f"ip {' '.join(args)}: {proc.stderr.strip()}")
+        raise LabError(f"{' '.join(argv)}: {proc.stderr.strip()}")
     return proc.stdout
+
+
+def _ip(*args: str) -> str:
+    return _iproute2("ip", *args)
 
 
 def list_namespaces(prefix: str) -> list[str]:
@@ -112,6 +127,10 @@ class Netns:
         """Run ``ip -n <name> args...`` and return its output; :class:`LabError` if it fails."""
         return _ip("-n", self.name, *args)
 
+    def bridge(self, *args: str) -> str:
+        """Run ``bridge -n <name> args...`` and return its output; :class:`LabError` if it fails."""
+        return _iproute2("bridge", "-n", self.name, *args)
+
     def set_link(self, ifname: str, up: bool) -> None:
         """Administratively set ``ifname`` up or down (IFF_UP)."""
         self.ip("link", "set", ifname, "up" if up else "down")
@@ -154,8 +173,24 @@ class Port:
         self.switch.set_link(self.peer, up=False)
 
     def plug(self) -> None:
-        """Plug the cable back in: carrier returns."""
+        """Plug the cable back in: carrier returns (and the port forwards, even if isolated)."""
         self.switch.set_link(self.peer, up=True)
+
+    def isolate(self) -> None:
+        """The bridge stops forwarding to and from the port; the node keeps its carrier."""
+        self.switch.bridge("link", "set", "dev", self.peer, "state", _BR_STATE_DISABLED)
+
+    def rejoin(self) -> None:
+        """The bridge forwards to and from the port again."""
+        self.switch.bridge("link", "set", "dev", self.peer, "state", _BR_STATE_FORWARDING)
+
+    def state(self) -> str:
+        """``cut`` (no carrier), ``isolated`` (carrier, not forwarding) or ``up``."""
+        (link,) = json.loads(self.switch.ip("-d", "-j", "link", "show", "dev", self.peer))
+        if "UP" not in link["flags"]:
+            return "cut"
+        forwarding = link["linkinfo"]["info_slave_data"]["state"] == "forwarding"
+        return "up" if forwarding else "isolated"
 
 
 @dataclass

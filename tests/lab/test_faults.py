@@ -6,9 +6,8 @@ kept aside on some node (``hafs service diverged``). The short versions of the s
 
 from __future__ import annotations
 
-import json
+import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -16,6 +15,7 @@ from contextlib import contextmanager
 from itertools import pairwise
 
 from tests.lab.carp_bed import wait_for
+from tests.lab.faults_common import kept_aside, served
 from tests.lab.test_service import REPO, ServiceLab, service_lab
 
 __all__ = ["service_lab"]  # the fixture, for pytest
@@ -36,30 +36,6 @@ def writer(s: ServiceLab, vhid: int, prefix: str, seconds: float) -> Iterator[di
     finally:
         proc.kill()
         proc.wait()
-
-
-def served(s: ServiceLab, vhid: int) -> set[str]:
-    argv = s.probe("list", vhid, "/")
-    return set(
-        subprocess.run(argv, capture_output=True, text=True, check=True, cwd=REPO).stdout.split()
-    )
-
-
-def kept_aside(s: ServiceLab, vhid: int) -> set[str]:
-    """File names in every kept-aside copy of the VIP, on every running node."""
-    name, share = s.cluster.vip(vhid).name, s.cluster.vip(vhid).shares[0].name
-    names: set[str] = set()
-    for node in s.lab.state["nodes"]:
-        listed = s.lab.run(
-            node,
-            [sys.executable, "-m", "hafs", "service", "diverged", "list", "--json"],
-            check=False,
-        )
-        for copy in json.loads(listed or "[]"):
-            if copy["vip"] == name:
-                ls = s.lab.run(node, ["ls", f"{copy['mountpoint']}/shares/{share}"], check=False)
-                names |= set(ls.split())
-    return names
 
 
 def judge(s: ServiceLab, vhid: int, prefix: str, acked: dict[int, float]) -> tuple[int, int]:
@@ -107,3 +83,66 @@ def test_a_cable_cut_then_replugged_loses_no_acknowledged_write(service_lab: Ser
     print(f"\nVIP1 home again {back - healed:.1f}s after the cable was plugged back")
     lost, _ = judge(s, 1, "cut", acked)
     assert lost == 0, s.diagnose(1)
+
+
+def test_a_stalled_agent_resumes_without_losing_a_write(service_lab: ServiceLab) -> None:
+    """The home's agent is stopped (SIGSTOP) past the master-down time: the backup takes the
+    VIP over while the home still has the address; on SIGCONT the home must not win it back
+    with its old copy: it raises its resync hold, steps down, resyncs, then takes it back."""
+    s = service_lab
+    home, backup = "ha-file-server-2", s.cluster.vip(2).backups[0]
+    s.wait_replicated(2, backup, time.time())
+    agent = s.lab.agent(home)  # the agent itself, not its supervisor
+    assert agent is not None
+    with writer(s, 2, "stall", 55) as acked:
+        time.sleep(5)
+        agent.signal(signal.SIGSTOP)
+        try:
+            wait_for(lambda: backup in s.holders(2), 15, "VIP2 taken over by its backup")
+            time.sleep(8)
+        finally:
+            agent.signal(signal.SIGCONT)
+        resumed = time.monotonic()
+        wait_for(lambda: s.holders(2) == [backup], 10, "the resumed home to step down")
+        wait_for(lambda: s.holders(2) == [home], 60, "VIP2 home again after its resync", step=0.2)
+    after = sorted(t for t in acked.values() if t > resumed)
+    outage = max((b - a for a, b in pairwise([resumed, *after])), default=0.0)
+    print(f"\nlongest client outage after the resume: {outage:.1f}s")
+    lost, _ = judge(s, 2, "stall", acked)
+    assert lost == 0, s.diagnose(2)
+
+
+def test_an_isolated_node_stops_serving_and_the_majority_serves_every_vip(
+    service_lab: ServiceLab,
+) -> None:
+    """The node keeps its carrier but hears nobody (its bridge port stops forwarding): it
+    becomes CARP master of everything, yet within 10 s serves nothing (no quorum, and the
+    gateway does not answer it); the other three serve every VIP; after the rejoin it
+    resyncs, then takes its own VIP back."""
+    s = service_lab
+    node, backup = "ha-file-server-3", s.cluster.vip(3).backups[0]
+    vhids = [v.vhid for v in s.cluster.vips]
+    s.wait_replicated(3, backup, time.time())
+    with writer(s, 3, "iso", 60) as acked:
+        time.sleep(5)
+        s.lab.isolate(node)
+        try:
+            took = wait_for(
+                lambda: all(node not in s.smbd_nodes(v) for v in vhids),
+                10,
+                "isolated: serves nothing",
+            )
+            print(f"\nthe isolated node served nothing {took:.1f}s after the isolation")
+            wait_for(
+                lambda: all([n for n in s.smbd_nodes(v) if n != node] for v in vhids),
+                15,
+                "the majority serves every VIP",
+                step=0.2,
+            )
+            time.sleep(5)
+            assert all(node not in s.smbd_nodes(v) for v in vhids)
+        finally:
+            s.lab.rejoin(node)
+        wait_for(lambda: s.smbd_nodes(3) == [node], 90, "VIP3 home after its resync", step=0.2)
+    lost, _ = judge(s, 3, "iso", acked)
+    assert lost == 0, s.diagnose(3)

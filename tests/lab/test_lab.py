@@ -1,4 +1,5 @@
-"""`hafs lab` as a user runs it: up, status, kill, start, partition, heal, stop, down.
+"""`hafs lab` as a user runs it: up, status, kill, start, partition, heal, isolate, rejoin,
+stop, down.
 
 Each test makes its own lab (a per-run name) from the example inventory, asserts where every
 VIP is after each step, and that `down` leaves no namespace, mount, file or process behind.
@@ -19,10 +20,11 @@ from typing import Any
 import pytest
 
 from hafs.cluster import load
+from hafs.lab.cli import NODE_ACTIONS
 from hafs.lab.cluster import LAB_ROOT, pids_in_netns
-from hafs.lab.netns import list_namespaces, new_prefix
+from hafs.lab.netns import Netns, list_namespaces, new_prefix
 from tests.lab.carp_bed import wait_for
-from tests.lab.conftest import skip_or_fail
+from tests.lab.conftest import Pair, skip_or_fail
 
 REPO = Path(__file__).resolve().parents[2]
 INVENTORY = str(REPO / "inventory.py")
@@ -174,7 +176,8 @@ def test_lab_life_cycle(name: str) -> None:
     n3 = node(name, "ha-file-server-3")
     assert n3["link"] == "cut" and all(n3["daemons"].values())
     hafs("lab", "heal", "--name", name, "ha-file-server-3")
-    wait_for(lambda: holders(name) == HOMES, TAKEOVER, "vip3 home after heal")
+    # back on the wire with an old copy: home again only after its resync (no preempt at link up)
+    wait_for(lambda: holders(name) == HOMES, FAILBACK, "vip3 home after heal", step=0.5)
 
     # graceful stop of node 4: its VIP moves at once (bow-out) to its best backup
     hafs("lab", "stop", "--name", name, "ha-file-server-4")
@@ -185,7 +188,7 @@ def test_lab_life_cycle(name: str) -> None:
     began = time.monotonic()
     down = hafs("lab", "down", "--name", name)
     took_down = time.monotonic() - began
-    assert "removed 6 namespace(s)" in down.stderr
+    assert "removed 7 namespace(s)" in down.stderr  # switch, 4 nodes, client, gateway
     assert took_down < 10, f"down took {took_down:.1f}s"
     assert_gone(name)
     print(f"\nhafs lab up {took_up:.1f}s, down {took_down:.1f}s")
@@ -247,3 +250,77 @@ def test_down_cleans_up_after_up_was_killed(name: str) -> None:
     down = hafs("lab", "down", "--name", name)
     assert f"removed {len(namespaces)} namespace(s)" in down.stderr
     assert_gone(name)
+
+
+def pings(ns: Netns, address: str) -> bool:
+    argv = ["ip", "netns", "exec", ns.name, "ping", "-c1", "-W1", address]
+    return subprocess.run(argv, capture_output=True, check=False).returncode == 0
+
+
+def test_an_isolated_port_keeps_carrier_and_forwards_nothing(pair: Pair) -> None:
+    assert pair.port_a.state() == "up" and pings(pair.a, "10.77.0.2")
+    pair.port_a.isolate()
+    assert pair.port_a.state() == "isolated"
+    link = pair.a.ip("-o", "link", "show", "eth0")
+    assert "LOWER_UP" in link and "NO-CARRIER" not in link  # the node still sees its link
+    assert not pings(pair.a, "10.77.0.2") and not pings(pair.b, "10.77.0.1")
+    pair.port_a.rejoin()
+    assert pair.port_a.state() == "up"
+    assert pings(pair.a, "10.77.0.2") and pings(pair.b, "10.77.0.1")
+    pair.port_a.cut()
+    assert pair.port_a.state() == "cut"
+
+
+def ping_from(lab: str, node_name: str, address: str) -> bool:
+    argv = ("lab", "exec", "--name", lab, node_name, "--", "ping", "-c1", "-W1", address)
+    return hafs(*argv, check=False).returncode == 0
+
+
+def adverts_heard(lab: str, node_name: str) -> int:
+    """How many CARP adverts the node's agent has received, over all its vhids."""
+    argv = ("lab", "exec", "--name", lab, node_name, "--", sys.executable, "-m", "hafs", "status")
+    return sum(v["adverts_received"] for v in json.loads(hafs(*argv, "--json").stdout)["vhids"])
+
+
+def test_isolate_rejoin_and_the_gateway(name: str) -> None:
+    """The lab's gateway answers every node; an isolated node keeps its link up and reaches
+    nobody, neither the gateway nor its peers, until it rejoins."""
+    hafs("lab", "up", "--name", name, "-i", INVENTORY)
+    lab = status(name)
+    gateway = str(CLUSTER.nodes[0].gateway)
+    assert lab["gateway"] == {"ns": f"{name}-gw", "addresses": [gateway]}
+    assert f"; gateway {gateway}" in hafs("lab", "status", "--name", name).stdout
+    for ns in list_namespaces(name):  # the gateway routes nowhere: no default route anywhere
+        assert Netns(ns).ip("-4", "route", "show", "default") == ""
+    assert all(ping_from(name, n.name, gateway) for n in CLUSTER.nodes)
+
+    isolated, peer = "ha-file-server-3", "ha-file-server-1"
+    hafs("lab", "isolate", "--name", name, isolated)
+    assert node(name, isolated)["link"] == "isolated"
+    table = hafs("lab", "status", "--name", name).stdout.splitlines()
+    assert " isolated " in next(line for line in table if line.startswith(isolated))
+    carrier = hafs("lab", "exec", "--name", name, isolated, "--", "ip", "-o", "link", "show", "em0")
+    assert "LOWER_UP" in carrier.stdout, carrier.stdout
+    assert not ping_from(name, isolated, gateway)
+    assert not ping_from(name, isolated, node(name, peer)["address"])
+    assert not ping_from(name, peer, node(name, isolated)["address"])
+    vip3 = str(CLUSTER.vip(3).address)  # its backups hear no adverts: one of them takes vip3
+    wait_for(lambda: CLUSTER.vip(3).backups[0] in holders(name)[vip3], TAKEOVER, "vip3 taken")
+    heard = adverts_heard(name, isolated)
+    time.sleep(2)  # two advert intervals: the isolated node hears no peer
+    assert adverts_heard(name, isolated) == heard
+
+    hafs("lab", "rejoin", "--name", name, isolated)
+    assert node(name, isolated)["link"] == "up"
+    assert ping_from(name, isolated, gateway)
+    assert ping_from(name, peer, node(name, isolated)["address"])
+    wait_for(lambda: adverts_heard(name, isolated) > heard, TAKEOVER, "adverts heard again")
+
+    for command in ("isolate", "rejoin"):
+        assert NODE_ACTIONS[command] in " ".join(hafs("lab", command, "--help").stdout.split())
+        bad = hafs("lab", command, "--name", name, "no-such-node", check=False)
+        assert bad.returncode == 2
+        assert bad.stderr.count("\n") == 1 and "no-such-node" in bad.stderr, bad.stderr
+    hafs("lab", "partition", "--name", name, isolated)
+    refused = hafs("lab", "isolate", "--name", name, isolated, check=False)
+    assert refused.returncode == 1 and f"hafs lab heal {isolated}" in refused.stderr

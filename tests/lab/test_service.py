@@ -15,14 +15,15 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
 from hafs.cluster import Cluster, load
-from hafs.lab.cluster import ClusterLab
+from hafs.lab.cluster import ClusterLab, Proc, start_time
 from hafs.lab.netns import LabError, new_prefix
 from tests.lab.carp_bed import wait_for
 from tests.lab.conftest import skip_or_fail
@@ -30,6 +31,7 @@ from tests.lab.conftest import skip_or_fail
 REPO = Path(__file__).resolve().parents[2]
 INTERVAL = 5
 USER, PASSWORD = "alice", "alice-lab-pw"
+T = TypeVar("T")
 
 
 class ServiceLab:
@@ -253,12 +255,69 @@ def test_failover_and_failback_lose_nothing(service_lab: ServiceLab) -> None:
     assert doubles == [], f"two smbd instances served VIP1 at once: {doubles[:3]}"
 
 
+# A takeover that does not wait for a stalled receive serves within seconds; one that waited
+# would serve only when the stalled receive ends, 600 s later. A bound that tells the two
+# behaviours apart on a loaded machine, not a timing claim: the RTO is printed, not asserted
+# (timing claims belong in the benchmarks).
+STALLED_TAKEOVER_BOUND = 60.0
+RECEIVE_NICE = 10  # replication gives way to takeovers
+
+
+def _stat(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name (0: state, 1: ppid, 3: session,
+    16: nice); None if the process is gone. One pid namespace for the lab and the tests."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def _argv(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+
+
+def _processes() -> list[tuple[int, list[str], list[str]]]:
+    """Every process of the machine: pid, stat fields, argv."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            stat = _stat(int(entry))
+            if stat is not None:
+                found.append((int(entry), stat, _argv(int(entry))))
+    return found
+
+
+def _poll(find: Callable[[], T | None], timeout: float, what: str, s: ServiceLab) -> T:
+    """Poll ``find`` until it returns a value; fail naming ``what``, with the VIP's state."""
+    found: list[T] = []
+
+    def done() -> bool:
+        value = find()
+        if value is not None:
+            found.append(value)
+        return value is not None
+
+    try:
+        wait_for(done, timeout, what, step=0.2)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{s.diagnose(1)}") from None
+    return found[0]
+
+
 def test_a_takeover_does_not_wait_for_a_receive_from_the_dead_holder(
     service_lab: ServiceLab,
 ) -> None:
     s = service_lab
-    home, backup = "ha-file-server-1", s.cluster.vip(1).backups[0]
+    vip = s.cluster.vip(1)
+    home, backup = "ha-file-server-1", vip.backups[0]
     dataset = f"{s.cluster.zfs_pool}/hafs/vip1"
+    # niced relative to this process: the lab's daemons (sshd too) and the receive below
+    # inherit its priority (10 when the tests run at the default 0)
+    nice = str(min(19, os.getpriority(os.PRIO_PROCESS, 0) + RECEIVE_NICE))
     s.put(1, "r.txt", "replicated")
     s.wait_replicated(1, backup, time.time())
     listed = ["zfs", "list", "-H", "-t", "snapshot", "-o", "name", "-s", "createtxg", "-d", "1"]
@@ -272,31 +331,96 @@ def test_a_takeover_does_not_wait_for_a_receive_from_the_dead_holder(
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, cwd=REPO,
     )  # fmt: skip
     try:
-        wait_for(
-            lambda: "vip1.receiving." in s.lab.run(backup, ["ls", "/run/hafs"]),
-            10,
-            "the stalled receive to start",
+        # Its `hafs service receive` (found by its session: never one of the holder's receives,
+        # which come and go every interval) registered, holds the VIP's lock and waits in its
+        # `zfs recv` (started under the lock, after the rollback) for a stream that never comes.
+        def stalled_in_zfs_recv() -> tuple[int, int] | None:
+            procs = _processes()
+            receivers = [
+                p for p, st, argv in procs if st[3] == str(stalled.pid) and "receive" in argv
+            ]
+            if not receivers:
+                return None
+            zfs = [p for p, st, argv in procs if st[1] == str(receivers[0]) and "recv" in argv]
+            registered = s.lab.run(backup, ["ls", "/run/hafs"]).split()
+            if not zfs or f"vip1.receiving.{receivers[0]}" not in registered:
+                return None
+            return receivers[0], zfs[0]
+
+        receiver, zfs_recv = _poll(
+            stalled_in_zfs_recv, 60, "the stalled receive to hold the lock, in zfs recv", s
         )
-        time.sleep(0.5)  # it holds the VIP's lock now
-        # the stalled receive, and any of the holder's queued behind it: all niced (replication
-        # gives way to takeovers); a queued one may end between the listing and the reading
-        entries = [e for e in s.lab.run(backup, ["ls", "/run/hafs"]).split() if "receiving" in e]
-        nice = []
-        for entry in entries:
-            with contextlib.suppress(FileNotFoundError):
-                stat = Path(f"/proc/{entry.rsplit('.', 1)[1]}/stat").read_text()
-                nice.append(stat.rsplit(")", 1)[1].split()[16])
-        assert nice and set(nice) == {"10"}, nice
-        _, rto = s.kill_and_time(home, 1, "r.txt", "replicated")
-        hook = s.lab.dir / backup / "agent.log"  # the hook's output comes when it ends
-        wait_for(lambda: "1@em0 MASTER: exited" in hook.read_text(), 10, "the takeover hook")
-        # the MASTER event's takeover, or the service daemon's if its round came first
-        logs = hook.read_text() + (s.lab.dir / backup / "service.log").read_text()
-        assert "vip1 takeover: aborted a receive in progress" in logs
+        receiver_proc = Proc(receiver, start_time(receiver) or 0)
+
+        # the holder's next round (every interval) sends over ssh: that receive registers and
+        # waits behind the stalled one, for as long as the stalled one holds the lock
+        def queued() -> int | None:
+            for entry in s.lab.run(backup, ["ls", "/run/hafs"]).split():
+                name, _, pid = entry.rpartition(".")
+                if name == "vip1.receiving" and pid.isdigit() and int(pid) != receiver:
+                    argv = _argv(int(pid))
+                    if "receive" in argv and "vip1" in argv:
+                        return int(pid)
+            return None
+
+        holders_receive = _poll(queued, 60, "the holder's receive queued behind it", s)
+        # every receive runs niced, and so does its zfs recv
+        niceness = {}
+        for pid in (receiver, zfs_recv, holders_receive):
+            stat = _stat(pid)
+            niceness[pid] = stat[16] if stat else "gone"
+        assert set(niceness.values()) == {nice}, niceness
+
+        logs = [s.lab.dir / backup / name for name in ("agent.log", "service.log")]
+        offsets = [path.stat().st_size if path.exists() else 0 for path in logs]
+        killed_at = time.monotonic()
+        # power loss, the cable first: the client started next cannot reach the dying holder
+        s.lab.partition(home)
+        waiting = s.wait_served(1, "r.txt", STALLED_TAKEOVER_BOUND)
+        s.lab.kill(home)
+        out, _ = waiting.communicate(timeout=STALLED_TAKEOVER_BOUND + 30)
+        assert out, (
+            f"VIP1 not served within {STALLED_TAKEOVER_BOUND:.0f}s of the kill (the takeover "
+            f"waited for the stalled receive?): {s.diagnose(1)}"
+        )
+        served_at, served = out.rstrip("\n").split(" ", 1)
+        rto = float(served_at) - killed_at
         print(f"\nRTO VIP1 with a stalled receive on the backup: {rto:.2f}s")
+        assert served == "replicated"
+        assert rto <= STALLED_TAKEOVER_BOUND, f"VIP1 served after {rto:.2f}s"
+        # the backup holds and serves VIP1 (and the replicated data), well before the stalled
+        # receive would have ended
+        wait_for(
+            lambda: s.holders(1) == [backup] and s.lab.serving(backup, str(vip.address)),
+            max(0.0, killed_at + STALLED_TAKEOVER_BOUND - time.monotonic()),
+            "VIP1 held and served by the backup alone",
+            step=0.2,
+        )
+        assert s.get(1, "r.txt") == "replicated"
+        assert s.holders(1) == [backup]
+        # killed by a takeover, not ended: its stream's writer (sleep 600) still runs
+        assert not receiver_proc.alive, "the stalled receive still runs"
+        assert stalled.poll() is None, "the stalled receive's stream ended: it was not killed"
+
+        # the MASTER event's takeover logs it (in agent.log, once the hook ends), or the
+        # service daemon's if its round came first; only what was logged since the kill counts
+        def since_kill() -> str:
+            text = ""
+            for path, offset in zip(logs, offsets, strict=True):
+                with path.open("rb") as f:
+                    f.seek(offset)
+                    text += f.read().decode(errors="replace")
+            return text
+
+        aborted = f"vip1 takeover: aborted a receive in progress (pid {receiver})"
+        try:
+            wait_for(lambda: aborted in since_kill(), STALLED_TAKEOVER_BOUND, repr(aborted), 0.2)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{since_kill()[-3000:]}") from None
     finally:
-        os.killpg(stalled.pid, signal.SIGKILL)
-        stalled.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(stalled.pid, signal.SIGKILL)
+        stalled.wait(timeout=30)
 
 
 def test_graceful_stop_loses_nothing(service_lab: ServiceLab) -> None:

@@ -1,0 +1,503 @@
+"""The fault suite: does a fault lose a write the server acknowledged? Judged by the client.
+
+Each scenario runs on a service lab of its own (the example cluster, ``--interval`` seconds
+between replications, a per-run name prefix; torn down always, Ctrl-C included):
+
+1. an SMB client in the lab's client namespace writes ``<scenario>.<n>`` to vip1's share every
+   0.2 s (``tests/lab/smb_probe.py writer``) and records when each write was acknowledged;
+2. the fault is injected on vip1's home (or holder), then repaired;
+3. the cluster settles: every VIP on exactly one node that serves it, no node's agent holding
+   the resync demotion, for 3 s in a row (or the settle time-out passes);
+4. the writer stops, the share is listed over SMB, and every node lists its kept-aside copies
+   (``hafs service diverged list --json``, then the copy's share directory).
+
+Reported per scenario: writes acknowledged, served afterwards, kept aside (recoverable),
+lost (acknowledged, not served and not kept aside); seconds in which some VIP had two holders
+(``vip_holders()`` sampled every 0.1 s); the longest client outage (the longest gap between
+acknowledged writes, from the writer's start to its stop); for the scenarios with a power loss
+the RPO (seconds between the kill and the last write acknowledged before it that survived).
+A power loss may lose the writes acknowledged after the newest snapshot its backup had
+received (replication is asynchronous): lost writes count as a failure only if they were
+acknowledged before both that snapshot and one replication interval before the kill, or after
+the kill. The suite exits 1 if a scenario lost a write that counts, or could not be judged.
+
+Run as root from the repository root:
+``sudo python3 bench/faults.py [--scenario NAME ...] [--interval 5] [--json FILE]``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run by path as well as with -m
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from itertools import pairwise
+
+from bench.common import table
+from hafs.cluster import load
+from hafs.errors import HafsError
+from hafs.lab.cluster import HAFS, ClusterLab
+from hafs.lab.netns import new_prefix
+from hafs.service.config import KEEP_SNAPSHOTS
+from tests.lab.carp_bed import wait_for
+from tests.lab.faults_common import kept_aside, served
+from tests.lab.test_service import REPO, ServiceLab
+
+VHID = 1  # the VIP written to; its home is ha-file-server-1
+LEAD = 6.0  # seconds of writes before the fault
+FAULT = 25.0  # how long a cut, an isolation, a stall or a power loss lasts
+FLAPS, FLAP = 5, 1.0  # link flaps: this many, cut this long, then plugged as long
+SETTLE_TIMEOUT = 240.0
+SETTLE_STABLE = 3.0
+SAMPLE = 0.1  # seconds between two vip_holders() samples
+WRITER_SECONDS = 3600  # the writer runs until it is stopped
+RESTART_TIMEOUT = 30.0  # the lab's supervisor restarts a killed agent after 2 s
+
+
+class BenchError(HafsError):
+    """A scenario could not be run or judged."""
+
+    exit_code = 1
+
+
+def log(message: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} {message}", file=sys.stderr, flush=True)
+
+
+# --- the lab, the writer, the watcher ---------------------------------------------------------
+
+
+@contextmanager
+def service_lab(interval: float) -> Iterator[ServiceLab]:
+    """The example cluster with ``interval`` s between replications, as a lab of its own."""
+    with tempfile.TemporaryDirectory(prefix="hafs-faults-") as tmp:
+        shutil.copy(REPO / "inventory.py", Path(tmp) / "inventory.py")
+        (Path(tmp) / "group_data").mkdir()
+        text, found = re.subn(
+            r"(?m)^replication_interval = \S+",
+            f"replication_interval = {interval:g}",
+            (REPO / "group_data" / "all.py").read_text(),
+        )
+        if found != 1:
+            raise BenchError("group_data/all.py: no 'replication_interval = N' line to set")
+        (Path(tmp) / "group_data" / "all.py").write_text(text)
+        inventory = str(Path(tmp) / "inventory.py")
+        lab = ClusterLab(new_prefix("hafs-f"))
+        log(f"lab {lab.name}: up")
+        try:
+            lab.up(inventory, None, lambda message: log(f"lab {lab.name}: {message}"))
+            yield ServiceLab(lab, load(inventory))
+        finally:
+            log(f"lab {lab.name}: down")
+            lab.down()
+
+
+@dataclass
+class Writes:
+    """What the writer's server acknowledged: {n: monotonic time}, and when it ran."""
+
+    acked: dict[int, float]
+    started: float
+    stopped: float = 0.0
+
+
+@contextmanager
+def writer(s: ServiceLab, name: str) -> Iterator[Writes]:
+    """Write ``name.<n>`` every 0.2 s until the block ends, recording each acknowledgement."""
+    proc = subprocess.Popen(
+        s.probe("writer", VHID, name, str(WRITER_SECONDS)),
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+    writes = Writes({}, time.monotonic())
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            n, at = line.split()
+            writes.acked[int(n)] = float(at)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        yield writes
+    finally:
+        proc.terminate()  # its pid is the writer's own: `ip netns exec` execs it
+        proc.wait()
+        reader.join()
+        writes.stopped = time.monotonic()
+
+
+@contextmanager
+def two_holders(s: ServiceLab) -> Iterator[list[float]]:
+    """Sample ``vip_holders()`` every 0.1 s; yields [seconds in which a VIP had two holders]."""
+    seconds = [0.0]
+    stop = threading.Event()
+
+    def watch() -> None:
+        last = time.monotonic()
+        while not stop.wait(SAMPLE):
+            doubled = any(len(h) > 1 for h in s.lab.vip_holders().values())
+            now = time.monotonic()
+            seconds[0] += (now - last) if doubled else 0.0
+            last = now
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        yield seconds
+    finally:
+        stop.set()
+        watcher.join()
+
+
+# --- the scenarios -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Kill:
+    """A power loss at ``at``; writes acknowledged after ``replicated`` may die with it."""
+
+    at: float
+    replicated: float
+
+
+def home(s: ServiceLab) -> str:
+    return s.cluster.vip(VHID).home
+
+
+def holder(s: ServiceLab) -> str:
+    holders = s.holders(VHID)
+    if len(holders) != 1:
+        raise BenchError(f"vip{VHID} is held by {holders or 'nobody'}: want one holder")
+    return holders[0]
+
+
+def up(s: ServiceLab, node: str) -> bool:
+    anchor = s.lab.procs(node).get("anchor")
+    return anchor is not None and anchor.alive
+
+
+def power_off(s: ServiceLab, node: str) -> Kill:
+    """``hafs lab kill`` the node, after reading which snapshot its VIP's backup has."""
+    vip = s.cluster.vip(VHID)
+    backup = next(n for n in vip.carriers if n != node and up(s, n))
+    report = s.lab.run(node, ["cat", "/run/hafs/replication.json"], check=False)
+    at = time.monotonic()
+    s.lab.kill(node)
+    replicated = at - s.cluster.replication_interval
+    try:
+        stamp = json.loads(report)["vips"][vip.name][backup]["snapshot"]
+    except (ValueError, KeyError):
+        log(f"power off {node}: no replication report for {vip.name} -> {backup}")
+    else:
+        taken = datetime.strptime(stamp, "hafs-%Y%m%dT%H%M%S%fZ").replace(tzinfo=UTC)
+        replicated = min(replicated, at - (time.time() - taken.timestamp()))
+    log(f"power off {node}: {backup} had the writes until {at - replicated:.1f}s before")
+    return Kill(at, replicated)
+
+
+def cut(s: ServiceLab) -> list[Kill]:
+    """the home's cable cut 25 s, then plugged back (lab partition/heal)"""
+    s.lab.partition(home(s))
+    time.sleep(FAULT)
+    s.lab.heal(home(s))
+    return []
+
+
+def isolate(s: ServiceLab) -> list[Kill]:
+    """the home's switch port stops forwarding 25 s, carrier stays up (lab isolate/rejoin)"""
+    s.lab.isolate(home(s))
+    time.sleep(FAULT)
+    s.lab.rejoin(home(s))
+    return []
+
+
+def flaps(s: ServiceLab) -> list[Kill]:
+    """five 1 s cuts of the home's cable, 1 s apart"""
+    for _ in range(FLAPS):
+        s.lab.partition(home(s))
+        time.sleep(FLAP)
+        s.lab.heal(home(s))
+        time.sleep(FLAP)
+    return []
+
+
+def stall(s: ServiceLab) -> list[Kill]:
+    """the home's hafs agent SIGSTOPped 25 s, then SIGCONT"""
+    agent = s.lab.agent(home(s))
+    if agent is None:
+        raise BenchError(f"{home(s)}: no hafs agent runs")
+    agent.signal(signal.SIGSTOP)
+    try:
+        time.sleep(FAULT)
+    finally:
+        agent.signal(signal.SIGCONT)
+    return []
+
+
+def agent_kill(s: ServiceLab) -> list[Kill]:
+    """the holder's hafs agent SIGKILLed; the lab restarts it as systemd would"""
+    node = holder(s)
+    agent = s.lab.agent(node)
+    if agent is None:
+        raise BenchError(f"{node}: no hafs agent runs")
+    agent.signal(signal.SIGKILL)
+    took = wait_for(
+        lambda: s.lab.agent(node) not in (None, agent), RESTART_TIMEOUT, "the agent restarted"
+    )
+    log(f"{node}: hafs agent running again {took:.1f}s after the kill")
+    return []
+
+
+def power(s: ServiceLab) -> list[Kill]:
+    """the holder loses power (lab kill) for 25 s, then is started again"""
+    node = holder(s)
+    kill = power_off(s, node)
+    time.sleep(FAULT)
+    s.lab.start(node)
+    return [kill]
+
+
+def two_nodes(s: ServiceLab) -> list[Kill]:
+    """the holder loses power, then the node that took over too; both started 25 s later"""
+    first = holder(s)
+    kills = [power_off(s, first)]
+    wait_for(lambda: s.holders(VHID) not in ([], [first]), FAULT, "a takeover", step=0.2)
+    time.sleep(2 * s.cluster.replication_interval)  # writes land on the new holder
+    second = holder(s)
+    kills.append(power_off(s, second))
+    time.sleep(FAULT)
+    for node in (first, second):
+        s.lab.start(node)
+    return kills
+
+
+def away(s: ServiceLab) -> list[Kill]:
+    """the home loses power for longer than snapshot retention, then is started again"""
+    node = home(s)
+    kill = power_off(s, node)
+    retention = KEEP_SNAPSHOTS * s.cluster.replication_interval
+    log(f"{node}: away {retention + 2 * s.cluster.replication_interval:.0f}s")
+    time.sleep(retention + 2 * s.cluster.replication_interval)
+    s.lab.start(node)
+    return [kill]
+
+
+SCENARIOS: dict[str, Callable[[ServiceLab], list[Kill]]] = {
+    "cut": cut,
+    "isolate": isolate,
+    "flaps": flaps,
+    "stall": stall,
+    "agent-kill": agent_kill,
+    "power": power,
+    "two-nodes": two_nodes,
+    "away": away,
+}
+
+
+# --- settling and judging ----------------------------------------------------------------------
+
+
+def calm(s: ServiceLab) -> bool:
+    """Every VIP on one node that serves it, and no node's agent holds the resync demotion."""
+    holders = s.lab.vip_holders()
+    if any(len(h) != 1 for h in holders.values()):
+        return False
+    if not all(s.lab.serving(h[0], vip) for vip, h in holders.items()):
+        return False
+    for node in s.lab.state["nodes"]:
+        out = s.lab.run(node, [*HAFS, "demote", "--json"], check=False)
+        if not out or "resync" in json.loads(out)["holds"]:
+            return False
+    return True
+
+
+def settle(s: ServiceLab) -> float | None:
+    """Seconds until the cluster became calm (for 3 s in a row); None if it did not."""
+    began = time.monotonic()
+    since: float | None = None
+    while time.monotonic() - began < SETTLE_TIMEOUT:
+        if not calm(s):
+            since = None
+        elif since is None:
+            since = time.monotonic()
+        elif time.monotonic() - since >= SETTLE_STABLE:
+            return since - began
+        time.sleep(0.5)
+    return None
+
+
+@dataclass
+class Row:
+    scenario: str
+    acknowledged: int = 0
+    served: int = 0
+    kept_aside: int = 0
+    lost: int = 0
+    lost_counted: int = 0  # lost, and not excused by a power loss's replication lag
+    two_holders: float = 0.0
+    outage: float = 0.0
+    rpo: float | None = None
+    settled: float | None = None
+    load: float = 0.0
+    error: str = ""
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.error) or self.lost_counted > 0
+
+    def cells(self) -> list[str]:
+        if self.error:
+            return [self.scenario, *["-"] * 9, f"ERROR: {self.error}"]
+        verdict = f"LOST {self.lost_counted}" if self.lost_counted else "ok"
+        if self.lost > self.lost_counted:
+            verdict += f" ({self.lost - self.lost_counted} within replication lag)"
+        return [
+            self.scenario,
+            str(self.acknowledged),
+            str(self.served),
+            str(self.kept_aside),
+            str(self.lost),
+            f"{self.two_holders:.1f}",
+            f"{self.outage:.1f}",
+            "-" if self.rpo is None else f"{self.rpo:.1f}",
+            "timeout" if self.settled is None else f"{self.settled:.0f}",
+            f"{self.load:.1f}",
+            verdict,
+        ]
+
+
+HEADERS = [
+    "scenario", "acked", "served", "kept aside", "lost", "2 holders s", "outage s", "RPO s",
+    "settled s", "load", "verdict",
+]  # fmt: skip
+
+
+def listing(s: ServiceLab) -> set[str]:
+    """The share's names over SMB, tried three times (the VIP may be moving still)."""
+    for attempt in range(3):
+        try:
+            return served(s, VHID)
+        except subprocess.CalledProcessError as exc:
+            log(f"listing the share failed (try {attempt + 1}/3): {exc.stderr.strip()[-200:]}")
+            time.sleep(5)
+    raise BenchError(f"vip{VHID}'s share could not be listed over SMB")
+
+
+def judge(
+    s: ServiceLab,
+    name: str,
+    writes: Writes,
+    doubled: float,
+    kills: list[Kill],
+    settled: float | None,
+) -> Row:
+    acked = {f"{name}.{n}": at for n, at in writes.acked.items()}
+    now_served = listing(s) & acked.keys()
+    kept = (kept_aside(s, VHID) & acked.keys()) - now_served
+    lost = {f: at for f, at in acked.items() if f not in now_served and f not in kept}
+    counted = [at for at in lost.values() if not any(k.replicated < at <= k.at for k in kills)]
+    times = [writes.started, *sorted(acked.values()), writes.stopped]
+    rpos = []
+    for kill in kills:
+        survived = [at for f, at in acked.items() if at <= kill.at and f not in lost]
+        rpos.append(kill.at - max(survived, default=writes.started))
+    return Row(
+        name,
+        acknowledged=len(acked),
+        served=len(now_served),
+        kept_aside=len(kept),
+        lost=len(lost),
+        lost_counted=len(counted),
+        two_holders=doubled,
+        outage=max(b - a for a, b in pairwise(times)),
+        rpo=max(rpos, default=None),
+        settled=settled,
+        load=os.getloadavg()[0],
+    )
+
+
+def run(name: str, interval: float) -> Row:
+    """One scenario on a lab of its own: write, break, repair, settle, judge."""
+    with service_lab(interval) as s:
+        s.wait_replicated(VHID, s.cluster.vip(VHID).backups[0], time.time())
+        with two_holders(s) as doubled:
+            with writer(s, name) as writes:
+                time.sleep(LEAD)
+                log(f"{name}: {SCENARIOS[name].__doc__}")
+                kills = SCENARIOS[name](s)
+                log(f"{name}: repaired; waiting for the cluster to settle")
+                settled = settle(s)
+                log(f"{name}: " + ("not settled" if settled is None else f"settled {settled:.0f}s"))
+            log(f"{name}: {len(writes.acked)} writes acknowledged; listing the share")
+            return judge(s, name, writes, doubled[0], kills, settled)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Faults judged by an SMB client: acknowledged writes served, kept aside or "
+        "lost after each fault. Each scenario runs on a service lab of its own (root).",
+        epilog="scenarios:\n" + "\n".join(f"  {n:<11} {f.__doc__}" for n, f in SCENARIOS.items()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--scenario",
+        action="append",
+        choices=list(SCENARIOS),
+        metavar="NAME",
+        help="run this scenario (repeatable; default: all, in the order below)",
+    )
+    parser.add_argument(
+        "--interval",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="seconds between replications (default 5)",
+    )
+    parser.add_argument("--json", metavar="FILE", help="also write the rows to FILE as JSON")
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        print("faults: error: needs root (network namespaces): run it with sudo", file=sys.stderr)
+        return 2
+    if args.interval <= 0:
+        parser.error(f"--interval {args.interval:g}: give a positive number of seconds")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # torn down as on Ctrl-C
+    rows = []
+    for name in args.scenario or SCENARIOS:
+        try:
+            rows.append(run(name, args.interval))
+        except (HafsError, AssertionError, subprocess.SubprocessError) as exc:
+            log(f"{name}: {exc}")
+            rows.append(Row(name, error=str(exc).splitlines()[0], load=os.getloadavg()[0]))
+        print(table(HEADERS, [rows[-1].cells()]), flush=True)
+    print()
+    print(table(HEADERS, [row.cells() for row in rows]))
+    loads = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(
+        f"\nreplication every {args.interval:g}s, snapshots kept {KEEP_SNAPSHOTS}; load average "
+        f"(1, 5, 15 min) {loads} on {os.cpu_count()} cores; load column: 1-min after each"
+    )
+    if args.json:
+        Path(args.json).write_text(json.dumps([asdict(row) for row in rows], indent=2) + "\n")
+    return 1 if any(row.failed for row in rows) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
