@@ -149,11 +149,20 @@ class ServiceDaemon:
         next round). Regained: this node may have missed writes: resync before preempting."""
         if not verdict.quorate:
             self.hold(QUORUM_HOLD, HEALTH_DEMOTION)
-            threading.Thread(target=self.release_all, name="hafs-quorum-lost").start()
+            threading.Thread(target=self.stay_released, name="hafs-quorum-lost").start()
         elif self.lost_quorum:
             self.hold(RESYNC_HOLD, HEALTH_DEMOTION)
             self.hold(QUORUM_HOLD, 0)
         self.lost_quorum = not verdict.quorate
+
+    def stay_released(self) -> None:
+        """While in a minority, every second: a takeover that began just before the quorum
+        was lost (a MASTER hook of the isolated node) must not leave an smbd behind."""
+        while not self.stopping.is_set():
+            self.release_all()
+            if self.quorate():
+                return
+            self.stopping.wait(1.0)
 
     def release_all(self) -> None:
         for vip in self.config.vips:
