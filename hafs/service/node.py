@@ -22,6 +22,7 @@ import logging
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -133,10 +134,16 @@ class NodeServices:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                if abort_receive:
-                    self._abort_receives(vip)
                 log.info("%s: waiting for the operation in progress", vip.name)
-                fcntl.flock(lock, fcntl.LOCK_EX)
+                if not abort_receive:
+                    fcntl.flock(lock, fcntl.LOCK_EX)
+                while abort_receive:  # a receive that registers meanwhile is aborted too
+                    self._abort_receives(vip)
+                    try:
+                        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        time.sleep(0.05)
             yield
 
     @contextlib.contextmanager
@@ -153,17 +160,22 @@ class NodeServices:
             path.unlink(missing_ok=True)
 
     def _abort_receives(self, vip: VipService) -> None:
-        """Kill the process group of every receive of the VIP, running or waiting."""
+        """Kill the process group of every receive of the VIP, running or waiting, all from
+        one look at the processes (a queued receive must not take the lock in between). A
+        peer's receive runs as ``hafs service receive`` or, through a deployed node's forced
+        command, as ``hafs service ssh-command``: either is a live registration."""
+        processes = host.processes()
+        doomed = []
         for path in RUN_DIR.glob(f"{vip.name}.receiving.*"):
             pgid = path.suffix[1:]
-            argv = host.processes().get(int(pgid), []) if pgid.isdigit() else []
-            if "receive" not in argv or vip.name not in argv:
-                path.unlink(missing_ok=True)  # stale: that process is gone (or another now)
-                continue
+            argv = processes.get(int(pgid), []) if pgid.isdigit() else []
+            if "service" in argv and ("receive" in argv or "ssh-command" in argv):
+                doomed.append(int(pgid))
+            path.unlink(missing_ok=True)  # killed now, or stale: that process is gone
+        for group in doomed:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(int(pgid), signal.SIGKILL)
-                log.info("%s takeover: aborted a receive in progress (pid %s)", vip.name, pgid)
-            path.unlink(missing_ok=True)
+                os.killpg(group, signal.SIGKILL)
+                log.info("%s takeover: aborted a receive in progress (pid %s)", vip.name, group)
 
     # --- operations (each in its own module) --------------------------------------------------
 
