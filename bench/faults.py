@@ -7,7 +7,8 @@ between replications, a per-run name prefix; torn down always, Ctrl-C included):
    0.2 s (``tests/lab/smb_probe.py writer``) and records when each write was acknowledged;
 2. the fault is injected on vip1's home (or holder), then repaired;
 3. the cluster settles: every VIP on exactly one node that serves it, no node's agent holding
-   the resync demotion, for 3 s in a row (or the settle time-out passes);
+   the resync demotion, for 3 s in a row, and the client's writes acknowledged again (or the
+   settle time-out passes);
 4. the writer stops, the share is listed over SMB, and every node lists its kept-aside copies
    (``hafs service diverged list --json``, then the copy's share directory).
 
@@ -114,6 +115,7 @@ class Writes:
     acked: dict[int, float]
     started: float
     stopped: float = 0.0
+    last: float = 0.0  # the newest acknowledgement
 
 
 @contextmanager
@@ -131,7 +133,7 @@ def writer(s: ServiceLab, name: str) -> Iterator[Writes]:
         assert proc.stdout is not None
         for line in proc.stdout:
             n, at = line.split()
-            writes.acked[int(n)] = float(at)
+            writes.acked[int(n)] = writes.last = float(at)
 
     reader = threading.Thread(target=read)
     reader.start()
@@ -209,7 +211,9 @@ def power_off(s: ServiceLab, node: str) -> Kill:
     else:
         taken = datetime.strptime(stamp, "hafs-%Y%m%dT%H%M%S%fZ").replace(tzinfo=UTC)
         replicated = min(replicated, at - (time.time() - taken.timestamp()))
-    log(f"power off {node}: {backup} had the writes until {at - replicated:.1f}s before")
+    log(
+        f"power off {node}: the last {at - replicated:.1f}s of writes may be lost (replication lag)"
+    )
     return Kill(at, replicated)
 
 
@@ -329,8 +333,9 @@ def calm(s: ServiceLab) -> bool:
     return True
 
 
-def settle(s: ServiceLab) -> float | None:
-    """Seconds until the cluster became calm (for 3 s in a row); None if it did not."""
+def settle(s: ServiceLab, writes: Writes) -> float | None:
+    """Seconds until the cluster became calm (for 3 s in a row, with a write acknowledged
+    meanwhile); None if it did not."""
     began = time.monotonic()
     since: float | None = None
     while time.monotonic() - began < SETTLE_TIMEOUT:
@@ -338,7 +343,7 @@ def settle(s: ServiceLab) -> float | None:
             since = None
         elif since is None:
             since = time.monotonic()
-        elif time.monotonic() - since >= SETTLE_STABLE:
+        elif time.monotonic() - since >= SETTLE_STABLE and writes.last > since:
             return since - began
         time.sleep(0.5)
     return None
@@ -444,7 +449,7 @@ def run(name: str, interval: float) -> Row:
                 log(f"{name}: {SCENARIOS[name].__doc__}")
                 kills = SCENARIOS[name](s)
                 log(f"{name}: repaired; waiting for the cluster to settle")
-                settled = settle(s)
+                settled = settle(s, writes)
                 log(f"{name}: " + ("not settled" if settled is None else f"settled {settled:.0f}s"))
             log(f"{name}: {len(writes.acked)} writes acknowledged; listing the share")
             return judge(s, name, writes, doubled[0], kills, settled)
