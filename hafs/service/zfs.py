@@ -23,7 +23,7 @@ OpenZFS and FreeBSD's zfs accept as well:
   with ``-F`` (the default here), which first rolls the replica back to its newest snapshot.
 - zfs-fuse keeps the kernel's cached pages of a mounted replica across a receive: a file read
   before can show its old content afterwards (same size) until the dataset is remounted.
-  ``zfs rollback`` remounts, so takeover always rolls back, even to the snapshot just received.
+  ``zfs rollback`` remounts, so takeover rolls a replica back, even to the snapshot just received.
 - Every failure raises :class:`ZfsError`: one line with the command and the tool's message.
 """
 
