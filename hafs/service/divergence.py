@@ -14,7 +14,8 @@ never rolled back or ``recv -F``-ed away:
 - :func:`keep_aside`: before a receive rolls the replica back to the common snapshot, the
   snapshots newer than it (made here, never sent), if they hold a change, are kept: the
   dataset is renamed to ``<vip>-diverged-<UTC time>``, the common snapshot is cloned back in
-  its place and promoted. No data is copied: the kept copy shares every block with the
+  its place and promoted (:func:`finish_interrupted` completes one that was cut short). No
+  data is copied: the kept copy shares every block with the
   replica up to the common snapshot (ZFS clones; zfs-fuse's pool version 23 has them too).
 - With no common snapshot at all, the whole dataset is renamed aside and a full stream
   received (:func:`keep_whole`).
@@ -43,6 +44,7 @@ log = logging.getLogger("hafs.service")
 
 SERVED = "hafs:served"  # "on" from takeover until the step-down's sealing snapshot
 MARK = "-diverged-"
+PENDING = "hafs:keeping-aside"  # on a dataset being kept aside: the snapshot to clone back
 
 
 def mark_served(services: NodeServices, vip: VipService) -> None:
@@ -87,17 +89,42 @@ def keep_aside(services: NodeServices, vip: VipService, base: str) -> str | None
             zfs.destroy_snapshot(f"{dataset}@{name}")
         return None
     aside = _aside_name(dataset)
-    zfs.unmount(dataset)  # zfs-fuse refuses to rename a mounted dataset
+    zfs.set(dataset, PENDING, base)  # from here on, an interruption is finished by the next
+    zfs.unmount(dataset)  # receive or takeover (zfs-fuse refuses to rename a mounted dataset)
     zfs.rename(dataset, aside)
-    zfs.clone(f"{aside}@{base}", dataset)
-    zfs.promote(dataset)  # the replica owns the common history again; the copy is its clone
-    _keep_mounted(services, aside)
+    _clone_back(services, vip, aside, base)
     log.warning(
         "%s: DIVERGED: %d snapshot(s) after @%s exist on this node only (newest @%s): "
         "kept as %s; this node now follows the sender. `hafs service diverged show %s`",
         vip.name, len(unique), base, unique[-1], aside, aside.rsplit("/", 1)[1],
     )  # fmt: skip
     return aside
+
+
+def _clone_back(services: NodeServices, vip: VipService, aside: str, base: str) -> None:
+    """The VIP's dataset again, at ``base``: a clone of the copy, then promoted (the replica
+    owns the common history again; the copy becomes its clone). Each step is skipped if done."""
+    zfs, dataset = services.zfs, services.dataset(vip)
+    if not zfs.exists(dataset):
+        zfs.clone(f"{aside}@{base}", dataset)
+    if zfs.get(dataset, "origin") == f"{aside}@{base}":
+        zfs.promote(dataset)
+    zfs.inherit(aside, PENDING)
+    _keep_mounted(services, aside)
+
+
+def finish_interrupted(services: NodeServices, vip: VipService) -> None:
+    """Finish a keep-aside that was cut short (a takeover kills the receive it runs in; a
+    crash) before the VIP's dataset is received into or served: else the dataset could be
+    missing (renamed aside, not yet cloned back) or left unmounted."""
+    zfs, dataset = services.zfs, services.dataset(vip)
+    root = dataset.rsplit("/", 1)[0]
+    for name, base in zfs.having(root, PENDING).items():
+        if name == dataset:  # cut before the rename: nothing moved
+            zfs.inherit(dataset, PENDING)
+        elif name.startswith(f"{dataset}{MARK}"):
+            _clone_back(services, vip, name, base)
+            log.warning("%s: finished keeping %s aside (it was interrupted)", vip.name, name)
 
 
 def keep_whole(services: NodeServices, vip: VipService) -> str:

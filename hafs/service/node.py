@@ -109,9 +109,12 @@ class NodeServices:
         return any(v["vhid"] == vip.vhid and v["state"] == "MASTER" for v in status["vhids"])
 
     def writable(self, vip: VipService) -> bool:
-        """Can the dataset be written? Probed with a real write: zfs-fuse reports a
-        temporary readonly=off and lets access(2) say yes on a read-only dataset."""
+        """Is the dataset mounted, and can it be written? Probed with a real write: zfs-fuse
+        reports a temporary readonly=off and lets access(2) say yes on a read-only dataset
+        (and the directory under an unmounted dataset is writable too)."""
         try:
+            if not self.zfs.mounted(self.dataset(vip)):
+                return False
             probe = self.mountpoint(vip) / ".hafs-write-probe"
             probe.write_bytes(b"")
             probe.unlink()

@@ -137,6 +137,7 @@ def receive(
     with services.receiving(vip), services.locked(vip):
         if services.smbd_pid(vip) is not None:
             raise ServiceError(f"{vip.name}: serving here: refusing to receive over it")
+        divergence.finish_interrupted(services, vip)
         if zfs.exists(dataset):
             divergence.seal(services, vip, "served here until a crash, never stepped down")
             if base is None:  # no common snapshot: this copy diverged (or was never sent)

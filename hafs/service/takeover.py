@@ -8,7 +8,8 @@ hold and steps down when the other master's adverts win; its service daemon pull
 FreeBSD's kernel may preempt before userland has raised the hold; this gate is what stops
 it there. Then fence the old holder (asked in the background; it never delays service),
 roll the replica back to its newest complete snapshot (also the only way zfs-fuse drops pages
-cached before a receive; never a dataset served here last, whose head is newer), make it
+cached before a receive; never a dataset served here last, whose head is newer), check that
+it is mounted (:mod:`hafs.service.mounts`: never serve the directory underneath), make it
 writable and mark it served, start smbd, announce (tickle ACKs to the old holder's clients,
 so they reconnect at once), then wait for the fence answers.
 
@@ -24,7 +25,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any
 
 from hafs.carp.agent import RESYNC_HOLD
-from hafs.service import demotion, divergence, membership
+from hafs.service import demotion, divergence, membership, mounts
 from hafs.service.config import VipService
 from hafs.service.runtime import RUN_DIR, ServiceError, step
 
@@ -66,6 +67,8 @@ def takeover(services: NodeServices, vip: VipService, previous_master: str | Non
             fencing = fence_peers(services, vip, previous_master, pool)
             with step(vip, "takeover", "roll back to the newest snapshot"):
                 rollback_or_provision(services, vip)
+            with step(vip, "takeover", "check that the dataset is mounted"):
+                mounts.ensure_mounted(services, vip)
             with step(vip, "takeover", "make the dataset writable"):
                 services.zfs.set(services.dataset(vip), "readonly", "off")
                 divergence.mark_served(services, vip)
@@ -149,6 +152,7 @@ def fenced(vip: VipService, fencing: dict[str, Future[Any]]) -> None:
 
 def rollback_or_provision(services: NodeServices, vip: VipService) -> None:
     zfs, dataset, node = services.zfs, services.dataset(vip), services.config.node
+    divergence.finish_interrupted(services, vip)  # an aborted receive may have cut one short
     if not zfs.exists(dataset):
         if vip.home != node:
             # an empty share in place of data that exists elsewhere: clients would write

@@ -24,6 +24,9 @@ OpenZFS and FreeBSD's zfs accept as well:
 - zfs-fuse keeps the kernel's cached pages of a mounted replica across a receive: a file read
   before can show its old content afterwards (same size) until the dataset is remounted.
   ``zfs rollback`` remounts, so takeover rolls a replica back, even to the snapshot just received.
+- Killing a ``zfs recv`` process once its stream has arrived leaves the received dataset in
+  place but *not mounted* (the mount is the command's last step): check ``mounted`` before
+  serving (:mod:`hafs.service.mounts`).
 - Every failure raises :class:`ZfsError`: one line with the command and the tool's message.
 """
 
@@ -142,6 +145,16 @@ class Zfs:
         """
         return self._run("zfs", "get", "-H", "-p", "-o", "value", prop, name).rstrip("\n")
 
+    def inherit(self, name: str, prop: str) -> None:
+        """Clear ``prop`` set on ``name`` itself (a user property: gone)."""
+        self._run("zfs", "inherit", prop, name)
+
+    def having(self, root: str, prop: str) -> dict[str, str]:
+        """Every dataset from ``root`` down with ``prop`` set on it -> its value (one call)."""
+        out = self._run("zfs", "get", "-H", "-r", "-s", "local", "-o", "name,value", prop, root)
+        pairs = (line.split("\t", 1) for line in out.splitlines() if "\t" in line)
+        return {name: value for name, value in pairs if "@" not in name}
+
     def user_properties(self, name: str) -> dict[str, str]:
         """The user properties (``module:name``) set on ``name`` itself, in one call."""
         out = self._run("zfs", "get", "-H", "-s", "local", "-o", "property,value", "all", name)
@@ -209,6 +222,10 @@ class Zfs:
 
     def mount(self, dataset: str) -> None:
         self._run("zfs", "mount", dataset)
+
+    def mounted(self, dataset: str) -> bool:
+        """Is ``dataset`` mounted? (A killed ``zfs recv`` can leave it unmounted.)"""
+        return self.get(dataset, "mounted") == "yes"
 
     def clone(self, snapshot: str, dataset: str) -> None:
         """A new filesystem ``dataset`` sharing every block of ``snapshot`` (nothing copied)."""

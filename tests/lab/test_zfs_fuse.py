@@ -27,6 +27,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -578,3 +579,100 @@ def test_nothing_is_kept_aside_when_nothing_diverged(two: tuple[Node, Node]) -> 
     b.sh(f"touch {path}/f")
     b.zfs.snapshot(f"{ds}@touched")
     assert not b.zfs.unchanged(f"{ds}@c1", f"{ds}@touched")
+
+
+def _in_node(node: Node, vip: VipService, call: str) -> str:
+    """Run ``call`` (an expression over ``services`` and ``vip``) inside the node's mount
+    namespace, as its service daemon would; returns what it prints."""
+    script = (
+        "import ipaddress, sys\n"
+        "from hafs.service import divergence, mounts\n"
+        "from hafs.service.config import ServiceConfig, ShareConfig, VipService\n"
+        "from hafs.service.node import NodeServices\n"
+        f"vip = {vip!r}\n"
+        f"config = ServiceConfig(node='b', pool={node.pool!r}, replication_interval=10,"
+        " peers={}, vips=(vip,), users={}, agent_socket=None)\n"
+        "services = NodeServices(config)\n"
+        f"print({call})\n"
+    ).replace("IPv4Address(", "ipaddress.IPv4Address(")
+    proc = node.run(sys.executable, "-c", script)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
+def test_a_killed_full_receive_leaves_the_replica_unmounted_and_it_is_mounted_before_serving(
+    two: tuple[Node, Node],
+) -> None:
+    """The CI failure of 2026-12-04: a takeover that aborts a receive (or a holder dying
+    mid-send) kills ``zfs recv`` after its stream arrived; the replica exists, unmounted,
+    and an smbd started on its mountpoint served the parent's bare directory (canary
+    missing; the next import refused the mount: "directory is not empty")."""
+    a, b = two
+    vip = VipService(7, "killed", IPv4Address("10.0.0.7"), "a", ("a", "b"), ())
+    src, dst = f"{a.pool}/hafs/killed", f"{b.pool}/hafs/killed"
+    there = f"{b.mountpoint}/hafs/killed"
+    a.zfs.create(src, {"atime": "off"})
+    here = f"{a.mountpoint}/hafs/killed"
+    a.sh(f"echo data > {here}/f && head -c 2000000 /dev/urandom > {here}/g")  # a long stream
+    a.zfs.snapshot(f"{src}@c1")
+    stream = subprocess.run(a.zfs.send_command(f"{src}@c1"), capture_output=True, check=True).stdout
+    with subprocess.Popen(["setsid", *b.zfs.recv_command(dst)], stdin=subprocess.PIPE) as recv:
+        assert recv.stdin is not None
+        recv.stdin.write(stream[: len(stream) // 2])  # returns once the daemon reads it
+        recv.stdin.flush()
+        os.killpg(recv.pid, signal.SIGKILL)  # the takeover's abort
+        recv.stdin.write(stream[len(stream) // 2 :])  # the daemon holds the stream: it finishes
+        recv.stdin.close()
+    deadline = time.monotonic() + READY_TIMEOUT
+    while not b.zfs.exists(dst) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert b.zfs.exists(dst) and not b.zfs.mounted(dst)  # received, never mounted
+    b.sh(f"mkdir -p {there}/shares && echo acked > {there}/shares/written-meanwhile")
+
+    assert _in_node(b, vip, "mounts.ensure_mounted(services, vip)") == "True"
+
+    assert b.zfs.mounted(dst) and b.sh(f"cat {there}/f") == "data\n"  # the replica's data
+    [stray] = [n for n in b.sh(f"ls {b.mountpoint}/hafs").split() if n.startswith("killed-stray-")]
+    assert b.sh(f"cat {b.mountpoint}/hafs/{stray}/shares/written-meanwhile") == "acked\n"
+    assert _in_node(b, vip, "mounts.ensure_mounted(services, vip)") == "False"  # idempotent
+    b.sh(f"rm -r {b.mountpoint}/hafs/{stray}")
+
+
+@pytest.mark.parametrize("cut_after", ["unmount", "rename", "clone"])
+def test_a_keep_aside_cut_short_is_finished_before_the_next_receive(
+    two: tuple[Node, Node], cut_after: str
+) -> None:
+    """A takeover kills the receive that was keeping a diverged replica aside: whatever step
+    it reached, the next receive (or takeover) finds the VIP's dataset at the common
+    snapshot and the copy kept, read-only, with the writes it alone had."""
+    _, b = two
+    vip = VipService(6, f"ka{cut_after}", IPv4Address("10.0.0.6"), "a", ("a", "b"), ())
+    ds, path = f"{b.pool}/hafs/{vip.name}", f"{b.mountpoint}/hafs/{vip.name}"
+    b.zfs.create(ds, {"atime": "off"})
+    b.sh(f"echo common > {path}/common")
+    b.zfs.snapshot(f"{ds}@c1")
+    b.sh(f"echo mine > {path}/mine")
+    b.zfs.snapshot(f"{ds}@b1")
+    aside = f"{ds}{divergence.MARK}20261204T000000000000Z"
+    b.zfs.set(ds, divergence.PENDING, "c1")  # keep_aside's steps, cut short
+    b.zfs.unmount(ds)
+    if cut_after in ("rename", "clone"):
+        b.zfs.rename(ds, aside)
+    if cut_after == "clone":
+        b.zfs.clone(f"{aside}@c1", ds)
+
+    _in_node(b, vip, "divergence.finish_interrupted(services, vip)")
+
+    if cut_after == "unmount":  # nothing moved: the next keep_aside starts over
+        assert b.zfs.having(f"{b.pool}/hafs", divergence.PENDING) == {}
+        assert names(b.zfs.snapshots(ds)) == ["c1", "b1"]
+        b.zfs.mount(ds)
+    else:
+        assert b.zfs.having(f"{b.pool}/hafs", divergence.PENDING) == {}
+        assert names(b.zfs.snapshots(ds)) == ["c1"] and b.zfs.get(ds, "origin") == "-"
+        assert _in_node(b, vip, "mounts.ensure_mounted(services, vip)") in ("True", "False")
+        assert b.sh(f"ls {path}").split() == ["common"]
+        kept = f"{b.mountpoint}/hafs/{aside.rsplit('/', 1)[1]}"
+        assert b.sh(f"cat {kept}/mine") == "mine\n"
+        assert b.run("touch", f"{kept}/x").returncode != 0  # read-only
+    b.sh(f"zfs unmount -a; zfs destroy -R {ds}; zfs mount -a")  # the kept copy (a clone) too

@@ -117,6 +117,9 @@ class NoDatasets:
     def exists(self, name: str) -> bool:
         return False
 
+    def having(self, root: str, prop: str) -> dict[str, str]:
+        return {}  # no keep-aside was interrupted
+
     def create(self, name: str, properties: dict[str, str]) -> None:
         self.created.append(name)
 
