@@ -189,7 +189,7 @@ def test_lab_life_cycle(name: str) -> None:
     down = hafs("lab", "down", "--name", name)
     took_down = time.monotonic() - began
     assert "removed 7 namespace(s)" in down.stderr  # switch, 4 nodes, client, gateway
-    assert took_down < 10, f"down took {took_down:.1f}s"
+    assert took_down < 30, f"down took {took_down:.1f}s: something hung"
     assert_gone(name)
     print(f"\nhafs lab up {took_up:.1f}s, down {took_down:.1f}s")
 
