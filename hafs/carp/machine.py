@@ -54,6 +54,10 @@ Demotion is host-wide and belongs to the agent, as in FreeBSD: it adds 240 while
 interface is down (and while adverts fail to send), lets hooks and operators raise or lower
 it, and tells every machine the new total with ``DemotionChanged``. A master advertises at once
 with its new skew (FreeBSD's carp_send_ad_all); a backup's master-down timer does not change.
+A backup with preempt on whose lowered demotion now beats the master it last heard preempts at
+once ("preempting a slower master"), where FreeBSD waits for that master's next advert (up to
+advbase later): the same outcome, sooner. A returning node releases its resync hold right after
+the holder handed its VIP over, so this second is the client's outage.
 
 Counter: until a valid advert has been heard, every advert carries a fresh ``random64()``;
 after that the machine adopts the last received counter and adds one per advert it sends.
@@ -410,6 +414,8 @@ class VhidMachine:
             case DemotionChanged(demotion=demotion):
                 changed = demotion != self._demotion
                 self._demotion = demotion
+                if changed and self._state is BACKUP and self._outranks_master():
+                    return _Input.HEARD_PREEMPTABLE  # as if its next advert had come
                 return _Input.DEMOTION if changed else None
             case Shutdown():
                 return _Input.SHUTDOWN
@@ -427,6 +433,13 @@ class VhidMachine:
         if timing(3 * self._config.advbase, self.advertised_skew) < theirs:
             return _Input.HEARD_DOOMED
         return _Input.HEARD_WORSE
+
+    def _outranks_master(self) -> bool:
+        """Would the master this backup last heard be preempted, at our skew of now?"""
+        if not self._config.preempt or self._master is None:
+            return False
+        _, advskew, advbase = self._master
+        return timing(advbase, advskew) > timing(self._config.advbase, self.advertised_skew)
 
     def _change(self, now: float, kind: _Input, new: State, reason: str) -> list[Action]:
         addresses = self._config.addresses

@@ -133,7 +133,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
 def cmd_handover(args: argparse.Namespace) -> int:
     services = _services(args)
-    print(services.handover(services.config.vip_named(args.vip), args.to))
+    print(services.handover(services.config.vip_named(args.vip), args.to, args.since))
     return 0
 
 
@@ -280,6 +280,7 @@ def register(sub: Any) -> None:
     p.add_argument("--to", required=True, metavar="NODE")
     p = parser("handover", "stop serving VIP, send the final incremental to a peer", cmd_handover)
     p.add_argument("--to", required=True, metavar="NODE")
+    p.add_argument("--since", metavar="SNAP", help="the newest snapshot the peer has")
     parser("held", "list the VIPs this node holds now, one name per line", cmd_held, vip=False)
     p = parser(
         "hold",

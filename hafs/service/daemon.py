@@ -272,8 +272,10 @@ class ServiceDaemon:
         if not ok:
             return  # still demoted; the next round tries again
         for vip, holder in handovers:  # then the short handovers, right before undemoting
+            mine = self.services.zfs.snapshots(self.services.dataset(vip))
+            since = ["--since", mine[-1].name] if mine else []
             moved = self.services.remote(
-                holder, ["handover", vip.name, "--to", self.config.node], 600
+                holder, ["handover", vip.name, "--to", self.config.node, *since], 600
             )
             log.info(
                 "%s handover from %s: %s",

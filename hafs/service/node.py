@@ -222,8 +222,8 @@ class NodeServices:
     def replicate(self, vip: VipService, record_clients: bool = True) -> dict[str, dict[str, Any]]:
         return replication.replicate(self, vip, record_clients)
 
-    def handover(self, vip: VipService, peer: str) -> str:
-        return replication.handover(self, vip, peer)
+    def handover(self, vip: VipService, peer: str, since: str | None = None) -> str:
+        return replication.handover(self, vip, peer, since)
 
     def handover_pending(self, vip: VipService) -> bool:
         return replication.handover_pending(vip)

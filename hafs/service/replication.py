@@ -193,12 +193,16 @@ def replicate(
     return report
 
 
-def handover(services: NodeServices, vip: VipService, peer: str) -> str:
-    """Quiesce the VIP here, send the final incremental to ``peer``; the VIP moves next."""
+def handover(services: NodeServices, vip: VipService, peer: str, since: str | None = None) -> str:
+    """Quiesce the VIP here, send the final incremental to ``peer``; the VIP moves next.
+    ``since``: the newest snapshot ``peer`` says it has (it just synced), so the send need
+    not ask it first: the clients wait for this one."""
     (RUN_DIR / f"{vip.name}.handover").write_text(str(time.time()))
     services.stepdown(vip, "handover")  # seals: its last writes are the newest snapshot
     if not services.zfs.exists(services.dataset(vip)):  # never had a copy: nothing to send
         return ""
+    if since is not None:
+        services.acked[(vip.name, peer)] = since  # not one of ours: send() asks after all
     return send(services, vip, peer)
 
 

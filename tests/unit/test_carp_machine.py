@@ -259,6 +259,27 @@ def test_backup_demotion_change_sends_nothing_and_keeps_its_timer() -> None:
     assert (m.demotion, m.advertised_skew) == (240, 240)
 
 
+@pytest.mark.parametrize(
+    ("preempt", "released_to", "becomes"),
+    [(True, 0, MASTER), (True, 150, BACKUP), (False, 0, BACKUP)],
+)
+def test_a_backup_whose_demotion_drops_below_its_master_preempts_at_once(
+    preempt: bool, released_to: int, becomes: State
+) -> None:
+    """A returning node releases its resync hold: it takes the VIP back now, not at the
+    master's next advert (FreeBSD's way: up to advbase later)."""
+    m = backup(advskew=0, preempt=preempt)
+    m.handle(0.5, DemotionChanged(240))
+    assert m.handle(1.0, heard(advskew=100)) == [SetTimer(4.0)]  # a better master: followed
+    actions = m.handle(1.5, DemotionChanged(released_to))
+    assert m.state is becomes
+    if becomes is MASTER:
+        assert actions[0] == Transition(BACKUP, MASTER, "preempting a slower master", PEER)
+        assert AddVips(VIPS) in actions and Announce(VIPS) in actions
+    else:
+        assert actions == []
+
+
 # MASTER.
 
 

@@ -21,6 +21,7 @@ from hafs.service.config import ServiceConfig, ShareConfig, VipService
 from hafs.service.daemon import ServiceDaemon
 from hafs.service.replication import NO_COPY
 from hafs.service.runtime import ServiceError
+from hafs.service.zfs import Snapshot
 
 VIP = VipService(
     1, "vip1", IPv4Address("10.0.0.100"), "n1", ("n1", "n2"), (ShareConfig("s", True, ()),)
@@ -34,6 +35,9 @@ CONFIG = ServiceConfig(
 class FakeZfs:
     def exists(self, name: str) -> bool:
         return True
+
+    def snapshots(self, dataset: str) -> list[Snapshot]:
+        return [Snapshot(dataset, "s1"), Snapshot(dataset, "s2")]  # s2: just synced
 
 
 class FakeServices:
@@ -200,7 +204,7 @@ def test_resync_pulls_from_the_holder_then_takes_its_vip_back(
     d.resync()
     expected = [["n2", "held"], ["n2", "sync", "vip1", "--to", "n1"]]
     if released:
-        expected.append(["n2", "handover", "vip1", "--to", "n1"])
+        expected.append(["n2", "handover", "vip1", "--to", "n1", "--since", "s2"])
     assert asked == expected
     assert holds == ([("resync", 0)] if released else [])  # else: still demoted, tried again
 

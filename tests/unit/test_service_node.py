@@ -226,3 +226,48 @@ def test_retention_keeps_the_base_of_every_carrier_however_old() -> None:
     replication.prune(NodeServices(config, zfs=cast(Zfs, zfs)), vip, keep=["s6"])
     # n3 has been away since s2: its base stays; a node no longer a carrier keeps nothing
     assert zfs.destroyed == ["s0", "s1", "s3", "s4", "s5", "s7"]
+
+
+class HandingOver(AnsweringNode):
+    """Records what it asks its peers; its step-down does nothing."""
+
+    def __init__(self, config: ServiceConfig, zfs: object, answers: dict[str, dict[str, str]]):
+        super().__init__(config, zfs, answers)
+        self.asked: list[str] = []
+
+    def remote(
+        self, peer: str, args: Sequence[str], timeout: float
+    ) -> subprocess.CompletedProcess[str]:
+        self.asked.append(args[0])
+        return super().remote(peer, args, timeout)
+
+    def stepdown(self, vip: VipService, action: str = "step-down") -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("since", "asked", "base"),
+    [("s2", False, "s2"), ("pruned-here", True, "s1"), (None, True, "s1")],
+)
+def test_a_handover_sends_from_the_snapshot_the_peer_says_it_has(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, since: str | None, asked: bool, base: str
+) -> None:
+    """The clients wait for the handover's final incremental: the returning node names its
+    newest snapshot, so no round trip asks it first (unless this node lacks that one)."""
+    vip = VipService(1, "vip1", IPv4Address("10.0.0.100"), "n2", ("n2", "n1"), ())
+    config = ServiceConfig(
+        node="n1", pool="tank", replication_interval=10, vips=(vip,), users={}, agent_socket=None,
+        peers={"n2": IPv4Address("10.0.0.2")},
+    )  # fmt: skip
+    node = HandingOver(config, Snapshots("s1", "s2", "s3"), {"n2": {"snapshots": "s1\n"}})
+    streamed: list[tuple[str, str, str | None]] = []
+
+    def stream(_: object, __: object, peer: str, snapshot: str, base: str | None) -> str:
+        streamed.append((peer, snapshot, base))
+        return snapshot
+
+    monkeypatch.setattr(replication, "RUN_DIR", tmp_path)
+    monkeypatch.setattr(replication, "_stream", stream)
+    assert replication.handover(node, vip, "n2", since) == "s3"
+    assert streamed == [("n2", "s3", base)]
+    assert node.asked == (["snapshots"] if asked else [])
