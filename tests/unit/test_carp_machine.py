@@ -21,6 +21,7 @@ from hafs.carp.machine import (
     LinkDown,
     LinkUp,
     RemoveVips,
+    Resumed,
     SendAdvert,
     SetTimer,
     Shutdown,
@@ -278,6 +279,15 @@ def test_a_backup_whose_demotion_drops_below_its_master_preempts_at_once(
         assert AddVips(VIPS) in actions and Announce(VIPS) in actions
     else:
         assert actions == []
+
+
+def test_a_master_resumed_after_a_stall_takes_its_demotion_in_silence() -> None:
+    m = master()
+    assert m.handle(12.0, Resumed(240)) == []  # the adverts queued meanwhile come next
+    assert (m.state, m.demotion, m.advertised_skew) == (MASTER, 240, 240)
+    assert m.handle(12.0, heard(advskew=50))[0] == Transition(
+        MASTER, BACKUP, "more frequent advertisement received"
+    )
 
 
 # MASTER.
