@@ -142,9 +142,8 @@ def receive(
             divergence.seal(services, vip, "served here until a crash, never stepped down")
             if base is None:  # no common snapshot: this copy diverged (or was never sent)
                 divergence.keep_whole(services, vip)
-            else:
+            else:  # then @base is the newest snapshot: recv -F rolls back to it (stray atimes)
                 divergence.keep_aside(services, vip, base)
-                zfs.rollback(f"{dataset}@{base}")  # nothing newer is left: drops stray atimes
         subprocess.run(zfs.recv_command(dataset), stdin=stream, check=True, capture_output=True)
         zfs.set(dataset, "readonly", "on")
         prune(services, vip, keep)
