@@ -15,12 +15,17 @@ between replications, a per-run name prefix; torn down always, Ctrl-C included):
 Reported per scenario: writes acknowledged, served afterwards, kept aside (recoverable),
 lost (acknowledged, not served and not kept aside); seconds in which some VIP had two holders
 (``vip_holders()`` sampled every 0.1 s); the longest client outage (the longest gap between
-acknowledged writes, from the writer's start to its stop); for the scenarios with a power loss
+acknowledged writes, from the writer's start to its stop) and the longest from the repair on
+(cable plugged back, port forwarding again, agent resumed, nodes started: the resume itself,
+then the handback of the VIP to its returning home), with a goal for some scenarios
+(:data:`REPAIR_GOALS`: 3 s for the handback after a cut or an isolation, 5 s after a stall);
+for the scenarios with a power loss
 the RPO (seconds between the kill and the last write acknowledged before it that survived).
 A power loss may lose the writes acknowledged after the newest snapshot its backup had
 received (replication is asynchronous): lost writes count as a failure only if they were
 acknowledged before both that snapshot and one replication interval before the kill, or after
-the kill. The suite exits 1 if a scenario lost a write that counts, or could not be judged.
+the kill. The suite exits 1 if a scenario lost a write that counts, missed its goal for the
+outage after the repair, or could not be judged.
 
 Run as root from the repository root:
 ``sudo python3 bench/faults.py [--scenario NAME ...] [--interval 5] [--json FILE]``.
@@ -180,6 +185,20 @@ class Kill:
     replicated: float
 
 
+@dataclass(frozen=True)
+class Fault:
+    """What a scenario did: its power losses, and when the fault was repaired (cable plugged
+    back, port forwarding again, agent resumed), if the scenario has such a moment."""
+
+    kills: list[Kill]
+    repaired: float | None = None
+
+
+# the longest client outage after the repair, seconds: the clients' wait at the handback (the
+# returning home takes its VIP back after its resync), and after a stall at the resume as well
+REPAIR_GOALS = {"cut": 3.0, "isolate": 3.0, "stall": 5.0}
+
+
 def home(s: ServiceLab) -> str:
     return s.cluster.vip(VHID).home
 
@@ -217,33 +236,33 @@ def power_off(s: ServiceLab, node: str) -> Kill:
     return Kill(at, replicated)
 
 
-def cut(s: ServiceLab) -> list[Kill]:
+def cut(s: ServiceLab) -> Fault:
     """the home's cable cut 25 s, then plugged back (lab partition/heal)"""
     s.lab.partition(home(s))
     time.sleep(FAULT)
     s.lab.heal(home(s))
-    return []
+    return Fault([], time.monotonic())
 
 
-def isolate(s: ServiceLab) -> list[Kill]:
+def isolate(s: ServiceLab) -> Fault:
     """the home's switch port stops forwarding 25 s, carrier stays up (lab isolate/rejoin)"""
     s.lab.isolate(home(s))
     time.sleep(FAULT)
     s.lab.rejoin(home(s))
-    return []
+    return Fault([], time.monotonic())
 
 
-def flaps(s: ServiceLab) -> list[Kill]:
+def flaps(s: ServiceLab) -> Fault:
     """five 1 s cuts of the home's cable, 1 s apart"""
     for _ in range(FLAPS):
         s.lab.partition(home(s))
         time.sleep(FLAP)
         s.lab.heal(home(s))
         time.sleep(FLAP)
-    return []
+    return Fault([], time.monotonic())
 
 
-def stall(s: ServiceLab) -> list[Kill]:
+def stall(s: ServiceLab) -> Fault:
     """the home's hafs agent SIGSTOPped 25 s, then SIGCONT"""
     agent = s.lab.agent(home(s))
     if agent is None:
@@ -253,10 +272,10 @@ def stall(s: ServiceLab) -> list[Kill]:
         time.sleep(FAULT)
     finally:
         agent.signal(signal.SIGCONT)
-    return []
+    return Fault([], time.monotonic())
 
 
-def agent_kill(s: ServiceLab) -> list[Kill]:
+def agent_kill(s: ServiceLab) -> Fault:
     """the holder's hafs agent SIGKILLed; the lab restarts it as systemd would"""
     node = holder(s)
     agent = s.lab.agent(node)
@@ -267,19 +286,19 @@ def agent_kill(s: ServiceLab) -> list[Kill]:
         lambda: s.lab.agent(node) not in (None, agent), RESTART_TIMEOUT, "the agent restarted"
     )
     log(f"{node}: hafs agent running again {took:.1f}s after the kill")
-    return []
+    return Fault([], time.monotonic())
 
 
-def power(s: ServiceLab) -> list[Kill]:
+def power(s: ServiceLab) -> Fault:
     """the holder loses power (lab kill) for 25 s, then is started again"""
     node = holder(s)
     kill = power_off(s, node)
     time.sleep(FAULT)
     s.lab.start(node)
-    return [kill]
+    return Fault([kill], time.monotonic())
 
 
-def two_nodes(s: ServiceLab) -> list[Kill]:
+def two_nodes(s: ServiceLab) -> Fault:
     """the holder loses power, then the node that took over too; both started 25 s later"""
     first = holder(s)
     kills = [power_off(s, first)]
@@ -290,10 +309,10 @@ def two_nodes(s: ServiceLab) -> list[Kill]:
     time.sleep(FAULT)
     for node in (first, second):
         s.lab.start(node)
-    return kills
+    return Fault(kills, time.monotonic())
 
 
-def away(s: ServiceLab) -> list[Kill]:
+def away(s: ServiceLab) -> Fault:
     """the home loses power for longer than snapshot retention, then is started again"""
     node = home(s)
     kill = power_off(s, node)
@@ -301,10 +320,10 @@ def away(s: ServiceLab) -> list[Kill]:
     log(f"{node}: away {retention + 2 * s.cluster.replication_interval:.0f}s")
     time.sleep(retention + 2 * s.cluster.replication_interval)
     s.lab.start(node)
-    return [kill]
+    return Fault([kill], time.monotonic())
 
 
-SCENARIOS: dict[str, Callable[[ServiceLab], list[Kill]]] = {
+SCENARIOS: dict[str, Callable[[ServiceLab], Fault]] = {
     "cut": cut,
     "isolate": isolate,
     "flaps": flaps,
@@ -359,21 +378,32 @@ class Row:
     lost_counted: int = 0  # lost, and not excused by a power loss's replication lag
     two_holders: float = 0.0
     outage: float = 0.0
+    after_repair: float | None = None  # the longest outage from the repair on
+    goal: float | None = None  # REPAIR_GOALS
     rpo: float | None = None
     settled: float | None = None
     load: float = 0.0
     error: str = ""
 
     @property
+    def slow(self) -> bool:
+        """Over the goal for the outage after the repair."""
+        after, goal = self.after_repair, self.goal
+        return after is not None and goal is not None and after > goal
+
+    @property
     def failed(self) -> bool:
-        return bool(self.error) or self.lost_counted > 0
+        return bool(self.error) or self.lost_counted > 0 or self.slow
 
     def cells(self) -> list[str]:
         if self.error:
-            return [self.scenario, *["-"] * 9, f"ERROR: {self.error}"]
+            return [self.scenario, *["-"] * 10, f"ERROR: {self.error}"]
         verdict = f"LOST {self.lost_counted}" if self.lost_counted else "ok"
         if self.lost > self.lost_counted:
             verdict += f" ({self.lost - self.lost_counted} within replication lag)"
+        if self.slow:
+            verdict += f"; SLOW: {self.after_repair:.1f}s after the repair (goal {self.goal:g}s)"
+        after = "-" if self.after_repair is None else f"{self.after_repair:.1f}"
         return [
             self.scenario,
             str(self.acknowledged),
@@ -382,6 +412,7 @@ class Row:
             str(self.lost),
             f"{self.two_holders:.1f}",
             f"{self.outage:.1f}",
+            after + ("" if self.goal is None else f" (<= {self.goal:g})"),
             "-" if self.rpo is None else f"{self.rpo:.1f}",
             "timeout" if self.settled is None else f"{self.settled:.0f}",
             f"{self.load:.1f}",
@@ -390,8 +421,8 @@ class Row:
 
 
 HEADERS = [
-    "scenario", "acked", "served", "kept aside", "lost", "2 holders s", "outage s", "RPO s",
-    "settled s", "load", "verdict",
+    "scenario", "acked", "served", "kept aside", "lost", "2 holders s", "outage s",
+    "after repair s", "RPO s", "settled s", "load", "verdict",
 ]  # fmt: skip
 
 
@@ -411,15 +442,20 @@ def judge(
     name: str,
     writes: Writes,
     doubled: float,
-    kills: list[Kill],
+    fault: Fault,
     settled: float | None,
 ) -> Row:
     acked = {f"{name}.{n}": at for n, at in writes.acked.items()}
     now_served = listing(s) & acked.keys()
     kept = (kept_aside(s, VHID) & acked.keys()) - now_served
     lost = {f: at for f, at in acked.items() if f not in now_served and f not in kept}
+    kills = fault.kills
     counted = [at for at in lost.values() if not any(k.replicated < at <= k.at for k in kills)]
     times = [writes.started, *sorted(acked.values()), writes.stopped]
+    after = None
+    if fault.repaired is not None:
+        later = [fault.repaired, *(t for t in times if t > fault.repaired)]
+        after = max((b - a for a, b in pairwise(later)), default=0.0)
     rpos = []
     for kill in kills:
         survived = [at for f, at in acked.items() if at <= kill.at and f not in lost]
@@ -433,6 +469,8 @@ def judge(
         lost_counted=len(counted),
         two_holders=doubled,
         outage=max(b - a for a, b in pairwise(times)),
+        after_repair=after,
+        goal=REPAIR_GOALS.get(name),
         rpo=max(rpos, default=None),
         settled=settled,
         load=os.getloadavg()[0],
@@ -447,12 +485,12 @@ def run(name: str, interval: float) -> Row:
             with writer(s, name) as writes:
                 time.sleep(LEAD)
                 log(f"{name}: {SCENARIOS[name].__doc__}")
-                kills = SCENARIOS[name](s)
+                fault = SCENARIOS[name](s)
                 log(f"{name}: repaired; waiting for the cluster to settle")
                 settled = settle(s, writes)
                 log(f"{name}: " + ("not settled" if settled is None else f"settled {settled:.0f}s"))
             log(f"{name}: {len(writes.acked)} writes acknowledged; listing the share")
-            return judge(s, name, writes, doubled[0], kills, settled)
+            return judge(s, name, writes, doubled[0], fault, settled)
 
 
 def main(argv: list[str] | None = None) -> int:
