@@ -60,6 +60,12 @@ def format_status(status: dict[str, Any]) -> str:
         if len(holders) > 1:
             note += "  WARNING: more than one holder"
         lines.append(f"vhid {v['vhid']} {v['vip']} ({v['name']}): {where}{note}")
+    for n in status["nodes"]:
+        for copy in n.get("diverged", []):
+            lines.append(
+                f"KEPT ASIDE on {n['name']}: {copy} (diverged data found only there; "
+                f"`hafs service diverged show {copy}` on that node)"
+            )
     return "\n".join(lines)
 
 

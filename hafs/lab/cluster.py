@@ -43,6 +43,7 @@ from hafs.cluster import Cluster, Node, load
 from hafs.errors import HafsError
 from hafs.lab.netns import NETNS_DIR, Lab, LabError, Netns, Port, cleanup, list_namespaces
 from hafs.service import config as service_config
+from hafs.service.daemon import STATUS_FILE
 
 LAB_ROOT = Path("/var/tmp/hafs-lab")
 POOL_SIZE = "512M"
@@ -672,6 +673,7 @@ class ClusterLab:
                     "daemons": {k: p.alive for k, p in procs.items()},
                     "agent_pid": agent.pid if (agent := self.agent(node.name)) else None,
                     "vips": sorted(v for v, h in holders.items() if node.name in h),
+                    "diverged": self.diverged(node.name) if procs.get("anchor") else [],
                 }
             )
         vips = [
@@ -692,6 +694,14 @@ class ClusterLab:
             "nodes": nodes,
             "vips": vips,
         }
+
+    def diverged(self, node: str) -> list[str]:
+        """The kept-aside copies on ``node``, as its service daemon last reported them."""
+        try:
+            report = json.loads(self.run(node, ["cat", str(STATUS_FILE)], check=False) or "{}")
+        except ValueError:
+            return []
+        return [copy["name"] for copy in report.get("diverged", [])]
 
     # --- failures and repairs --------------------------------------------------------------------
 

@@ -28,7 +28,7 @@ from typing import Any
 from hafs.carp.agent import RESYNC_HOLD
 from hafs.errors import HafsError
 from hafs.service import config as service_config
-from hafs.service import demotion, divergence
+from hafs.service import demotion, divergence, metrics
 from hafs.service.config import VipService
 from hafs.service.membership import PORT, Membership
 from hafs.service.node import NodeServices
@@ -211,7 +211,8 @@ class ServiceDaemon:
 
     def publish(self) -> None:
         """The round's report: lag per VIP and peer, and the kept-aside copies (so `hafs
-        status` shows them without asking zfs)."""
+        status` shows them without asking zfs), and the same as metrics
+        (:mod:`hafs.service.metrics`)."""
         try:
             diverged = [c.as_dict() for c in divergence.copies(self.services)]
         except (ZfsError, ValueError) as exc:
@@ -219,9 +220,13 @@ class ServiceDaemon:
             diverged = []
         report = {"node": self.config.node, "at": time.time(), "vips": self.report}
         RUN_DIR.mkdir(parents=True, exist_ok=True)
-        tmp = STATUS_FILE.with_suffix(".tmp")
-        tmp.write_text(json.dumps({**report, "diverged": diverged}))
-        tmp.replace(STATUS_FILE)
+        for path, text in (
+            (STATUS_FILE, json.dumps({**report, "diverged": diverged})),
+            (metrics.METRICS_FILE, metrics.render(self.config.vips, self.report, diverged)),
+        ):
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(text)
+            tmp.replace(path)
 
     # --- coming back: resync, then handover --------------------------------------------------
 

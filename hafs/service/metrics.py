@@ -1,0 +1,72 @@
+"""The service daemon's metrics, for node_exporter's textfile collector.
+
+Every round the daemon writes :data:`METRICS_FILE` (Prometheus text format, replaced
+atomically): point ``node_exporter --collector.textfile.directory`` at ``/var/run/hafs``.
+
+- ``hafs_service_diverged_copies{vip}``, ``hafs_service_diverged_bytes{vip}``: kept-aside copies
+  on this node (:mod:`hafs.service.divergence`): data that exists here only, waiting for an
+  operator. Alert on any above 0.
+- ``hafs_service_replication_ok{vip,peer}``: 1 if the last send of a VIP held here succeeded;
+  ``hafs_service_replication_last_success_timestamp_seconds{vip,peer}``: when.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from hafs.service.config import VipService
+from hafs.service.runtime import RUN_DIR
+
+METRICS_FILE = RUN_DIR / "hafs_service.prom"
+
+
+def _labels(**labels: str) -> str:
+    escaped = (
+        f'{k}="{v.replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"'
+        for k, v in labels.items()
+    )
+    return "{" + ",".join(escaped) + "}"
+
+
+def render(
+    vips: Iterable[VipService],
+    report: Mapping[str, Mapping[str, Any]],
+    diverged: list[dict[str, Any]],
+) -> str:
+    """The metrics text: the ``vips`` this node carries, the round's replication ``report``
+    (VIP -> peer -> outcome) and the kept-aside copies (``DivergedCopy.as_dict()``)."""
+    lines = [
+        "# HELP hafs_service_diverged_copies Kept-aside copies of diverged data on this node.",
+        "# TYPE hafs_service_diverged_copies gauge",
+    ]
+    names = sorted({*(v.name for v in vips), *(c["vip"] for c in diverged)})
+    for vip in names:
+        count = sum(1 for c in diverged if c["vip"] == vip)
+        lines.append(f"hafs_service_diverged_copies{_labels(vip=vip)} {count}")
+    lines += [
+        "# HELP hafs_service_diverged_bytes Space used by the kept-aside copies.",
+        "# TYPE hafs_service_diverged_bytes gauge",
+    ]
+    for vip in names:
+        used = sum(c["used"] for c in diverged if c["vip"] == vip)
+        lines.append(f"hafs_service_diverged_bytes{_labels(vip=vip)} {used}")
+    lines += [
+        "# HELP hafs_service_replication_ok 1 if the last send of the VIP to the peer succeeded.",
+        "# TYPE hafs_service_replication_ok gauge",
+    ]
+    stamps = []
+    for vip, peers in sorted(report.items()):
+        for peer, item in sorted(peers.items()):
+            lines.append(
+                f"hafs_service_replication_ok{_labels(vip=vip, peer=peer)} {int(item['ok'])}"
+            )
+            if item["ok"]:
+                stamps.append(f"{_labels(vip=vip, peer=peer)} {item['at']:.3f}")
+    lines += [
+        "# HELP hafs_service_replication_last_success_timestamp_seconds When the last send "
+        "of the VIP to the peer succeeded.",
+        "# TYPE hafs_service_replication_last_success_timestamp_seconds gauge",
+        *(f"hafs_service_replication_last_success_timestamp_seconds{s}" for s in stamps),
+    ]
+    return "\n".join(lines) + "\n"

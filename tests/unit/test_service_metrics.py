@@ -1,0 +1,55 @@
+"""The service daemon's metrics file: valid Prometheus text, one series per VIP and peer."""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from hafs.service.config import VipService
+from hafs.service.metrics import render
+
+VIPS = [
+    VipService(n, f"vip{n}", IPv4Address(f"10.0.0.{n}"), "n1", ("n1", "n2"), ()) for n in (1, 2)
+]
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def test_kept_aside_copies_and_replication_per_vip_and_peer() -> None:
+    report = {
+        "vip1": {
+            "n2": {"ok": True, "snapshot": "hafs-1", "at": 1700000000.5, "seconds": 0.4},
+            "n3": {"ok": False, "error": "n3 unreachable", "at": 1700000001.0},
+        }
+    }
+    diverged = [
+        {"vip": "vip2", "used": 4096, "name": "vip2-diverged-a"},
+        {"vip": "vip2", "used": 1024, "name": "vip2-diverged-b"},
+    ]
+
+    got = samples(render(VIPS, report, diverged))
+
+    assert got[("hafs_service_diverged_copies", (("vip", "vip1"),))] == 0
+    assert got[("hafs_service_diverged_copies", (("vip", "vip2"),))] == 2
+    assert got[("hafs_service_diverged_bytes", (("vip", "vip2"),))] == 5120
+    assert got[("hafs_service_replication_ok", (("peer", "n2"), ("vip", "vip1")))] == 1
+    assert got[("hafs_service_replication_ok", (("peer", "n3"), ("vip", "vip1")))] == 0
+    when = "hafs_service_replication_last_success_timestamp_seconds"
+    stamp = (when, (("peer", "n2"), ("vip", "vip1")))
+    assert got[stamp] == 1700000000.5
+    assert len(got) == 7  # no success time for the failing peer
+
+
+def test_an_idle_node_still_says_zero_copies() -> None:
+    got = samples(render(VIPS, {}, []))
+    assert {k: v for k, v in got.items() if k[0] == "hafs_service_diverged_copies"} == {
+        ("hafs_service_diverged_copies", (("vip", "vip1"),)): 0,
+        ("hafs_service_diverged_copies", (("vip", "vip2"),)): 0,
+    }
