@@ -1,7 +1,9 @@
 """Tickle ACKs: the clients of the old holder reconnect at once instead of waiting on TCP.
 
 The holder records its SMB clients in the dataset at every snapshot (so the list travels with
-the data); the new holder sends each an ACK with sequence 0 from the VIP's port 445.
+the data); the new holder sends each an ACK with sequence 0 from the VIP's port 445. A node
+that steps down after losing the address (the loser of a split brain, whose clients the
+winner never knew) tickles its own clients as it stops serving.
 """
 
 from __future__ import annotations
@@ -47,13 +49,21 @@ def tickle(name: str, address: IPv4Address, mountpoint: Path) -> None:
         clients = json.loads(connections_file(mountpoint).read_text())
     except (OSError, ValueError):
         return
-    if not clients:
-        return
+    if clients:
+        send_tickles(address, [(client, int(port)) for client, port in clients])
+        log.info("%s takeover: tickled %d client connection(s)", name, len(clients))
+
+
+def send_tickles(address: IPv4Address, clients: list[tuple[str, int]]) -> None:
+    """Tickle ACKs from ``address`` to ``clients``. The address need not be this node's any
+    more (Linux: IP_FREEBIND): a node that lost a split brain tickles the clients it had, so
+    they reach the winner now, not when they next send."""
     with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP) as sock:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_IP, getattr(socket, "IP_FREEBIND", 15), 1)
         sock.bind((str(address), 0))
         for client, port in clients:
-            segment = tickle_segment(address, IPv4Address(client), 445, int(port))
+            segment = tickle_segment(address, IPv4Address(client), 445, port)
             for _ in range(2):
                 with contextlib.suppress(OSError):
                     sock.sendto(segment, (client, 0))
-    log.info("%s takeover: tickled %d client connection(s)", name, len(clients))

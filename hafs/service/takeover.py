@@ -13,9 +13,11 @@ it is mounted (:mod:`hafs.service.mounts`: never serve the directory underneath)
 writable and mark it served, start smbd, announce (tickle ACKs to the old holder's clients,
 so they reconnect at once), then wait for the fence answers.
 
-Step-down: stop smbd and its samba-dcerpcd, seal what was served (a snapshot, so no later
-rollback or receive can lose it) and leave the dataset a read-only replica. Both are
-idempotent, and both run under the VIP's lock (one operation of a VIP at a time on a node).
+Step-down: stop smbd and its samba-dcerpcd (when the address is already gone, a split
+brain's loser, tickle the clients it had: the winner never knew them), seal what was served
+(a snapshot, so no later rollback or receive can lose it) and leave the dataset a read-only
+replica. Both are idempotent, and both run under the VIP's lock (one operation of a VIP at a
+time on a node).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any
 
 from hafs.carp.agent import RESYNC_HOLD
-from hafs.service import demotion, divergence, membership, mounts
+from hafs.service import announce, demotion, divergence, host, membership, mounts
 from hafs.service.config import VipService
 from hafs.service.runtime import RUN_DIR, ServiceError, step
 
@@ -120,8 +122,13 @@ def stepdown(services: NodeServices, vip: VipService, action: str = "step-down")
     with services.locked(vip):
         if not services.zfs.exists(services.dataset(vip)):
             return
+        # the address is gone (lost to another master): its clients must find the new one
+        clients = [] if host.holds(vip.address, vip.vhid) else host.smb_clients(vip.address)
         with step(vip, action, "stop smbd"):
             services.stop_smbd(vip)
+        if clients:
+            with step(vip, action, f"tickle its {len(clients)} client connection(s)"):
+                announce.send_tickles(vip.address, clients)
         with step(vip, action, "seal: snapshot what was served"):
             divergence.seal(services, vip, action)
         with step(vip, action, "make the dataset a read-only replica"):

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -13,8 +14,8 @@ from typing import cast
 import pytest
 
 from hafs.errors import HafsError
+from hafs.service import announce, divergence, host, replication, takeover
 from hafs.service import config as service_config
-from hafs.service import replication, takeover
 from hafs.service.announce import tickle_segment
 from hafs.service.config import ServiceConfig, ServiceConfigError, ShareConfig, VipService
 from hafs.service.node import NodeServices
@@ -271,3 +272,43 @@ def test_a_handover_sends_from_the_snapshot_the_peer_says_it_has(
     assert replication.handover(node, vip, "n2", since) == "s3"
     assert streamed == [("n2", "s3", base)]
     assert node.asked == (["snapshots"] if asked else [])
+
+
+class Served(NodeServices):
+    """A VIP's dataset exists and is served; stopping smbd and sealing only record."""
+
+    def __init__(self, config: ServiceConfig) -> None:
+        super().__init__(config, zfs=cast(Zfs, Snapshots("s1")))
+        self.done: list[str] = []
+
+    @contextlib.contextmanager
+    def locked(self, vip: VipService, abort_receive: bool = False) -> Iterator[None]:
+        yield
+
+    def stop_smbd(self, vip: VipService) -> None:
+        self.done.append("stop smbd")
+
+
+@pytest.mark.parametrize("still_here", [True, False])
+def test_a_step_down_after_losing_the_address_tickles_the_clients_it_had(
+    monkeypatch: pytest.MonkeyPatch, still_here: bool
+) -> None:
+    """The loser of a split brain: its clients are unknown to the winner (they connected
+    here, not in any replicated list), so it sends their tickle ACKs itself."""
+    vip = VipService(1, "vip1", IPv4Address("10.0.0.100"), "n1", ("n1", "n2"), ())
+    config = ServiceConfig(
+        node="n1", pool="tank", replication_interval=10, vips=(vip,), users={},
+        agent_socket=None, peers={},
+    )  # fmt: skip
+    node = Served(config)
+    monkeypatch.setattr(host, "holds", lambda address, vhid: still_here)
+    monkeypatch.setattr(host, "smb_clients", lambda address: [("10.0.0.9", 50123)])
+    sent: list[tuple[IPv4Address, list[tuple[str, int]]]] = []
+    monkeypatch.setattr(announce, "send_tickles", lambda a, clients: sent.append((a, clients)))
+    monkeypatch.setattr(divergence, "seal", lambda services, vip, why: None)
+    monkeypatch.setattr(Snapshots, "set", lambda self, name, prop, value: None, raising=False)
+
+    takeover.stepdown(node, vip)
+
+    assert node.done == ["stop smbd"]
+    assert sent == ([] if still_here else [(vip.address, [("10.0.0.9", 50123)])])
