@@ -40,6 +40,13 @@ skew*1_000_000//256), compared as tuples; smaller is better. The rules, per rece
 * BACKUP hears a master slower than its own master-down, T(3*advbase, S) < T(received):
   MASTER now ("master will time out"). A bow-out advert (advbase 255, advskew 255), sent by
   a master that shuts down gracefully, always lands here.
+* BACKUP that follows a master it does not outrank hears a *second* master, slower than
+  itself: nothing (no preempt, no timer restart). Here hafs diverges from FreeBSD, which
+  preempts: the second master is the other side of a healed partition or isolation, or an
+  agent resumed after a stall, at its demoted skew; the master we follow answers it and it
+  steps down. Preempting it would make every backup take the VIP for a moment, each
+  announcing it (measured: clients' ARP entries moved to such transient masters, 4-9 s
+  outages). If the master we follow is in fact gone, our master-down timer still runs out.
 * Otherwise a backup restarts its master-down timer.
 
 Becoming MASTER emits Transition, SendAdvert, AddVips, Announce, SetTimer(next advert): the
@@ -264,6 +271,7 @@ class _Input(enum.Enum):
     HEARD_WORSE = enum.auto()  # slower than us, preempt off, within our master-down
     HEARD_PREEMPTABLE = enum.auto()  # slower than us, preempt on
     HEARD_DOOMED = enum.auto()  # slower than T(3*advbase, S), preempt off: it will time out
+    HEARD_BYSTANDER = enum.auto()  # slower than us, from a second master while we follow a better
 
 
 class _Effect(enum.Enum):
@@ -403,8 +411,8 @@ class VhidMachine:
         if isinstance(event, AdvertReceived):
             heard = (event.source, event.advert.advskew, event.advert.advbase)
         was = self._state
-        if heard and was is BACKUP:  # before a change: a preempted master is "previous"
-            self._master = heard
+        if heard and was is BACKUP and kind is not _Input.HEARD_BYSTANDER:
+            self._master = heard  # before a change: a preempted master is "previous"
         target = _TRANSITIONS.get((was, kind))
         if target is not None:
             actions = self._change(now, kind, *target)
@@ -439,17 +447,27 @@ class VhidMachine:
             case AdvertReceived(advert=advert):
                 self._adverts_received += 1
                 self._last_counter = advert.counter
-                return self._rank(advert)
+                return self._rank(advert, event.source)
 
-    def _rank(self, advert: Advert) -> _Input:
+    def _rank(self, advert: Advert, source: Address) -> _Input:
         theirs = timing(advert.advbase, advert.advskew)
         if theirs <= timing(self._config.advbase, self.advertised_skew):
             return _Input.HEARD_BETTER
+        if self._state is BACKUP and self._follows_another(source):
+            return _Input.HEARD_BYSTANDER
         if self._config.preempt:
             return _Input.HEARD_PREEMPTABLE
         if timing(3 * self._config.advbase, self.advertised_skew) < theirs:
             return _Input.HEARD_DOOMED
         return _Input.HEARD_WORSE
+
+    def _follows_another(self, source: Address) -> bool:
+        """Does this backup follow a master other than ``source`` that it does not outrank
+        (heard within its master-down time: the timer says so)?"""
+        if self._master is None or self._master[0] == source:
+            return False
+        _, advskew, advbase = self._master
+        return timing(advbase, advskew) <= timing(self._config.advbase, self.advertised_skew)
 
     def _outranks_master(self) -> bool:
         """Would the master this backup last heard be preempted, at our skew of now?"""

@@ -281,6 +281,23 @@ def test_a_backup_whose_demotion_drops_below_its_master_preempts_at_once(
         assert actions == []
 
 
+def test_a_backup_following_a_better_master_ignores_a_second_slower_one() -> None:
+    """A healed isolation: the isolated node comes back as master at its demoted skew; the
+    backups of the master that served meanwhile leave it to that master (FreeBSD would
+    preempt: every backup would take the VIP for a moment, each announcing it)."""
+    other = IPv4Address("10.0.0.3")
+    m = backup(advskew=50, preempt=True)
+    assert m.handle(1.0, heard(advskew=10)) == [SetTimer(1.0 + 3 + 50 / 256)]  # follows PEER
+    second = AdvertReceived(Advert(1, 240, 1, 9, bytes(20)), other)
+    assert m.handle(1.5, second) == []  # no preempt, and the timer keeps PEER's deadline
+    assert (m.state, m.master_source, m.deadline) == (BACKUP, PEER, 1.0 + 3 + 50 / 256)
+    assert m.handle(4.3, Timeout())[0] == Transition(BACKUP, MASTER, "master timed out", PEER)
+    fresh = backup(advskew=50, preempt=True)  # following nobody: a slower master is preempted
+    assert fresh.handle(1.0, second)[0] == Transition(
+        BACKUP, MASTER, "preempting a slower master", other
+    )
+
+
 def test_a_master_resumed_after_a_stall_takes_its_demotion_in_silence() -> None:
     m = master()
     assert m.handle(12.0, Resumed(240)) == []  # the adverts queued meanwhile come next
