@@ -106,6 +106,24 @@ while [ -z "$stopping" ]; do
     config=$restart
 done
 """
+# The service daemon supervised as systemd runs it (hooks/hafs-service.service: Restart=always,
+# RestartSec=1): killed or crashed, it runs again a second later. SIGTERM/SIGINT go to the
+# daemon (it quiesces and sends the final incremental) and end the supervision.
+SERVICE_SUPERVISOR = r"""
+trap 'stopping=1; [ -z "$pid" ] || kill -TERM "$pid"' TERM INT
+while [ -z "$stopping" ]; do
+    "$@" &
+    pid=$!
+    [ -z "$stopping" ] || kill -TERM "$pid"
+    while :; do  # a trapped signal interrupts wait: wait again until the daemon is gone
+        wait "$pid" 2>/dev/null
+        status=$?
+        [ "$status" -ge 128 ] && kill -0 "$pid" 2>/dev/null || break
+    done
+    pid=
+    [ -n "$stopping" ] || sleep 1
+done
+"""
 SSHD_CONFIG = """# hafs lab: replication and fencing between nodes, on the node's fixed address only
 ListenAddress {address}
 HostKey /etc/hafs/ssh_host_ed25519_key
@@ -502,7 +520,7 @@ class ClusterLab:
         until its service daemon has re-synced its replicas (failback loses nothing)."""
         state = self.node_state(node)
         self._start_carp(node, start_demoted=bool(state.get("booted")))
-        self._daemon(node, "service", [*HAFS, "service", "run"])
+        self._daemon(node, "service", supervised_service())
         state["booted"] = True
         self._save()
 
@@ -638,17 +656,25 @@ class ClusterLab:
         return self._port(node).state()
 
     def agent(self, node: str) -> Proc | None:
-        """The node's running ``hafs agent`` process: the one the lab recorded as "agent", or
-        that process's child when it is a supervisor; None if neither runs an agent now."""
-        recorded = self.procs(node).get("agent")
+        """The node's running ``hafs agent`` process (not its supervisor, nor its cleanup);
+        None if none runs now."""
+        return self._supervised(node, "agent", ("hafs", "agent", "--config"))
+
+    def service(self, node: str) -> Proc | None:
+        """The node's running ``hafs service run`` process (not its supervisor)."""
+        return self._supervised(node, "service", ("hafs", "service", "run"))
+
+    def _supervised(self, node: str, key: str, marks: tuple[str, str, str]) -> Proc | None:
+        """The process the lab recorded as ``key``, or its child when it is a supervisor,
+        whose argv has the three words ``marks`` in a row (a supervisor's does not)."""
+        recorded = self.procs(node).get(key)
         if recorded is None or not recorded.alive:
             return None
         for pid in pids_in_netns(self.node_state(node)["ns"]):
             if recorded.pid not in (pid, parent_pid(pid)):
                 continue
             argv = cmdline(pid)
-            # the agent itself: not its supervisor (no --config after "agent"), nor its cleanup
-            if ("hafs", "agent", "--config") in triples(argv) and "--cleanup" not in argv:
+            if argv[:1] != ["sh"] and marks in triples(argv) and "--cleanup" not in argv:
                 start = start_time(pid)
                 if start is not None:
                     return Proc(pid, start)
@@ -814,6 +840,11 @@ def supervised_agent(config: Path, restart_config: Path) -> list[str]:
         "sh", "-c", AGENT_SUPERVISOR, "hafs-agent-supervisor",
         str(config), str(restart_config), *HAFS, "agent",
     ]  # fmt: skip
+
+
+def supervised_service() -> list[str]:
+    """The argv of ``hafs service run`` under :data:`SERVICE_SUPERVISOR`."""
+    return ["sh", "-c", SERVICE_SUPERVISOR, "hafs-service-supervisor", *HAFS, "service", "run"]
 
 
 def _keygen(path: Path, comment: str) -> None:

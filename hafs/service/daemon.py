@@ -1,7 +1,9 @@
 """`hafs service run`: the node's service daemon, beside the CARP daemon.
 
-Every ``replication_interval`` it tends each VIP this node holds: keeps its smbd alive
-(restart; if that fails, demote the node so a backup takes over), records the SMB clients,
+Every ``replication_interval`` it first checks the pool (:mod:`hafs.service.health`: one that
+does not answer stops every smbd here and demotes the node), then tends each VIP this node
+holds: keeps its smbd alive (restart; if that fails, demote the node so a backup takes over),
+records the SMB clients,
 snapshots and sends to the other carriers, and publishes the lag per peer in
 ``/var/run/hafs/replication.json`` (shown by ``hafs status``).
 
@@ -28,7 +30,7 @@ from typing import Any
 from hafs.carp.agent import RESYNC_HOLD
 from hafs.errors import HafsError
 from hafs.service import config as service_config
-from hafs.service import demotion, divergence, metrics
+from hafs.service import demotion, divergence, health, metrics
 from hafs.service.config import VipService
 from hafs.service.membership import PORT, Membership
 from hafs.service.node import NodeServices
@@ -56,6 +58,7 @@ class ServiceDaemon:
         self.report: dict[str, Any] = {}
         self.membership: Membership | None = None
         self.lost_quorum = False
+        self.pool_ok = True
 
     # --- demotion (the agent's holds on Linux, the kernel's counter on FreeBSD) ---------------
 
@@ -112,9 +115,9 @@ class ServiceDaemon:
         while not self.stopping.is_set():
             began = time.monotonic()
             self.reload()
-            if self.quorate() and self.resync_pending():
+            if self.pool_healthy() and self.quorate() and self.resync_pending():
                 self.resync()
-            for vip in self.config.vips:
+            for vip in self.config.vips if self.pool_ok else ():
                 try:
                     self.tend(vip)
                 except (ServiceError, ZfsError, OSError, subprocess.SubprocessError) as exc:
@@ -126,6 +129,26 @@ class ServiceDaemon:
                 max(0.5, self.config.replication_interval - (time.monotonic() - began))
             )
         self.shutdown()
+
+    # --- the pool's health (hafs.service.health) -------------------------------------------------
+
+    def pool_healthy(self) -> bool:
+        """Check the pool; on a change, raise or release the hold (see the module)."""
+        problem = health.pool_problem(self.services.zfs, self.config.pool)
+        if problem is not None:
+            if self.pool_ok:
+                log.error("%s: this node serves nothing until it answers again", problem)
+                self.hold(health.POOL_HOLD, HEALTH_DEMOTION)
+            for vip in self.config.vips:  # every round: an smbd a takeover started meanwhile
+                if self.services.smbd_pid(vip) is not None:
+                    log.warning("%s: stopping its smbd: %s", vip.name, problem)
+                    self.services.stop_smbd(vip)
+        elif not self.pool_ok:
+            log.info("pool %s answers again: resync, then serve", self.config.pool)
+            self.hold(RESYNC_HOLD, HEALTH_DEMOTION)  # its replicas missed every send
+            self.hold(health.POOL_HOLD, 0)
+        self.pool_ok = problem is None
+        return self.pool_ok
 
     # --- quorum ----------------------------------------------------------------------------------
 

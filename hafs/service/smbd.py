@@ -21,6 +21,7 @@ from hafs.service.samba import (
     start_argv,
     stop_argvs,
 )
+from hafs.service.zfs import ZfsError
 
 if TYPE_CHECKING:
     from hafs.service.node import NodeServices
@@ -77,12 +78,14 @@ def refresh(services: NodeServices, vip: VipService) -> None:
 
 
 def stop(services: NodeServices, vip: VipService) -> None:
-    """Ask smbd and its samba-dcerpcd to shut down; kill what is left of the instance."""
-    if services.zfs.exists(services.dataset(vip)):
-        instance = services.instance(vip)
-        if Path(instance.config_file).exists():
-            for argv in stop_argvs(instance):
-                subprocess.run(argv, capture_output=True, check=False, timeout=10)
+    """Ask smbd and its samba-dcerpcd to shut down; kill what is left of the instance (all
+    of it, when the pool does not answer: its smb.conf cannot be found then)."""
+    with contextlib.suppress(ZfsError):
+        if services.zfs.exists(services.dataset(vip)):
+            instance = services.instance(vip)
+            if Path(instance.config_file).exists():
+                for argv in stop_argvs(instance):
+                    subprocess.run(argv, capture_output=True, check=False, timeout=10)
     deadline = time.monotonic() + 5
     while services.smbd_pids(vip) and time.monotonic() < deadline:
         time.sleep(0.02)

@@ -280,6 +280,27 @@ class Zfs:
         )
         self._run("zpool", "create", "-m", mountpoint, pool, path)
 
+    def pool_health(self, pool: str, timeout: float) -> str:
+        """``ONLINE``, ``DEGRADED``, ``FAULTED``, ...; raises when the pool does not answer
+        within ``timeout`` seconds (a dead zfs-fuse, a hung pool)."""
+        argv = [*self.prefix, "zpool", "list", "-H", "-o", "health", pool]
+        try:
+            proc = subprocess.run(
+                argv,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                check=False,
+                timeout=timeout,
+            )
+        except subprocess.TimeoutExpired:
+            raise ZfsError(argv, f"no answer within {timeout:g}s") from None
+        except OSError as exc:
+            raise ZfsError(argv, f"cannot run: {exc.strerror or exc}") from exc
+        if proc.returncode != 0:
+            raise _failed(proc)
+        return proc.stdout.strip()
+
     def zpool_import(self, pool: str, search_dir: str | None = None) -> None:
         """Import ``pool``, looking for its devices in ``search_dir`` (file vdevs) if given.
 

@@ -21,7 +21,7 @@ from hafs.service.config import ServiceConfig, ShareConfig, VipService
 from hafs.service.daemon import ServiceDaemon
 from hafs.service.replication import NO_COPY
 from hafs.service.runtime import ServiceError
-from hafs.service.zfs import Snapshot
+from hafs.service.zfs import Snapshot, ZfsError
 
 VIP = VipService(
     1, "vip1", IPv4Address("10.0.0.100"), "n1", ("n1", "n2"), (ShareConfig("s", True, ()),)
@@ -33,8 +33,15 @@ CONFIG = ServiceConfig(
 
 
 class FakeZfs:
+    health: str | None = "ONLINE"  # None: the pool does not answer (its daemon died)
+
     def exists(self, name: str) -> bool:
         return True
+
+    def pool_health(self, pool: str, timeout: float) -> str:
+        if self.health is None:
+            raise ZfsError(["zpool", "list", "-H", "-o", "health", pool], "connection refused")
+        return self.health
 
     def snapshots(self, dataset: str) -> list[Snapshot]:
         return [Snapshot(dataset, "s1"), Snapshot(dataset, "s2")]  # s2: just synced
@@ -81,6 +88,10 @@ class FakeServices:
 
     def stepdown(self, vip: VipService, action: str = "step-down") -> None:
         self.calls.append("stepdown")
+
+    def stop_smbd(self, vip: VipService) -> None:
+        self.calls.append("stop_smbd")
+        self.smbd = None
 
     def refresh(self, vip: VipService) -> None:
         self.calls.append(f"refresh {sorted(self.config.users.items())}")
@@ -288,3 +299,28 @@ def test_a_node_without_quorum_serves_nothing_and_takes_nothing_over() -> None:
     back = Verdict(True, ("n1", "n2"), ("n1", "n2"), "majority")
     d.quorum_changed(back)  # it may have missed writes: resync before it preempts
     assert holds[1:] == [("resync", 240), ("quorum", 0)]
+
+
+def test_a_pool_that_stops_answering_stops_every_smbd_and_demotes_until_it_answers() -> None:
+    services = FakeServices(start_ok=True)
+    services.smbd = 4242
+    d, holds = daemon(services)
+    assert d.pool_healthy() and holds == [] and services.calls == []
+    services.zfs.health = None  # zfs-fuse killed
+    assert not d.pool_healthy()
+    assert services.calls == ["stop_smbd"] and holds == [("pool-unhealthy", 240)]
+    services.smbd = 4343  # a takeover that raced it: stopped at the next round, no new hold
+    assert not d.pool_healthy()
+    assert services.calls == ["stop_smbd", "stop_smbd"] and len(holds) == 1
+    services.zfs.health = "ONLINE"  # back: its replicas missed every send: resync first
+    assert d.pool_healthy()
+    assert holds[1:] == [("resync", 240), ("pool-unhealthy", 0)]
+
+
+@pytest.mark.parametrize(("health", "ok"), [("DEGRADED", True), ("SUSPENDED", False)])
+def test_a_degraded_pool_serves_and_a_suspended_one_does_not(health: str, ok: bool) -> None:
+    services = FakeServices(start_ok=True)
+    services.zfs.health = health
+    d, holds = daemon(services)
+    assert d.pool_healthy() is ok
+    assert holds == ([] if ok else [("pool-unhealthy", 240)])
