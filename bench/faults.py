@@ -19,7 +19,9 @@ acknowledged writes, from the writer's start to its stop) and the longest from t
 (cable plugged back, port forwarding again, agent resumed, nodes started: the resume itself,
 then the handback of the VIP to its returning home), with a goal for some scenarios
 (:data:`REPAIR_GOALS`: 3 s for the handback after a cut or an isolation, 5 s after a stall);
-for the scenarios with a power loss
+the kept-aside copies made on every node (``whole``: a receive found no snapshot in common
+with the sender, so retention lost the base; the suite fails on any); for the scenarios with
+a power loss
 the RPO (seconds between the kill and the last write acknowledged before it that survived).
 A power loss may lose the writes acknowledged after the newest snapshot its backup had
 received (replication is asynchronous): lost writes count as a failure only if they were
@@ -61,7 +63,7 @@ from hafs.lab.cluster import HAFS, ClusterLab
 from hafs.lab.netns import new_prefix
 from hafs.service.config import KEEP_SNAPSHOTS
 from tests.lab.carp_bed import wait_for
-from tests.lab.faults_common import kept_aside, served
+from tests.lab.faults_common import copies, kept_aside, served
 from tests.lab.test_service import REPO, ServiceLab
 
 VHID = 1  # the VIP written to; its home is ha-file-server-1
@@ -72,7 +74,9 @@ SETTLE_TIMEOUT = 240.0
 SETTLE_STABLE = 3.0
 SAMPLE = 0.1  # seconds between two vip_holders() samples
 WRITER_SECONDS = 3600  # the writer runs until it is stopped
-RESTART_TIMEOUT = 30.0  # the lab's supervisor restarts a killed agent after 2 s
+RESTART_TIMEOUT = 30.0  # the lab's supervisors restart a killed agent (2 s), service (1 s)
+AWAY_LONG = 600.0
+LONG = ("away-10min",)  # run only when named
 
 
 class BenchError(HafsError):
@@ -289,6 +293,33 @@ def agent_kill(s: ServiceLab) -> Fault:
     return Fault([], time.monotonic())
 
 
+def service_kill(s: ServiceLab) -> Fault:
+    """the holder's hafs service daemon SIGKILLed; its supervisor runs it again (Restart=always)"""
+    node = holder(s)
+    daemon = s.lab.service(node)
+    if daemon is None:
+        raise BenchError(f"{node}: no hafs service daemon runs")
+    daemon.signal(signal.SIGKILL)
+    took = wait_for(
+        lambda: s.lab.service(node) not in (None, daemon), RESTART_TIMEOUT, "the daemon again"
+    )
+    log(f"{node}: hafs service run again {took:.1f}s after the kill")
+    return Fault([], time.monotonic())
+
+
+def zfs_kill(s: ServiceLab) -> Fault:
+    """the holder's ZFS daemon (zfs-fuse) SIGKILLed; 25 s later the node is rebooted"""
+    node = holder(s)
+    zfs = s.lab.procs(node).get("zfs-fuse")
+    if zfs is None:
+        raise BenchError(f"{node}: no zfs-fuse runs")
+    zfs.signal(signal.SIGKILL)
+    time.sleep(FAULT)
+    s.lab.stop(node)
+    s.lab.start(node)
+    return Fault([], time.monotonic())
+
+
 def power(s: ServiceLab) -> Fault:
     """the holder loses power (lab kill) for 25 s, then is started again"""
     node = holder(s)
@@ -314,11 +345,20 @@ def two_nodes(s: ServiceLab) -> Fault:
 
 def away(s: ServiceLab) -> Fault:
     """the home loses power for longer than snapshot retention, then is started again"""
+    retention = KEEP_SNAPSHOTS * s.cluster.replication_interval
+    return _away(s, retention + 2 * s.cluster.replication_interval)
+
+
+def away_long(s: ServiceLab) -> Fault:
+    """the home loses power for 10 minutes (5x the default retention), then is started"""
+    return _away(s, AWAY_LONG)
+
+
+def _away(s: ServiceLab, seconds: float) -> Fault:
     node = home(s)
     kill = power_off(s, node)
-    retention = KEEP_SNAPSHOTS * s.cluster.replication_interval
-    log(f"{node}: away {retention + 2 * s.cluster.replication_interval:.0f}s")
-    time.sleep(retention + 2 * s.cluster.replication_interval)
+    log(f"{node}: away {seconds:.0f}s")
+    time.sleep(seconds)
     s.lab.start(node)
     return Fault([kill], time.monotonic())
 
@@ -329,9 +369,12 @@ SCENARIOS: dict[str, Callable[[ServiceLab], Fault]] = {
     "flaps": flaps,
     "stall": stall,
     "agent-kill": agent_kill,
+    "service-kill": service_kill,
+    "zfs-kill": zfs_kill,
     "power": power,
     "two-nodes": two_nodes,
     "away": away,
+    "away-10min": away_long,
 }
 
 
@@ -381,6 +424,8 @@ class Row:
     after_repair: float | None = None  # the longest outage from the repair on
     goal: float | None = None  # REPAIR_GOALS
     rpo: float | None = None
+    copies: int = 0  # kept-aside copies made, on every node
+    whole: int = 0  # of them, whole datasets: a receive found no common snapshot (retention)
     settled: float | None = None
     load: float = 0.0
     error: str = ""
@@ -393,14 +438,16 @@ class Row:
 
     @property
     def failed(self) -> bool:
-        return bool(self.error) or self.lost_counted > 0 or self.slow
+        return bool(self.error) or self.lost_counted > 0 or self.slow or self.whole > 0
 
     def cells(self) -> list[str]:
         if self.error:
-            return [self.scenario, *["-"] * 10, f"ERROR: {self.error}"]
+            return [self.scenario, *["-"] * 11, f"ERROR: {self.error}"]
         verdict = f"LOST {self.lost_counted}" if self.lost_counted else "ok"
         if self.lost > self.lost_counted:
             verdict += f" ({self.lost - self.lost_counted} within replication lag)"
+        if self.whole:
+            verdict += f"; {self.whole} WHOLE COPIES: the common snapshot was lost"
         if self.slow:
             verdict += f"; SLOW: {self.after_repair:.1f}s after the repair (goal {self.goal:g}s)"
         after = "-" if self.after_repair is None else f"{self.after_repair:.1f}"
@@ -414,6 +461,7 @@ class Row:
             f"{self.outage:.1f}",
             after + ("" if self.goal is None else f" (<= {self.goal:g})"),
             "-" if self.rpo is None else f"{self.rpo:.1f}",
+            f"{self.copies} ({self.whole} whole)" if self.whole else str(self.copies),
             "timeout" if self.settled is None else f"{self.settled:.0f}",
             f"{self.load:.1f}",
             verdict,
@@ -422,7 +470,7 @@ class Row:
 
 HEADERS = [
     "scenario", "acked", "served", "kept aside", "lost", "2 holders s", "outage s",
-    "after repair s", "RPO s", "settled s", "load", "verdict",
+    "after repair s", "RPO s", "copies", "settled s", "load", "verdict",
 ]  # fmt: skip
 
 
@@ -448,6 +496,7 @@ def judge(
     acked = {f"{name}.{n}": at for n, at in writes.acked.items()}
     now_served = listing(s) & acked.keys()
     kept = (kept_aside(s, VHID) & acked.keys()) - now_served
+    made = [copy for found in copies(s).values() for copy in found]
     lost = {f: at for f, at in acked.items() if f not in now_served and f not in kept}
     kills = fault.kills
     counted = [at for at in lost.values() if not any(k.replicated < at <= k.at for k in kills)]
@@ -472,6 +521,8 @@ def judge(
         after_repair=after,
         goal=REPAIR_GOALS.get(name),
         rpo=max(rpos, default=None),
+        copies=len(made),
+        whole=sum(1 for copy in made if copy["whole"]),
         settled=settled,
         load=os.getloadavg()[0],
     )
@@ -497,7 +548,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Faults judged by an SMB client: acknowledged writes served, kept aside or "
         "lost after each fault. Each scenario runs on a service lab of its own (root).",
-        epilog="scenarios:\n" + "\n".join(f"  {n:<11} {f.__doc__}" for n, f in SCENARIOS.items()),
+        epilog="scenarios:\n" + "\n".join(f"  {n:<13} {f.__doc__}" for n, f in SCENARIOS.items()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
@@ -505,7 +556,8 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         choices=list(SCENARIOS),
         metavar="NAME",
-        help="run this scenario (repeatable; default: all, in the order below)",
+        help="run this scenario (repeatable; default: all but the long ones, "
+        f"{', '.join(LONG)}, in the order below)",
     )
     parser.add_argument(
         "--interval",
@@ -523,7 +575,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--interval {args.interval:g}: give a positive number of seconds")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # torn down as on Ctrl-C
     rows = []
-    for name in args.scenario or SCENARIOS:
+    for name in args.scenario or [n for n in SCENARIOS if n not in LONG]:
         try:
             rows.append(run(name, args.interval))
         except (HafsError, AssertionError, subprocess.SubprocessError) as exc:

@@ -162,6 +162,8 @@ def cmd_diverged(args: argparse.Namespace) -> int:
             print(f"  dataset    {copy.dataset} ({_size(copy.used)} of its own)")
             print(f"  files      {copy.mountpoint}/shares (read-only: copy out what you need)")
             print(f"  snapshots  {', '.join(copy.snapshots) or '(none)'}")
+            kind = "the whole dataset (no snapshot in common)" if copy.whole else "a clone"
+            print(f"  kept as    {kind}")
             print(f"  discard    hafs service diverged discard {copy.name}")
         return 0
     copy = divergence.discard(services, args.name)

@@ -163,6 +163,7 @@ class DivergedCopy:
     mountpoint: str
     used: int
     snapshots: list[str]
+    whole: bool  # no snapshot in common with the sender: the whole dataset (else a clone)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -188,6 +189,7 @@ def copies(services: NodeServices) -> list[DivergedCopy]:
                 mountpoint=zfs.get(dataset, "mountpoint"),
                 used=int(zfs.get(dataset, "used")),
                 snapshots=[s.name for s in zfs.snapshots(dataset)],
+                whole=zfs.get(dataset, "origin") == "-",
             )
         )
     return sorted(found, key=lambda c: c.kept)

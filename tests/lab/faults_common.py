@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from typing import Any
 
 from tests.lab.test_service import REPO, ServiceLab
 
@@ -17,17 +18,25 @@ def served(s: ServiceLab, vhid: int) -> set[str]:
     )
 
 
-def kept_aside(s: ServiceLab, vhid: int) -> set[str]:
-    """File names in every kept-aside copy of the VIP, on every running node."""
-    name, share = s.cluster.vip(vhid).name, s.cluster.vip(vhid).shares[0].name
-    names: set[str] = set()
+def copies(s: ServiceLab) -> dict[str, list[dict[str, Any]]]:
+    """Every node's kept-aside copies (``hafs service diverged list --json``)."""
+    found = {}
     for node in s.lab.state["nodes"]:
         listed = s.lab.run(
             node,
             [sys.executable, "-m", "hafs", "service", "diverged", "list", "--json"],
             check=False,
         )
-        for copy in json.loads(listed or "[]"):
+        found[node] = json.loads(listed or "[]")
+    return found
+
+
+def kept_aside(s: ServiceLab, vhid: int) -> set[str]:
+    """File names in every kept-aside copy of the VIP, on every running node."""
+    name, share = s.cluster.vip(vhid).name, s.cluster.vip(vhid).shares[0].name
+    names: set[str] = set()
+    for node, kept in copies(s).items():
+        for copy in kept:
             if copy["vip"] == name:
                 ls = s.lab.run(node, ["ls", f"{copy['mountpoint']}/shares/{share}"], check=False)
                 names |= set(ls.split())
