@@ -144,7 +144,12 @@ def receive(
                 divergence.keep_whole(services, vip)
             else:  # then @base is the newest snapshot: recv -F rolls back to it (stray atimes)
                 divergence.keep_aside(services, vip, base)
-        subprocess.run(zfs.recv_command(dataset), stdin=stream, check=True, capture_output=True)
+        received = subprocess.run(
+            zfs.recv_command(dataset), stdin=stream, capture_output=True, text=True, check=False
+        )
+        if received.returncode != 0:  # one line for the sender's log, never a traceback
+            why = " ".join(received.stderr.split()) or f"exit status {received.returncode}"
+            raise ServiceError(f"{vip.name}: zfs recv into {dataset} failed: {why}")
         zfs.set(dataset, "readonly", "on")
         prune(services, vip, keep)
 

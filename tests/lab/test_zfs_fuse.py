@@ -676,3 +676,29 @@ def test_a_keep_aside_cut_short_is_finished_before_the_next_receive(
         assert b.sh(f"cat {kept}/mine") == "mine\n"
         assert b.run("touch", f"{kept}/x").returncode != 0  # read-only
     b.sh(f"zfs unmount -a; zfs destroy -R {ds}; zfs mount -a")  # the kept copy (a clone) too
+
+
+def test_a_failed_receive_is_one_line_naming_the_dataset(two: tuple[Node, Node]) -> None:
+    """What the sender logs when a receive fails: zfs's reason in one line, no traceback."""
+    _, b = two
+    vip = VipService(5, "garbled", IPv4Address("10.0.0.5"), "a", ("a", "b"), ())
+    proc = b.run(
+        sys.executable,
+        "-c",
+        "import ipaddress\n"
+        "from hafs.service.config import ServiceConfig, VipService\n"
+        "from hafs.service.node import NodeServices\n"
+        "from hafs.service.runtime import ServiceError\n"
+        f"vip = {vip!r}\n".replace("IPv4Address(", "ipaddress.IPv4Address(")
+        + f"config = ServiceConfig(node='b', pool={b.pool!r}, replication_interval=10,"
+        " peers={}, vips=(vip,), users={}, agent_socket=None)\n"
+        "try:\n"
+        "    with open('/etc/hostname', 'rb') as garbage:\n"
+        "        NodeServices(config).receive(vip, None, garbage)\n"
+        "except ServiceError as exc:\n"
+        "    print(exc)\n",
+    )
+    assert proc.returncode == 0, proc.stderr
+    message = proc.stdout.strip()
+    assert "\n" not in message and "Traceback" not in proc.stderr
+    assert message.startswith(f"garbled: zfs recv into {b.pool}/hafs/garbled failed: cannot")
