@@ -86,7 +86,6 @@ from hafs.carp.machine import (
     LinkDown,
     LinkUp,
     RemoveVips,
-    Resumed,
     SendAdvert,
     SetTimer,
     Shutdown,
@@ -527,16 +526,14 @@ class Agent:
         self._ticker = self.loop.call_later(self.tick, self._tick)
 
     def _check_stall(self) -> None:
-        """After a stall, before anything else: raise the resync hold (the machines take it
-        silently: :class:`Resumed`), then read the adverts queued meanwhile, so that a master
-        steps down to the node that took over, and they restart the backups' master-down
-        timers before those timers' expired callbacks run."""
+        """After a stall, before anything else: raise the resync hold (a master re-advertises
+        with it at once), then read the adverts queued meanwhile, so that they restart the
+        backups' master-down timers before those timers' expired callbacks run."""
         gap = self.liveness.ran(self.loop.time())
         if gap is None:
             return
         self._hold_resync(f"agent stalled {gap:.1f}s")
-        for vhid in self.vhids.values():
-            self._handle(vhid, Resumed(self.demotion.total))
+        self._demotion_changed()
         for ifname in self.interfaces:
             self._readable(ifname)
 

@@ -61,11 +61,6 @@ Demotion is host-wide and belongs to the agent, as in FreeBSD: it adds 240 while
 interface is down (and while adverts fail to send), lets hooks and operators raise or lower
 it, and tells every machine the new total with ``DemotionChanged``. A master advertises at once
 with its new skew (FreeBSD's carp_send_ad_all); a backup's master-down timer does not change.
-After a stall of the agent (``Resumed``) a master takes its new demotion silently and then
-hears the adverts queued meanwhile: a node most likely took over, and the stalled master now
-steps down to it. Re-advertising first at the demoted skew would make every *other* backup
-with preempt take the VIP over too, each announcing it (measured: the client's ARP entry
-moved to such a transient master and its connections failed for 8.7 s).
 A backup with preempt on whose lowered demotion now beats the master it last heard preempts at
 once ("preempting a slower master"), where FreeBSD waits for that master's next advert (up to
 advbase later): the same outcome, sooner. A returning node releases its resync hold right after
@@ -186,20 +181,11 @@ class DemotionChanged:
 
 
 @dataclass(frozen=True)
-class Resumed:
-    """The agent runs again after a stall, with this demotion total (its resync hold now in
-    it). Unlike :class:`DemotionChanged`, a master says nothing yet: the agent hands it the
-    adverts queued during the stall next."""
-
-    demotion: int
-
-
-@dataclass(frozen=True)
 class Shutdown:
     """Graceful stop: a master bows out; afterwards the machine ignores every event."""
 
 
-Event = LinkUp | LinkDown | AdvertReceived | Timeout | DemotionChanged | Resumed | Shutdown
+Event = LinkUp | LinkDown | AdvertReceived | Timeout | DemotionChanged | Shutdown
 
 
 # Actions: what the agent must do, in the order given.
@@ -439,9 +425,6 @@ class VhidMachine:
                 if changed and self._state is BACKUP and self._outranks_master():
                     return _Input.HEARD_PREEMPTABLE  # as if its next advert had come
                 return _Input.DEMOTION if changed else None
-            case Resumed(demotion=demotion):
-                self._demotion = demotion  # the queued adverts decide, at this skew
-                return None
             case Shutdown():
                 return _Input.SHUTDOWN
             case AdvertReceived(advert=advert):

@@ -21,7 +21,6 @@ from hafs.carp.machine import (
     LinkDown,
     LinkUp,
     RemoveVips,
-    Resumed,
     SendAdvert,
     SetTimer,
     Shutdown,
@@ -295,15 +294,6 @@ def test_a_backup_following_a_better_master_ignores_a_second_slower_one() -> Non
     fresh = backup(advskew=50, preempt=True)  # following nobody: a slower master is preempted
     assert fresh.handle(1.0, second)[0] == Transition(
         BACKUP, MASTER, "preempting a slower master", other
-    )
-
-
-def test_a_master_resumed_after_a_stall_takes_its_demotion_in_silence() -> None:
-    m = master()
-    assert m.handle(12.0, Resumed(240)) == []  # the adverts queued meanwhile come next
-    assert (m.state, m.demotion, m.advertised_skew) == (MASTER, 240, 240)
-    assert m.handle(12.0, heard(advskew=50))[0] == Transition(
-        MASTER, BACKUP, "more frequent advertisement received"
     )
 
 
