@@ -127,7 +127,8 @@ class Demotion:
 
     operator: int = 0
     holds: dict[str, int] = field(default_factory=dict)
-    causes: dict[str, str] = field(default_factory=dict)  # why a hold the agent raised is up
+    causes: dict[str, str] = field(default_factory=dict)  # why a hold is up, when said
+    since: dict[str, float] = field(default_factory=dict)  # when each hold went up (wall clock)
     links_down: set[str] = field(default_factory=set)
     send_failing: set[str] = field(default_factory=set)
 
@@ -146,12 +147,14 @@ class Demotion:
     def hold(self, name: str, value: int, cause: str = "") -> None:
         """A named demotion (e.g. a hook re-syncing data); 0 releases it."""
         if value > 0:
+            self.since.setdefault(name, time.time())
             self.holds[name] = value
             if cause:
                 self.causes[name] = cause
         else:
             self.holds.pop(name, None)
             self.causes.pop(name, None)
+            self.since.pop(name, None)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -159,6 +162,7 @@ class Demotion:
             "operator": self.operator,
             "holds": dict(self.holds),
             "causes": dict(self.causes),
+            "since": dict(self.since),
             "links_down": sorted(self.links_down),
             "send_failing": sorted(self.send_failing),
         }

@@ -204,9 +204,13 @@ def _ago(since: float | None) -> str:
 
 
 def format_demotion(demotion: dict[str, Any]) -> str:
-    """``demotion 240 (holds resync=240: link em0 lost; links down em0)``."""
+    """``demotion 240 (holds resync=240: link em0 lost, since 12:00:01 (30s ago); links down
+    em0)``."""
+    causes, since = demotion["causes"], demotion.get("since", {})
     holds = [
-        f"{name}={value}" + (f": {demotion['causes'][name]}" if name in demotion["causes"] else "")
+        f"{name}={value}"
+        + (f": {causes[name]}" if name in causes else "")
+        + (f", since {_ago(since[name])}" if name in since else "")
         for name, value in sorted(demotion["holds"].items())
     ]
     parts = [

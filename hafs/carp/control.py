@@ -1,10 +1,10 @@
 """The agent's control socket: one JSON request line in, one JSON answer line out.
 
 Requests: ``{"op": "status"}``; ``{"op": "demote", "adjust": N}`` (add N, may be negative),
-``{"op": "demote", "set": N}``, ``{"op": "demote", "hold": NAME, "value": N}`` (a named
-demotion, 0 releases it), ``{"op": "demote"}`` (show). Answers: ``{"ok": true, ...}`` or
-``{"ok": false, "error": "..."}``. The socket is created 0600 in a 0700 directory: only root
-(the agent's user) can demote the node.
+``{"op": "demote", "set": N}``, ``{"op": "demote", "hold": NAME, "value": N, "cause": TEXT}``
+(a named demotion, 0 releases it; the cause is optional), ``{"op": "demote"}`` (show).
+Answers: ``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}``. The socket is created
+0600 in a 0700 directory: only root (the agent's user) can demote the node.
 """
 
 from __future__ import annotations
@@ -47,7 +47,10 @@ def answer(agent: Agent, request: Any) -> dict[str, Any]:
     if hold is not None:
         if not isinstance(hold, str) or not hold or "value" not in numbers:
             return {"ok": False, "error": "hold: needs a name and an integer value"}
-        agent.change_demotion(lambda d: d.hold(hold, numbers["value"]))
+        cause = request.get("cause", "")
+        if not isinstance(cause, str) or len(cause) > 200:
+            return {"ok": False, "error": "cause: must be a short string"}
+        agent.change_demotion(lambda d: d.hold(hold, numbers["value"], cause))
     elif "set" in numbers:
         agent.change_demotion(lambda d: d.set(numbers["set"]))
     elif "adjust" in numbers:

@@ -62,11 +62,11 @@ class ServiceDaemon:
 
     # --- demotion (the agent's holds on Linux, the kernel's counter on FreeBSD) ---------------
 
-    def hold(self, name: str, value: int) -> None:
+    def hold(self, name: str, value: int, cause: str = "") -> None:
         if self.demotion is None:
             return
         try:
-            self.demotion.hold(name, value)
+            self.demotion.hold(name, value, cause)
         except HafsError as exc:
             log.error("demotion hold %s=%d: %s", name, value, exc)
 
@@ -138,14 +138,14 @@ class ServiceDaemon:
         if problem is not None:
             if self.pool_ok:
                 log.error("%s: this node serves nothing until it answers again", problem)
-                self.hold(health.POOL_HOLD, HEALTH_DEMOTION)
+                self.hold(health.POOL_HOLD, HEALTH_DEMOTION, problem)
             for vip in self.config.vips:  # every round: an smbd a takeover started meanwhile
                 if self.services.smbd_pid(vip) is not None:
                     log.warning("%s: stopping its smbd: %s", vip.name, problem)
                     self.services.stop_smbd(vip)
         elif not self.pool_ok:
             log.info("pool %s answers again: resync, then serve", self.config.pool)
-            self.hold(RESYNC_HOLD, HEALTH_DEMOTION)  # its replicas missed every send
+            self.hold(RESYNC_HOLD, HEALTH_DEMOTION, "pool answers again")  # missed every send
             self.hold(health.POOL_HOLD, 0)
         self.pool_ok = problem is None
         return self.pool_ok
@@ -171,10 +171,10 @@ class ServiceDaemon:
         """Lost: hold the node out of the way and stop serving every VIP at once (not at the
         next round). Regained: this node may have missed writes: resync before preempting."""
         if not verdict.quorate:
-            self.hold(QUORUM_HOLD, HEALTH_DEMOTION)
+            self.hold(QUORUM_HOLD, HEALTH_DEMOTION, f"no quorum: {verdict.reason}")
             threading.Thread(target=self.stay_released, name="hafs-quorum-lost").start()
         elif self.lost_quorum:
-            self.hold(RESYNC_HOLD, HEALTH_DEMOTION)
+            self.hold(RESYNC_HOLD, HEALTH_DEMOTION, "back in the majority")
             self.hold(QUORUM_HOLD, 0)
         self.lost_quorum = not verdict.quorate
 
@@ -227,7 +227,7 @@ class ServiceDaemon:
                 self.hold(f"smb-{vip.name}", 0)
             except (ServiceError, OSError) as exc:
                 log.error("%s: smbd does not start (%s): demoting this node", vip.name, exc)
-                self.hold(f"smb-{vip.name}", HEALTH_DEMOTION)
+                self.hold(f"smb-{vip.name}", HEALTH_DEMOTION, f"smbd does not start: {exc}")
                 return
         services.refresh(vip)
         self.report[vip.name] = services.replicate(vip)

@@ -37,8 +37,8 @@ class Demotion(Protocol):
     def holds(self) -> dict[str, int] | None:
         """The holds in force, or None when the CARP daemon cannot be asked."""
 
-    def hold(self, name: str, value: int) -> None:
-        """Set hold ``name`` to ``value`` (0 releases it)."""
+    def hold(self, name: str, value: int, cause: str = "") -> None:
+        """Set hold ``name`` to ``value`` (0 releases it), saying why if ``cause``."""
 
 
 class AgentDemotion:
@@ -56,8 +56,8 @@ class AgentDemotion:
         status = self._request({"op": "status"})
         return None if status is None else dict(status["demotion"]["holds"])
 
-    def hold(self, name: str, value: int) -> None:
-        self._request({"op": "demote", "hold": name, "value": value})
+    def hold(self, name: str, value: int, cause: str = "") -> None:
+        self._request({"op": "demote", "hold": name, "value": value, "cause": cause})
 
 
 class SysctlDemotion:
@@ -71,7 +71,7 @@ class SysctlDemotion:
             return {}
         return {str(k): int(v) for k, v in data.items()} if isinstance(data, dict) else {}
 
-    def hold(self, name: str, value: int) -> None:
+    def hold(self, name: str, value: int, cause: str = "") -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path.with_suffix(".lock"), "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
@@ -91,7 +91,8 @@ class SysctlDemotion:
             tmp = self.path.with_suffix(".tmp")
             tmp.write_text(json.dumps(holds))
             tmp.replace(self.path)
-        log.info("demotion hold %s: %d (%s %+d)", name, value, SYSCTL, delta)
+        why = f": {cause}" if cause else ""
+        log.info("demotion hold %s: %d (%s %+d)%s", name, value, SYSCTL, delta, why)
 
 
 def for_node(agent_socket: str | None) -> Demotion | None:

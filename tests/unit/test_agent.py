@@ -99,11 +99,12 @@ def test_demotion_parts_add_up() -> None:
     d = Demotion()
     d.adjust(+50)
     d.hold("resync", 240, "link eth0 lost")
+    raised = d.since["resync"]
     d.links_down.add("eth0")
     assert d.total == 50 + 240 + 240
     assert d.causes == {"resync": "link eth0 lost"}
-    d.hold("resync", 240)  # held again by a request: the cause stands
-    assert d.causes == {"resync": "link eth0 lost"}
+    d.hold("resync", 240)  # held again by a request: the cause and the time stand
+    assert d.causes == {"resync": "link eth0 lost"} and d.since == {"resync": raised}
     d.adjust(-100)
     assert d.operator == 0
     d.hold("resync", 0)
@@ -113,6 +114,7 @@ def test_demotion_parts_add_up() -> None:
         "operator": 7,
         "holds": {},
         "causes": {},
+        "since": {},
         "links_down": ["eth0"],
         "send_failing": [],
     }
@@ -160,6 +162,7 @@ def test_control_answers(request_: dict[str, Any], expected: dict[str, Any]) -> 
         ({"op": "demote", "adjust": "lots"}, "adjust: must be an integer"),
         ({"op": "demote", "adjust": True}, "adjust: must be an integer"),
         ({"op": "demote", "hold": "x"}, "hold: needs a name and an integer value"),
+        ({"op": "demote", "hold": "x", "value": 1, "cause": 7}, "cause: must be a short string"),
     ],
 )
 def test_control_refuses_bad_requests(request_: Any, error: str) -> None:

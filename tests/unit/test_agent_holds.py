@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -301,10 +302,16 @@ def test_the_tick_feeds_the_watchdog_every_half_period(
             systemd.recv(100)
 
 
-def test_status_shows_each_hold_with_its_cause(bed: Bed) -> None:
+def test_status_shows_each_hold_with_its_cause_and_since_when(bed: Bed) -> None:
     bed.agent._set_link("eth0", False)
+    bed.agent.change_demotion(lambda d: d.hold("pool-unhealthy", 240, "pool tank is SUSPENDED"))
     first = format_status(bed.agent.status()).splitlines()[0]
-    assert first.endswith("demotion 480 (holds resync=240: link eth0 lost, links down eth0)"), first
+    assert re.search(
+        r"demotion 720 \(holds pool-unhealthy=240: pool tank is SUSPENDED, since "
+        r"\d\d:\d\d:\d\d \(0s ago\); resync=240: link eth0 lost, since \d\d:\d\d:\d\d "
+        r"\(0s ago\), links down eth0\)$",
+        first,
+    ), first
 
 
 def cleanup_config(tmp_path: Path, hook: str, link_mode: str = "garp") -> AgentConfig:

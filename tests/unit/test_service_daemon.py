@@ -106,7 +106,7 @@ def daemon(
 ) -> tuple[ServiceDaemon, list[tuple[str, int]]]:
     d = ServiceDaemon(services, config_path)  # type: ignore[arg-type]
     holds: list[tuple[str, int]] = []
-    d.hold = lambda name, value: holds.append((name, value))  # type: ignore[method-assign]
+    d.hold = lambda name, value, cause="": holds.append((name, value))  # type: ignore[method-assign]
     return d, holds
 
 
