@@ -113,7 +113,9 @@ def cmd_receive(args: argparse.Namespace) -> int:
     _background()
     services = _services(args)
     keep = [name for name in (args.keep or "").split(",") if name]
-    services.receive(services.config.vip_named(args.vip), args.base, sys.stdin.buffer, keep)
+    theirs = [name for name in (args.theirs or "").split(",") if name]
+    vip = services.config.vip_named(args.vip)
+    services.receive(vip, args.base, sys.stdin.buffer, keep, theirs)
     return 0
 
 
@@ -277,6 +279,11 @@ def register(sub: Any) -> None:
     p.add_argument("--base", help="the common snapshot the stream is incremental from")
     p.add_argument(
         "--keep", metavar="SNAP,...", help="snapshots retention keeps (the sender's peers' bases)"
+    )
+    p.add_argument(
+        "--theirs",
+        metavar="SNAP,...",
+        help="the sender's snapshots between the base and the sent one",
     )
     p = parser("sync", "snapshot VIP now and send it to a peer", cmd_sync)
     p.add_argument("--to", required=True, metavar="NODE")

@@ -28,6 +28,7 @@ and ``hafs service diverged list``, and are removed only by an operator
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from itertools import pairwise
@@ -75,22 +76,29 @@ def _aside_name(dataset: str) -> str:
     return f"{dataset}{MARK}{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}"
 
 
-def keep_aside(services: NodeServices, vip: VipService, base: str) -> str | None:
-    """Keep the snapshots newer than ``base`` (made here only) as a diverged copy; leave the
-    VIP's dataset at ``base``, ready for the incremental. Returns the copy's name, if any."""
+def keep_aside(
+    services: NodeServices, vip: VipService, base: str, theirs: Collection[str] = ()
+) -> str | None:
+    """Keep the snapshots newer than ``base`` as a diverged copy; leave the VIP's dataset at
+    ``base``, ready for the incremental. Returns the copy's name, if any. ``theirs``: the
+    sender's snapshots newer than ``base`` (names are unique in the cluster): one of those
+    here came from the sender (a send that raced this one) and is no divergence."""
     zfs, dataset = services.zfs, services.dataset(vip)
     names = [s.name for s in zfs.snapshots(dataset)]
     if base not in names:
         raise ServiceError(f"{vip.name}: no snapshot @{base} here to receive onto")
-    unique = names[names.index(base) + 1 :]
-    chain = [base, *unique]
-    if all(zfs.unchanged(f"{dataset}@{a}", f"{dataset}@{b}") for a, b in pairwise(chain)):
-        for name in reversed(unique):  # each the same as @base: nothing is unique here
+    newer = names[names.index(base) + 1 :]
+    unique = [n for n in newer if n not in theirs]
+    chain = [base, *newer]
+    if not unique or all(
+        n in theirs or zfs.unchanged(f"{dataset}@{a}", f"{dataset}@{n}") for a, n in pairwise(chain)
+    ):
+        for name in reversed(newer):  # the sender's, or the same as the one before: not unique
             zfs.destroy_snapshot(f"{dataset}@{name}")
         return None
     aside = _aside_name(dataset)
     zfs.set(dataset, PENDING, base)  # from here on, an interruption is finished by the next
-    zfs.unmount(dataset)  # receive or takeover (zfs-fuse refuses to rename a mounted dataset)
+    _unmount(services, dataset)  # receive or takeover (zfs-fuse renames no mounted dataset)
     zfs.rename(dataset, aside)
     _clone_back(services, vip, aside, base)
     log.warning(
@@ -131,7 +139,7 @@ def keep_whole(services: NodeServices, vip: VipService) -> str:
     """No snapshot in common with the sender: keep the whole dataset aside."""
     zfs, dataset = services.zfs, services.dataset(vip)
     aside = _aside_name(dataset)
-    zfs.unmount(dataset)
+    _unmount(services, dataset)
     zfs.rename(dataset, aside)
     _keep_mounted(services, aside)
     log.warning(
@@ -140,6 +148,12 @@ def keep_whole(services: NodeServices, vip: VipService) -> str:
         aside,
     )
     return aside
+
+
+def _unmount(services: NodeServices, dataset: str) -> None:
+    """Unmount, if mounted (a killed receive may have left it unmounted already)."""
+    if services.zfs.mounted(dataset):
+        services.zfs.unmount(dataset)
 
 
 def _keep_mounted(services: NodeServices, aside: str) -> None:

@@ -215,9 +215,14 @@ class NodeServices:
         return replication.send(self, vip, peer)
 
     def receive(
-        self, vip: VipService, base: str | None, stream: Any, keep: Sequence[str] = ()
+        self,
+        vip: VipService,
+        base: str | None,
+        stream: Any,
+        keep: Sequence[str] = (),
+        theirs: Sequence[str] = (),
     ) -> None:
-        replication.receive(self, vip, base, stream, keep)
+        replication.receive(self, vip, base, stream, keep, theirs)
 
     def replicate(self, vip: VipService, record_clients: bool = True) -> dict[str, dict[str, Any]]:
         return replication.replicate(self, vip, record_clients)

@@ -83,6 +83,10 @@ def _stream(
     keep = sorted(bases(services, vip).values())  # the receiver keeps them too
     args = ["receive", vip.name] + (["--base", base] if base else [])
     args += ["--keep", ",".join(keep)] if keep else []
+    if base:  # ours after the base: the receiver may have some from a send that raced this one
+        names = [s.name for s in services.zfs.snapshots(dataset)]
+        ours = names[names.index(base) + 1 : names.index(snapshot) + 1] if base in names else []
+        args += ["--theirs", ",".join(ours)] if ours else []
     send = services.zfs.send_command(f"{dataset}@{snapshot}", f"{dataset}@{base}" if base else None)
     nice = ["nice", "-n", str(BACKGROUND_NICE)]
     with subprocess.Popen([*nice, *send], stdout=subprocess.PIPE, stderr=subprocess.PIPE) as sender:
@@ -130,6 +134,7 @@ def receive(
     base: str | None,
     stream: Any,
     keep: Sequence[str] = (),
+    theirs: Sequence[str] = (),
 ) -> None:
     """The receiving end: become the sender's copy, keeping aside whatever existed here only
     (:mod:`hafs.service.divergence`), receive, stay a read-only replica."""
@@ -143,7 +148,7 @@ def receive(
             if base is None:  # no common snapshot: this copy diverged (or was never sent)
                 divergence.keep_whole(services, vip)
             else:  # then @base is the newest snapshot: recv -F rolls back to it (stray atimes)
-                divergence.keep_aside(services, vip, base)
+                divergence.keep_aside(services, vip, base, theirs)
         received = subprocess.run(
             zfs.recv_command(dataset), stdin=stream, capture_output=True, text=True, check=False
         )

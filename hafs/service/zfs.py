@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import shlex
 import subprocess
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -41,6 +42,7 @@ from typing import Protocol
 from hafs.errors import HafsError
 
 COMMAND_TIMEOUT = 120.0
+BUSY_WAIT = 5.0  # seconds a rename or destroy waits for a dataset zfs says is busy
 EMPTY_STREAM = 1024  # bytes: an incremental stream no longer than this carries no change
 _MISSING = "dataset does not exist"
 
@@ -101,6 +103,19 @@ class Zfs:
         if proc.returncode != 0:
             raise _failed(proc)
         return proc.stdout
+
+    def _run_when_free(self, *argv: str) -> str:
+        """:meth:`_run`, retried for up to :data:`BUSY_WAIT` s while zfs says "dataset is
+        busy": zfs-fuse goes on sending a stream for a moment after its reader went away
+        (:meth:`unchanged` reads only the head of one), and holds the dataset meanwhile."""
+        deadline = time.monotonic() + BUSY_WAIT
+        while True:
+            try:
+                return self._run(*argv)
+            except ZfsError as exc:
+                if "dataset is busy" not in exc.message or time.monotonic() > deadline:
+                    raise
+            time.sleep(0.1)
 
     def _call(self, argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
         full = [*self.prefix, *argv]
@@ -210,7 +225,7 @@ class Zfs:
 
     def destroy_snapshot(self, snapshot: str) -> None:
         """Destroy ``dataset@name`` (pruning); refuses anything that is not a snapshot name."""
-        self._run("zfs", "destroy", _snapshot_name("destroy", snapshot))
+        self._run_when_free("zfs", "destroy", _snapshot_name("destroy", snapshot))
 
     def unmount(self, dataset: str) -> None:
         """Unmount ``dataset`` even if busy (-f): its server is stopped before this."""
@@ -218,7 +233,7 @@ class Zfs:
 
     def rename(self, dataset: str, new_name: str) -> None:
         """Rename a dataset (a diverged replica is kept aside, never destroyed)."""
-        self._run("zfs", "rename", dataset, new_name)
+        self._run_when_free("zfs", "rename", dataset, new_name)
 
     def mount(self, dataset: str) -> None:
         self._run("zfs", "mount", dataset)
@@ -240,7 +255,7 @@ class Zfs:
         """Destroy ``dataset`` with its snapshots (an operator's discard of a kept copy)."""
         if "/" not in dataset or "@" in dataset:
             raise ZfsError(("zfs", "destroy", "-r", dataset), "refused: not a child dataset")
-        self._run("zfs", "destroy", "-r", dataset)
+        self._run_when_free("zfs", "destroy", "-r", dataset)
 
     def rollback(self, snapshot: str) -> None:
         """Roll the dataset back to ``snapshot``, its newest, discarding changes made since.

@@ -702,3 +702,49 @@ def test_a_failed_receive_is_one_line_naming_the_dataset(two: tuple[Node, Node])
     message = proc.stdout.strip()
     assert "\n" not in message and "Traceback" not in proc.stderr
     assert message.startswith(f"garbled: zfs recv into {b.pool}/hafs/garbled failed: cannot")
+
+
+def test_a_snapshot_from_a_racing_send_is_no_divergence(two: tuple[Node, Node]) -> None:
+    """The holder's daemon sends @x while a resync's send, which chose its base @c1 just
+    before, is on its way: the receiver has @x after the base, but @x is the sender's too
+    (``theirs``): it goes, nothing is kept aside, the late stream applies."""
+    a, b = two
+    vip = VipService(4, "race", IPv4Address("10.0.0.4"), "a", ("a", "b"), ())
+    config = ServiceConfig(
+        node="b", pool=b.pool, replication_interval=10, peers={}, vips=(vip,), users={},
+    )  # fmt: skip
+    services = NodeServices(config, zfs=b.zfs)
+    src, dst, here = f"{a.pool}/hafs/race", f"{b.pool}/hafs/race", f"{a.mountpoint}/hafs/race"
+    a.zfs.create(src, {"atime": "off"})
+    for name in ("c1", "x", "y"):
+        a.sh(f"echo {name} > {here}/{name}")
+        a.zfs.snapshot(f"{src}@{name}")
+    assert pipe(a.zfs.send_command(f"{src}@c1"), b.zfs.recv_command(dst)) == (0, "")
+    assert pipe(a.zfs.send_command(f"{src}@x", "@c1"), b.zfs.recv_command(dst)) == (0, "")
+
+    assert divergence.keep_aside(services, vip, "c1", theirs=["x", "y"]) is None
+    assert pipe(a.zfs.send_command(f"{src}@y", "@c1"), b.zfs.recv_command(dst)) == (0, "")
+
+    assert names(b.zfs.snapshots(dst)) == ["c1", "y"] and divergence.copies(services) == []
+    assert b.sh(f"ls {b.mountpoint}/hafs/race").split() == ["c1", "x", "y"]
+
+
+def test_a_replica_left_unmounted_is_kept_aside_all_the_same(two: tuple[Node, Node]) -> None:
+    _, b = two
+    vip = VipService(3, "unmounted", IPv4Address("10.0.0.3"), "a", ("a", "b"), ())
+    config = ServiceConfig(
+        node="b", pool=b.pool, replication_interval=10, peers={}, vips=(vip,), users={},
+    )  # fmt: skip
+    services = NodeServices(config, zfs=b.zfs)
+    ds, path = f"{b.pool}/hafs/unmounted", f"{b.mountpoint}/hafs/unmounted"
+    b.zfs.create(ds, {"atime": "off"})
+    b.zfs.snapshot(f"{ds}@c1")
+    b.sh(f"echo mine > {path}/mine")
+    b.zfs.snapshot(f"{ds}@b1")
+    b.zfs.unmount(ds)  # a killed receive left it so
+
+    aside = divergence.keep_aside(services, vip, "c1")
+
+    assert aside is not None and names(b.zfs.snapshots(ds)) == ["c1"]
+    assert b.sh(f"cat {b.mountpoint}/hafs/{aside.rsplit('/', 1)[1]}/mine") == "mine\n"
+    b.sh(f"zfs unmount -a; zfs destroy -R {ds}; zfs mount -a")
