@@ -205,6 +205,8 @@ class ServiceDaemon:
                 services.stepdown(vip, "quorum lost")
             return
         if not services.holds(vip):
+            # another holder may send to the peers meanwhile: what they had is to be asked
+            services.forget_acks(vip)
             if services.smbd_pid(vip) is not None:
                 # served, not held: the BACKUP event's step-down failed, or ran before a
                 # MASTER event that then found the VIP gone (hooks run detached under ucarp)

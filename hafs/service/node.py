@@ -208,6 +208,11 @@ class NodeServices:
     ) -> subprocess.CompletedProcess[str]:
         return self.transport.remote(peer, args, timeout)
 
+    def forget_acks(self, vip: VipService) -> None:
+        """The next send of the VIP to each peer asks it which snapshots it has."""
+        for key in [k for k in self.acked if k[0] == vip.name]:
+            del self.acked[key]
+
     def snapshot(self, vip: VipService) -> str:
         return replication.snapshot(self, vip)
 

@@ -212,7 +212,7 @@ class Zfs:
         proc = self._call(("zfs", "get", "-H", "-p", "-o", "value", f"written@{older}", newer))
         if proc.returncode == 0 and proc.stdout.strip().isdigit():
             return int(proc.stdout) == 0
-        argv = self.send_command(newer, older)
+        argv = self.send_command(newer, older, intermediates=False)
         with subprocess.Popen(
             argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL
         ) as sender:
@@ -268,12 +268,18 @@ class Zfs:
 
     # streams
 
-    def send_command(self, snapshot: str, incremental_from: str | None = None) -> list[str]:
+    def send_command(
+        self, snapshot: str, incremental_from: str | None = None, *, intermediates: bool = True
+    ) -> list[str]:
         """argv writing ``snapshot`` as a stream to stdout: full, or the delta from an older one.
 
         ``incremental_from`` is a snapshot of the same dataset, ``dataset@name`` or ``@name``.
+        ``intermediates`` (``-I``, replication): the snapshots in between go too, so a node
+        that receives from a new holder gets every snapshot the old one took: else another
+        replica that has them would take them for its own (a false divergence).
         """
-        base = [] if incremental_from is None else ["-i", incremental_from]
+        flag = "-I" if intermediates else "-i"
+        base = [] if incremental_from is None else [flag, incremental_from]
         return [*self.prefix, "zfs", "send", *base, _snapshot_name("send", snapshot)]
 
     def recv_command(self, dataset: str, *, force: bool = True) -> list[str]:

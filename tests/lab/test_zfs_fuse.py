@@ -725,7 +725,8 @@ def test_a_snapshot_from_a_racing_send_is_no_divergence(two: tuple[Node, Node]) 
     assert divergence.keep_aside(services, vip, "c1", theirs=["x", "y"]) is None
     assert pipe(a.zfs.send_command(f"{src}@y", "@c1"), b.zfs.recv_command(dst)) == (0, "")
 
-    assert names(b.zfs.snapshots(dst)) == ["c1", "y"] and divergence.copies(services) == []
+    assert names(b.zfs.snapshots(dst)) == ["c1", "x", "y"]  # @x again, from the stream
+    assert divergence.copies(services) == []
     assert b.sh(f"ls {b.mountpoint}/hafs/race").split() == ["c1", "x", "y"]
 
 
@@ -748,3 +749,24 @@ def test_a_replica_left_unmounted_is_kept_aside_all_the_same(two: tuple[Node, No
     assert aside is not None and names(b.zfs.snapshots(ds)) == ["c1"]
     assert b.sh(f"cat {b.mountpoint}/hafs/{aside.rsplit('/', 1)[1]}/mine") == "mine\n"
     b.sh(f"zfs unmount -a; zfs destroy -R {ds}; zfs mount -a")
+
+
+def test_an_incremental_carries_the_snapshots_in_between(two: tuple[Node, Node]) -> None:
+    """A returning home pulls from the node that served meanwhile in one incremental: it gets
+    every snapshot that node took (``-I``), so when it sends to the other replicas, which
+    have some of those from that node, they are the sender's too, not a divergence."""
+    a, b = two
+    src, dst, here = (
+        f"{a.pool}/hafs/between",
+        f"{b.pool}/hafs/between",
+        f"{a.mountpoint}/hafs/between",
+    )
+    a.zfs.create(src, {"atime": "off"})
+    for name in ("c1", "i1", "i2", "n"):
+        a.sh(f"echo {name} > {here}/{name}")
+        a.zfs.snapshot(f"{src}@{name}")
+    assert pipe(a.zfs.send_command(f"{src}@c1"), b.zfs.recv_command(dst)) == (0, "")
+
+    assert pipe(a.zfs.send_command(f"{src}@n", "@c1"), b.zfs.recv_command(dst)) == (0, "")
+
+    assert names(b.zfs.snapshots(dst)) == ["c1", "i1", "i2", "n"]

@@ -65,6 +65,9 @@ class FakeServices:
     def handover_pending(self, vip: VipService) -> bool:
         return False
 
+    def forget_acks(self, vip: VipService) -> None:
+        self.calls.append("forget_acks")
+
     def dataset(self, vip: VipService) -> str:
         return "tank/hafs/vip1"
 
@@ -136,11 +139,11 @@ def test_held_but_not_served_is_taken_over_at_once() -> None:
 def test_served_but_not_held_is_stepped_down() -> None:
     services = FakeServices(start_ok=True, held=False)
     d, _ = daemon(services)
-    d.tend(VIP)  # a backup with no smbd for the VIP: nothing to do
-    assert services.calls == []
+    d.tend(VIP)  # a backup with no smbd for the VIP: nothing to do but forget its acks
+    assert services.calls == ["forget_acks"]  # another holder sends to the peers meanwhile
     services.smbd = 4242  # a BACKUP event's step-down failed, or came before the MASTER's
     d.tend(VIP)
-    assert services.calls == ["stepdown"]
+    assert services.calls == ["forget_acks", "forget_acks", "stepdown"]
 
 
 def test_replication_report_shows_lag_and_failures(monkeypatch: pytest.MonkeyPatch) -> None:
