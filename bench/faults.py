@@ -23,8 +23,9 @@ the kept-aside copies made on every node (``whole``: a receive found no snapshot
 with the sender, so retention lost the base; the suite fails on any); for the scenarios with
 a power loss
 the RPO (seconds between the kill and the last write acknowledged before it that survived).
-A power loss may lose the writes acknowledged after the newest snapshot its backup had
-received (replication is asynchronous): lost writes count as a failure only if they were
+A power loss (or the holder's ZFS daemon killed: its dirty data dies with it) may lose the
+writes acknowledged after the newest snapshot its backup had received (replication is
+asynchronous): lost writes count as a failure only if they were
 acknowledged before both that snapshot and one replication interval before the kill, or after
 the kill. The suite exits 1 if a scenario lost a write that counts, missed its goal for the
 outage after the repair, or could not be judged.
@@ -221,22 +222,26 @@ def up(s: ServiceLab, node: str) -> bool:
 
 def power_off(s: ServiceLab, node: str) -> Kill:
     """``hafs lab kill`` the node, after reading which snapshot its VIP's backup has."""
+    return lose(s, node, "power off", lambda: s.lab.kill(node))
+
+
+def lose(s: ServiceLab, node: str, what: str, kill: Callable[[], None]) -> Kill:
+    """Run ``kill``, which loses what the node's pool had not replicated (power off, its
+    ZFS daemon killed), after reading which snapshot its VIP's backup has."""
     vip = s.cluster.vip(VHID)
     backup = next(n for n in vip.carriers if n != node and up(s, n))
     report = s.lab.run(node, ["cat", "/run/hafs/replication.json"], check=False)
     at = time.monotonic()
-    s.lab.kill(node)
+    kill()
     replicated = at - s.cluster.replication_interval
     try:
         stamp = json.loads(report)["vips"][vip.name][backup]["snapshot"]
     except (ValueError, KeyError):
-        log(f"power off {node}: no replication report for {vip.name} -> {backup}")
+        log(f"{what} {node}: no replication report for {vip.name} -> {backup}")
     else:
         taken = datetime.strptime(stamp, "hafs-%Y%m%dT%H%M%S%fZ").replace(tzinfo=UTC)
         replicated = min(replicated, at - (time.time() - taken.timestamp()))
-    log(
-        f"power off {node}: the last {at - replicated:.1f}s of writes may be lost (replication lag)"
-    )
+    log(f"{what} {node}: the last {at - replicated:.1f}s of writes may be lost (replication lag)")
     return Kill(at, replicated)
 
 
@@ -313,11 +318,12 @@ def zfs_kill(s: ServiceLab) -> Fault:
     zfs = s.lab.procs(node).get("zfs-fuse")
     if zfs is None:
         raise BenchError(f"{node}: no zfs-fuse runs")
-    zfs.signal(signal.SIGKILL)
+    # its dirty data (the open transaction groups) dies with it, as in a power loss
+    kill = lose(s, node, "zfs-fuse killed on", lambda: zfs.signal(signal.SIGKILL))
     time.sleep(FAULT)
     s.lab.stop(node)
     s.lab.start(node)
-    return Fault([], time.monotonic())
+    return Fault([kill], time.monotonic())
 
 
 def power(s: ServiceLab) -> Fault:
