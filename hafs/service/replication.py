@@ -118,6 +118,21 @@ def _acked(services: NodeServices, vip: VipService, peer: str, snapshot: str) ->
     services.acked[(vip.name, peer)] = snapshot
 
 
+def keep_bases_at_takeover(services: NodeServices, vip: VipService) -> None:
+    """A replica becomes the holder: every other carrier it knows no base for (the old holder
+    above all, which may be dead and come back hours later) is taken to have the newest
+    snapshot received here, so retention keeps it until a send says better. Keeping one
+    too many costs a snapshot; pruning the one a peer has costs a full-size receive."""
+    dataset = services.dataset(vip)
+    here = [s.name for s in services.zfs.snapshots(dataset)]
+    if not here:
+        return
+    known = bases(services, vip)
+    for peer in vip.carriers:
+        if peer != services.config.node and known.get(peer) not in here:
+            services.zfs.set(dataset, BASE + peer, here[-1])
+
+
 def bases(services: NodeServices, vip: VipService) -> dict[str, str]:
     """Per carrier, the newest snapshot it is known to have: its next incremental's base."""
     found = services.zfs.user_properties(services.dataset(vip))

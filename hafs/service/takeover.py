@@ -27,7 +27,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any
 
 from hafs.carp.agent import RESYNC_HOLD
-from hafs.service import announce, demotion, divergence, host, membership, mounts
+from hafs.service import announce, demotion, divergence, host, membership, mounts, replication
 from hafs.service.config import VipService
 from hafs.service.runtime import RUN_DIR, ServiceError, step
 
@@ -181,3 +181,4 @@ def rollback_or_provision(services: NodeServices, vip: VipService) -> None:
         newest = snapshots[-1]
         zfs.rollback(newest.full_name)  # the newest: destroys no snapshot
         log.info("%s takeover: rolled back to %s", vip.name, newest.name)
+        replication.keep_bases_at_takeover(services, vip)

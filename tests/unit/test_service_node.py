@@ -229,6 +229,23 @@ def test_retention_keeps_the_base_of_every_carrier_however_old() -> None:
     assert zfs.destroyed == ["s0", "s1", "s3", "s4", "s5", "s7"]
 
 
+class Bases(Retention):
+    def set(self, name: str, prop: str, value: str) -> None:
+        self.props[prop] = value
+
+
+def test_a_takeover_keeps_the_newest_snapshot_for_every_carrier_with_no_known_base() -> None:
+    """The old holder (n1) is dead: without a base recorded for it, retention would prune
+    the snapshot it has, and its return would need a full-size receive."""
+    vip = VipService(1, "vip1", IPv4Address("10.0.0.100"), "n1", ("n1", "n2", "n3", "n4"), ())
+    config = ServiceConfig(
+        node="n2", pool="tank", replication_interval=10, vips=(vip,), users={}, peers={},
+    )  # fmt: skip
+    zfs = Bases({"hafs:base:n3": "s7", "hafs:base:n4": "pruned-long-ago"})
+    replication.keep_bases_at_takeover(NodeServices(config, zfs=cast(Zfs, zfs)), vip)
+    assert zfs.props == {"hafs:base:n3": "s7", "hafs:base:n4": "s19", "hafs:base:n1": "s19"}
+
+
 class HandingOver(AnsweringNode):
     """Records what it asks its peers; its step-down does nothing."""
 
