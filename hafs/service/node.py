@@ -17,6 +17,7 @@ the CLI use. Each operation lives in the module named for it:
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -118,7 +119,9 @@ class NodeServices:
             probe = self.mountpoint(vip) / ".hafs-write-probe"
             probe.write_bytes(b"")
             probe.unlink()
-        except (OSError, ZfsError):
+        except OSError as exc:  # full is writable (served, clients get DISK_FULL): no takeover
+            return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        except ZfsError:
             return False
         return True
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import subprocess
 from collections.abc import Iterator, Sequence
@@ -329,3 +330,34 @@ def test_a_step_down_after_losing_the_address_tickles_the_clients_it_had(
 
     assert node.done == ["stop smbd"]
     assert sent == ([] if still_here else [(vip.address, [("10.0.0.9", 50123)])])
+
+
+class Mounted(Snapshots):
+    def mounted(self, dataset: str) -> bool:
+        return True
+
+    def get(self, name: str, prop: str) -> str:
+        assert prop == "mountpoint"
+        return "/nonexistent-hafs-test/vip1"
+
+
+@pytest.mark.parametrize(
+    ("error", "writable"),
+    [(errno.ENOSPC, True), (errno.EDQUOT, True), (errno.EROFS, False), (errno.EIO, False)],
+)
+def test_a_full_dataset_is_writable_a_read_only_one_is_not(
+    monkeypatch: pytest.MonkeyPatch, error: int, writable: bool
+) -> None:
+    """A full pool must not look like a VIP that is not served (that started a takeover of
+    its own VIP every round)."""
+    vip = VipService(1, "vip1", IPv4Address("10.0.0.100"), "n1", ("n1", "n2"), ())
+    config = ServiceConfig(
+        node="n1", pool="tank", replication_interval=10, vips=(vip,), users={},
+        agent_socket=None, peers={},
+    )  # fmt: skip
+
+    def refuse(self: Path, data: bytes) -> int:
+        raise OSError(error, os.strerror(error))
+
+    monkeypatch.setattr(Path, "write_bytes", refuse)
+    assert NodeServices(config, zfs=cast(Zfs, Mounted("s1"))).writable(vip) is writable
