@@ -480,17 +480,6 @@ HEADERS = [
 ]  # fmt: skip
 
 
-def listing(s: ServiceLab) -> set[str]:
-    """The share's names over SMB, tried three times (the VIP may be moving still)."""
-    for attempt in range(3):
-        try:
-            return served(s, VHID)
-        except subprocess.CalledProcessError as exc:
-            log(f"listing the share failed (try {attempt + 1}/3): {exc.stderr.strip()[-200:]}")
-            time.sleep(5)
-    raise BenchError(f"vip{VHID}'s share could not be listed over SMB")
-
-
 def judge(
     s: ServiceLab,
     name: str,
@@ -500,7 +489,7 @@ def judge(
     settled: float | None,
 ) -> Row:
     acked = {f"{name}.{n}": at for n, at in writes.acked.items()}
-    now_served = listing(s) & acked.keys()
+    now_served = served(s, VHID) & acked.keys()  # retried while the VIP settles
     kept = (kept_aside(s, VHID) & acked.keys()) - now_served
     made = [copy for found in copies(s).values() for copy in found]
     lost = {f: at for f, at in acked.items() if f not in now_served and f not in kept}

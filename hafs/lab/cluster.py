@@ -699,7 +699,7 @@ class ClusterLab:
                     "daemons": {k: p.alive for k, p in procs.items()},
                     "agent_pid": agent.pid if (agent := self.agent(node.name)) else None,
                     "vips": sorted(v for v, h in holders.items() if node.name in h),
-                    "diverged": self.diverged(node.name) if procs.get("anchor") else [],
+                    "diverged": self.diverged(node.name) if self._up(procs) else [],
                 }
             )
         vips = [
@@ -721,11 +721,16 @@ class ClusterLab:
             "vips": vips,
         }
 
+    @staticmethod
+    def _up(procs: dict[str, Proc]) -> bool:
+        anchor = procs.get("anchor")
+        return anchor is not None and anchor.alive
+
     def diverged(self, node: str) -> list[str]:
-        """The kept-aside copies on ``node``, as its service daemon last reported them."""
+        """The kept-aside copies on ``node`` (up), as its service daemon last reported them."""
         try:
             report = json.loads(self.run(node, ["cat", str(STATUS_FILE)], check=False) or "{}")
-        except ValueError:
+        except (ValueError, LabError):
             return []
         return [copy["name"] for copy in report.get("diverged", [])]
 

@@ -6,16 +6,24 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from typing import Any
 
 from tests.lab.test_service import REPO, ServiceLab
 
+LIST_TRIES, LIST_PAUSE = 4, 5.0  # a VIP that just moved home may not serve yet (loaded CI)
+
 
 def served(s: ServiceLab, vhid: int) -> set[str]:
+    """The names in the VIP's share, over SMB; retried while it does not answer yet."""
     argv = s.probe("list", vhid, "/")
-    return set(
-        subprocess.run(argv, capture_output=True, text=True, check=True, cwd=REPO).stdout.split()
-    )
+    for attempt in range(1, LIST_TRIES + 1):
+        listed = subprocess.run(argv, capture_output=True, text=True, check=False, cwd=REPO)
+        if listed.returncode == 0:
+            return set(listed.stdout.split())
+        if attempt < LIST_TRIES:
+            time.sleep(LIST_PAUSE)
+    raise AssertionError(f"vip{vhid}'s share not listed: {listed.stderr.strip()[-300:]}")
 
 
 def copies(s: ServiceLab) -> dict[str, list[dict[str, Any]]]:

@@ -74,7 +74,8 @@ def test_a_cable_cut_then_replugged_loses_no_acknowledged_write(service_lab: Ser
         s.lab.heal(home)
         healed = time.monotonic()
         # the home is back on the wire with its old copy: it must not preempt before its resync
-        wait_for(lambda: s.holders(1) == [home], 60, "VIP1 back home after its resync", step=0.2)
+        # resyncs of 4 VIPs, then the handover: seconds here, a minute and more on a loaded CI
+        wait_for(lambda: s.holders(1) == [home], 150, "VIP1 back home after its resync", step=0.2)
         back = time.monotonic()
     # the takeover may be the MASTER hook's (agent.log) or the daemon's (service.log): by time
     lines = [
@@ -111,7 +112,7 @@ def test_a_stalled_agent_resumes_without_losing_a_write(service_lab: ServiceLab)
             agent.signal(signal.SIGCONT)
         resumed = time.monotonic()
         wait_for(lambda: s.holders(2) == [backup], 10, "the resumed home to step down")
-        wait_for(lambda: s.holders(2) == [home], 60, "VIP2 home again after its resync", step=0.2)
+        wait_for(lambda: s.holders(2) == [home], 150, "VIP2 home again after its resync", step=0.2)
     after = sorted(t for t in acked.values() if t > resumed)
     outage = max((b - a for a, b in pairwise([resumed, *after])), default=0.0)
     print(f"\nlongest client outage after the resume: {outage:.1f}s")
