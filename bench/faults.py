@@ -60,7 +60,7 @@ from itertools import pairwise
 from bench.common import table
 from hafs.cluster import load
 from hafs.errors import HafsError
-from hafs.lab.cluster import HAFS, ClusterLab
+from hafs.lab.cluster import HAFS, ClusterLab, Proc
 from hafs.lab.netns import new_prefix
 from hafs.service.config import KEEP_SNAPSHOTS
 from tests.lab.carp_bed import wait_for
@@ -286,29 +286,24 @@ def stall(s: ServiceLab) -> Fault:
 
 def agent_kill(s: ServiceLab) -> Fault:
     """the holder's hafs agent SIGKILLed; the lab restarts it as systemd would"""
-    node = holder(s)
-    agent = s.lab.agent(node)
-    if agent is None:
-        raise BenchError(f"{node}: no hafs agent runs")
-    agent.signal(signal.SIGKILL)
-    took = wait_for(
-        lambda: s.lab.agent(node) not in (None, agent), RESTART_TIMEOUT, "the agent restarted"
-    )
-    log(f"{node}: hafs agent running again {took:.1f}s after the kill")
-    return Fault([], time.monotonic())
+    return _kill_supervised(s, "hafs agent", s.lab.agent)
 
 
 def service_kill(s: ServiceLab) -> Fault:
     """the holder's hafs service daemon SIGKILLed; its supervisor runs it again (Restart=always)"""
+    return _kill_supervised(s, "hafs service run", s.lab.service)
+
+
+def _kill_supervised(s: ServiceLab, what: str, find: Callable[[str], Proc | None]) -> Fault:
+    """SIGKILL the holder's ``what`` (``find`` names its process) and wait for its
+    supervisor to run a new one."""
     node = holder(s)
-    daemon = s.lab.service(node)
-    if daemon is None:
-        raise BenchError(f"{node}: no hafs service daemon runs")
-    daemon.signal(signal.SIGKILL)
-    took = wait_for(
-        lambda: s.lab.service(node) not in (None, daemon), RESTART_TIMEOUT, "the daemon again"
-    )
-    log(f"{node}: hafs service run again {took:.1f}s after the kill")
+    proc = find(node)
+    if proc is None:
+        raise BenchError(f"{node}: no {what} runs")
+    proc.signal(signal.SIGKILL)
+    took = wait_for(lambda: find(node) not in (None, proc), RESTART_TIMEOUT, f"{what} again")
+    log(f"{node}: {what} running again {took:.1f}s after the kill")
     return Fault([], time.monotonic())
 
 

@@ -508,6 +508,14 @@ def test_rendered_instance_serves_a_dataset_share_to_pysmb(
         assert node.sh(f"ls {dirs.private}").split() == ["passdb.tdb", "secrets.tdb"]
 
 
+def services_on(node: Node, vip: VipService) -> NodeServices:
+    """Node ``node``'s view of the one ``vip``, run from here (zfs through its prefix)."""
+    config = ServiceConfig(
+        node="b", pool=node.pool, replication_interval=10, peers={}, vips=(vip,), users={},
+    )  # fmt: skip
+    return NodeServices(config, zfs=node.zfs)
+
+
 def test_a_diverged_replica_is_kept_aside_and_the_incremental_still_applies(
     two: tuple[Node, Node],
 ) -> None:
@@ -516,10 +524,7 @@ def test_a_diverged_replica_is_kept_aside_and_the_incremental_still_applies(
     costs no copy of the shared data, until an operator discards it."""
     a, b = two
     vip = VipService(9, "div", IPv4Address("10.0.0.9"), "a", ("a", "b"), ())
-    config = ServiceConfig(
-        node="b", pool=b.pool, replication_interval=10, peers={}, vips=(vip,), users={},
-    )  # fmt: skip
-    services = NodeServices(config, zfs=b.zfs)
+    services = services_on(b, vip)
     src, dst = f"{a.pool}/hafs/div", f"{b.pool}/hafs/div"
     here, there = f"{a.mountpoint}/hafs/div", f"{b.mountpoint}/hafs/div"
     a.zfs.create(src)
@@ -549,7 +554,7 @@ def test_a_diverged_replica_is_kept_aside_and_the_incremental_still_applies(
     assert (copy.vip, copy.dataset, copy.snapshots) == ("div", aside, ["b1", sealed])
     assert b.run("touch", f"{kept}/x").returncode != 0
     # the common snapshot stays while the copy needs it; pruning skips it quietly
-    replication.prune(NodeServices(replace(config, keep_snapshots=1), zfs=b.zfs), vip)
+    replication.prune(NodeServices(replace(services.config, keep_snapshots=1), zfs=b.zfs), vip)
     assert names(b.zfs.snapshots(dst)) == ["c1", "a1"]
     divergence.discard(services, copy.name)
     assert divergence.copies(services) == [] and b.zfs.list_datasets(f"{b.pool}/hafs/div") == [dst]
@@ -560,10 +565,7 @@ def test_nothing_is_kept_aside_when_nothing_diverged(two: tuple[Node, Node]) -> 
     replica whose own snapshots hold no change: no seal, no kept copy, the incremental goes on."""
     _, b = two
     vip = VipService(8, "same", IPv4Address("10.0.0.8"), "b", ("b",), ())
-    config = ServiceConfig(
-        node="b", pool=b.pool, replication_interval=10, peers={}, vips=(vip,), users={},
-    )  # fmt: skip
-    services = NodeServices(config, zfs=b.zfs)
+    services = services_on(b, vip)
     ds, path = f"{b.pool}/hafs/same", f"{b.mountpoint}/hafs/same"
     b.zfs.create(ds, {"atime": "off"})
     b.sh(f"echo data > {path}/f")
@@ -710,10 +712,7 @@ def test_a_snapshot_from_a_racing_send_is_no_divergence(two: tuple[Node, Node]) 
     (``theirs``): it goes, nothing is kept aside, the late stream applies."""
     a, b = two
     vip = VipService(4, "race", IPv4Address("10.0.0.4"), "a", ("a", "b"), ())
-    config = ServiceConfig(
-        node="b", pool=b.pool, replication_interval=10, peers={}, vips=(vip,), users={},
-    )  # fmt: skip
-    services = NodeServices(config, zfs=b.zfs)
+    services = services_on(b, vip)
     src, dst, here = f"{a.pool}/hafs/race", f"{b.pool}/hafs/race", f"{a.mountpoint}/hafs/race"
     a.zfs.create(src, {"atime": "off"})
     for name in ("c1", "x", "y"):
@@ -733,10 +732,7 @@ def test_a_snapshot_from_a_racing_send_is_no_divergence(two: tuple[Node, Node]) 
 def test_a_replica_left_unmounted_is_kept_aside_all_the_same(two: tuple[Node, Node]) -> None:
     _, b = two
     vip = VipService(3, "unmounted", IPv4Address("10.0.0.3"), "a", ("a", "b"), ())
-    config = ServiceConfig(
-        node="b", pool=b.pool, replication_interval=10, peers={}, vips=(vip,), users={},
-    )  # fmt: skip
-    services = NodeServices(config, zfs=b.zfs)
+    services = services_on(b, vip)
     ds, path = f"{b.pool}/hafs/unmounted", f"{b.mountpoint}/hafs/unmounted"
     b.zfs.create(ds, {"atime": "off"})
     b.zfs.snapshot(f"{ds}@c1")
