@@ -16,7 +16,7 @@ from typing import Any
 from hafs.agentconf import PREVIOUS_MASTER_ENV
 from hafs.errors import HafsError
 from hafs.service import config as service_config
-from hafs.service import demotion, divergence
+from hafs.service import demotion, divergence, space
 from hafs.service.node import NodeServices
 from hafs.service.replication import BACKGROUND_NICE, NO_COPY
 from hafs.table import table
@@ -232,7 +232,15 @@ def format_replication(report: dict[str, Any]) -> str:
             lines.append(f"  {vip} -> {peer}: {lag}")
     if len(lines) == 1:
         lines.append("  (this node holds no VIP)")
-    for copy in report.get("diverged", []):
+    diverged = report.get("diverged", [])
+    if report.get("space"):
+        pool = space.Space(report["space"]["size"], report["space"]["free"])
+        lines.append(
+            f"  pool: {space.mib(pool.free)} free of {space.mib(pool.size)} (headroom "
+            f"{space.mib(pool.headroom)}{', LOW' if pool.low else ''}); kept-aside copies "
+            f"{space.mib(sum(c['used'] for c in diverged))} of {space.mib(pool.diverged_budget)}"
+        )
+    for copy in diverged:
         lines.append(
             f"  KEPT ASIDE: {copy['name']} ({copy['vip']}, kept {copy['kept']}): "
             "diverged data found only here; `hafs service diverged show` it"

@@ -30,7 +30,7 @@ from typing import Any
 from hafs.carp.agent import RESYNC_HOLD
 from hafs.errors import HafsError
 from hafs.service import config as service_config
-from hafs.service import demotion, divergence, health, metrics
+from hafs.service import demotion, divergence, health, metrics, space
 from hafs.service.config import VipService
 from hafs.service.membership import PORT, Membership
 from hafs.service.node import NodeServices
@@ -59,6 +59,8 @@ class ServiceDaemon:
         self.membership: Membership | None = None
         self.lost_quorum = False
         self.pool_ok = True
+        self.pool_low = False
+        self.limited: set[str] = set()  # VIPs whose limit this daemon set (hafs.service.space)
 
     # --- demotion (the agent's holds on Linux, the kernel's counter on FreeBSD) ---------------
 
@@ -98,6 +100,7 @@ class ServiceDaemon:
             )
             return
         self.services.config = self.config = config
+        self.limited.clear()  # a VIP more or fewer: each one's part of the pool changes
         log.info("%s changed: reloaded", self.config_path)
 
     # --- the loop ------------------------------------------------------------------------------
@@ -205,6 +208,7 @@ class ServiceDaemon:
                 services.stepdown(vip, "quorum lost")
             return
         if not services.holds(vip):
+            self.limited.discard(vip.name)  # its step-down lifts the limit
             # another holder may send to the peers meanwhile: what they had is to be asked
             services.forget_acks(vip)
             if services.smbd_pid(vip) is not None:
@@ -231,6 +235,9 @@ class ServiceDaemon:
                 log.error("%s: smbd does not start (%s): demoting this node", vip.name, exc)
                 self.hold(f"smb-{vip.name}", HEALTH_DEMOTION, f"smbd does not start: {exc}")
                 return
+        if vip.name not in self.limited:  # served from before this daemon ran, or a reload
+            log.info("%s: its shares may hold %s", vip.name, space.mib(services.limit(vip)))
+            self.limited.add(vip.name)
         services.refresh(vip)
         self.report[vip.name] = services.replicate(vip)
 
@@ -243,15 +250,40 @@ class ServiceDaemon:
         except (ZfsError, ValueError) as exc:
             log.error("kept-aside copies not listed: %s", exc)
             diverged = []
-        report = {"node": self.config.node, "at": time.time(), "vips": self.report}
+        pool = self.pool_space() if self.pool_ok else None
+        report = {
+            "node": self.config.node,
+            "at": time.time(),
+            "vips": self.report,
+            "diverged": diverged,
+            "space": None if pool is None else pool.as_dict(),
+        }
         RUN_DIR.mkdir(parents=True, exist_ok=True)
         for path, text in (
-            (STATUS_FILE, json.dumps({**report, "diverged": diverged})),
-            (metrics.METRICS_FILE, metrics.render(self.config.vips, self.report, diverged)),
+            (STATUS_FILE, json.dumps(report)),
+            (metrics.METRICS_FILE, metrics.render(self.config.vips, self.report, diverged, pool)),
         ):
             tmp = path.with_suffix(".tmp")
             tmp.write_text(text)
             tmp.replace(path)
+
+    def pool_space(self) -> space.Space | None:
+        """The pool's space; said once, loudly, when it runs low (what fills it is not the
+        shares, which their limit stops: snapshots of deleted data, or something else)."""
+        try:
+            pool = space.of_pool(self.services.zfs, self.config.pool)
+        except (ZfsError, ValueError) as exc:
+            log.error("pool %s: space not read: %s", self.config.pool, exc)
+            return None
+        if pool.low and not self.pool_low:
+            log.error(
+                "pool %s: only %s free of %s (headroom %s): snapshots and receives may fail; "
+                "free space on the pool (old snapshots, kept-aside copies, other datasets)",
+                self.config.pool, space.mib(pool.free), space.mib(pool.size),
+                space.mib(pool.headroom),
+            )  # fmt: skip
+        self.pool_low = pool.low
+        return pool
 
     # --- coming back: resync, then handover --------------------------------------------------
 

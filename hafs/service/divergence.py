@@ -19,6 +19,10 @@ never rolled back or ``recv -F``-ed away:
   replica up to the common snapshot (ZFS clones; zfs-fuse's pool version 23 has them too).
 - With no common snapshot at all, the whole dataset is renamed aside and a full stream
   received (:func:`keep_whole`).
+- Kept copies have a space budget (:attr:`hafs.service.space.Space.diverged_budget`): while
+  the copies on a node use all of it, :func:`check_budget` refuses to keep another, so the
+  receive that needed it fails (loudly, one line: replication shows FAILING) and the node
+  keeps its own copy as it is until an operator looks. They never fill the pool.
 
 Kept copies stay mounted read-only beside the VIP's dataset, are listed by ``hafs status``
 and ``hafs service diverged list``, and are removed only by an operator
@@ -34,6 +38,7 @@ from datetime import UTC, datetime
 from itertools import pairwise
 from typing import TYPE_CHECKING, Any
 
+from hafs.service import space
 from hafs.service.config import VipService
 from hafs.service.runtime import ServiceError
 from hafs.service.zfs import ZfsError
@@ -96,6 +101,7 @@ def keep_aside(
         for name in reversed(newer):  # the sender's, or the same as the one before: not unique
             zfs.destroy_snapshot(f"{dataset}@{name}")
         return None
+    check_budget(services, vip)
     aside = _aside_name(dataset)
     zfs.set(dataset, PENDING, base)  # from here on, an interruption is finished by the next
     _unmount(services, dataset)  # receive or takeover (zfs-fuse renames no mounted dataset)
@@ -137,6 +143,7 @@ def finish_interrupted(services: NodeServices, vip: VipService) -> None:
 
 def keep_whole(services: NodeServices, vip: VipService) -> str:
     """No snapshot in common with the sender: keep the whole dataset aside."""
+    check_budget(services, vip)
     zfs, dataset = services.zfs, services.dataset(vip)
     aside = _aside_name(dataset)
     _unmount(services, dataset)
@@ -148,6 +155,19 @@ def keep_whole(services: NodeServices, vip: VipService) -> str:
         aside,
     )
     return aside
+
+
+def check_budget(services: NodeServices, vip: VipService) -> None:
+    """Refuse a new kept-aside copy while the copies here use their whole budget."""
+    budget = space.of_pool(services.zfs, services.config.pool).diverged_budget
+    used = sum(copy.used for copy in copies(services))
+    if used >= budget:
+        raise ServiceError(
+            f"{vip.name}: DIVERGED, and not kept aside: the kept-aside copies on "
+            f"{services.config.node} use {space.mib(used)} of their {space.mib(budget)} "
+            "budget; this node's copy stays as it is and receives nothing until an "
+            "operator copies out and discards some (`hafs service diverged list`)"
+        )
 
 
 def _unmount(services: NodeServices, dataset: str) -> None:

@@ -6,6 +6,9 @@ atomically): point ``node_exporter --collector.textfile.directory`` at ``/var/ru
 - ``hafs_service_diverged_copies{vip}``, ``hafs_service_diverged_bytes{vip}``: kept-aside copies
   on this node (:mod:`hafs.service.divergence`): data that exists here only, waiting for an
   operator. Alert on any above 0.
+- ``hafs_service_pool_size_bytes``, ``hafs_service_pool_free_bytes``,
+  ``hafs_service_pool_headroom_bytes`` (:mod:`hafs.service.space`): alert when free is below
+  headroom; ``hafs_service_diverged_budget_bytes``: alert when the copies near it.
 - ``hafs_service_replication_ok{vip,peer}``: 1 if the last send of a VIP held here succeeded;
   ``hafs_service_replication_last_success_timestamp_seconds{vip,peer}``: when.
 """
@@ -17,6 +20,7 @@ from typing import Any
 
 from hafs.service.config import VipService
 from hafs.service.runtime import RUN_DIR
+from hafs.service.space import Space
 
 METRICS_FILE = RUN_DIR / "hafs_service.prom"
 
@@ -33,10 +37,25 @@ def render(
     vips: Iterable[VipService],
     report: Mapping[str, Mapping[str, Any]],
     diverged: list[dict[str, Any]],
+    pool: Space | None = None,
 ) -> str:
     """The metrics text: the ``vips`` this node carries, the round's replication ``report``
-    (VIP -> peer -> outcome) and the kept-aside copies (``DivergedCopy.as_dict()``)."""
-    lines = [
+    (VIP -> peer -> outcome), the kept-aside copies (``DivergedCopy.as_dict()``) and the
+    pool's space (None: not read this round)."""
+    lines = []
+    if pool is not None:
+        for metric, value, text in (
+            ("pool_size_bytes", pool.size, "The pool's size (used and available)."),
+            ("pool_free_bytes", pool.free, "The pool's available space."),
+            ("pool_headroom_bytes", pool.headroom, "Space the shares never take."),
+            ("diverged_budget_bytes", pool.diverged_budget, "Space for kept-aside copies."),
+        ):
+            lines += [
+                f"# HELP hafs_service_{metric} {text}",
+                f"# TYPE hafs_service_{metric} gauge",
+                f"hafs_service_{metric} {value}",
+            ]
+    lines += [
         "# HELP hafs_service_diverged_copies Kept-aside copies of diverged data on this node.",
         "# TYPE hafs_service_diverged_copies gauge",
     ]

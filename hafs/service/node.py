@@ -11,7 +11,8 @@ the CLI use. Each operation lives in the module named for it:
 - :mod:`hafs.service.takeover`: takeover (MASTER) and step-down (BACKUP/INIT), timed steps;
 - :mod:`hafs.service.replication`: snapshots, sends and receives, handover on failback;
 - :mod:`hafs.service.smbd`: the VIP's smbd; :mod:`hafs.service.users`: Unix users, passdb;
-- :mod:`hafs.service.announce`: tickle ACKs; :mod:`hafs.service.transport`: ssh to peers.
+- :mod:`hafs.service.announce`: tickle ACKs; :mod:`hafs.service.transport`: ssh to peers;
+- :mod:`hafs.service.space`: the served shares' limit (room for replication on a full pool).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from hafs.carp import control
-from hafs.service import announce, host, replication, smbd, takeover
+from hafs.service import announce, host, replication, smbd, space, takeover
 from hafs.service.config import ServiceConfig, VipService
 from hafs.service.runtime import RUN_DIR
 from hafs.service.samba import SambaDirs, SambaInstance, SambaShare
@@ -199,6 +200,9 @@ class NodeServices:
 
     def refresh(self, vip: VipService) -> None:
         smbd.refresh(self, vip)
+
+    def limit(self, vip: VipService) -> int:
+        return space.limit(self, vip)
 
     def record_connections(self, vip: VipService) -> None:
         announce.record_connections(vip.address, self.mountpoint(vip))

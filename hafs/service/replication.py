@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from hafs.service import divergence
+from hafs.service import divergence, space
 from hafs.service.config import VipService
 from hafs.service.runtime import RUN_DIR, ServiceError
 from hafs.service.zfs import ZfsError
@@ -159,7 +159,8 @@ def receive(
             raise ServiceError(f"{vip.name}: serving here: refusing to receive over it")
         divergence.finish_interrupted(services, vip)
         if zfs.exists(dataset):
-            divergence.seal(services, vip, "served here until a crash, never stepped down")
+            if divergence.seal(services, vip, "served here until a crash, never stepped down"):
+                space.unlimit(services, vip)  # its limit as served: the sender's data decides
             if base is None:  # no common snapshot: this copy diverged (or was never sent)
                 divergence.keep_whole(services, vip)
             else:  # then @base is the newest snapshot: recv -F rolls back to it (stray atimes)

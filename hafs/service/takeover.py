@@ -11,13 +11,15 @@ roll the replica back to its newest complete snapshot (also the only way zfs-fus
 cached before a receive; never a dataset served here last, whose head is newer), check that
 it is mounted (:mod:`hafs.service.mounts`: never serve the directory underneath), make it
 writable and mark it served, start smbd, announce (tickle ACKs to the old holder's clients,
-so they reconnect at once), then wait for the fence answers.
+so they reconnect at once), limit the shares to their part of the pool
+(:mod:`hafs.service.space`: a full share never stops replication), then wait for the fence
+answers.
 
 Step-down: stop smbd and its samba-dcerpcd (when the address is already gone, a split
 brain's loser, tickle the clients it had: the winner never knew them), seal what was served
 (a snapshot, so no later rollback or receive can lose it) and leave the dataset a read-only
-replica. Both are idempotent, and both run under the VIP's lock (one operation of a VIP at a
-time on a node).
+replica with no limit (a replica takes whatever its holder sends). Both are idempotent, and
+both run under the VIP's lock (one operation of a VIP at a time on a node).
 """
 
 from __future__ import annotations
@@ -27,7 +29,16 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any
 
 from hafs.carp.agent import RESYNC_HOLD
-from hafs.service import announce, demotion, divergence, host, membership, mounts, replication
+from hafs.service import (
+    announce,
+    demotion,
+    divergence,
+    host,
+    membership,
+    mounts,
+    replication,
+    space,
+)
 from hafs.service.config import VipService
 from hafs.service.runtime import RUN_DIR, ServiceError, step
 
@@ -78,6 +89,8 @@ def takeover(services: NodeServices, vip: VipService, previous_master: str | Non
                 services.start_smbd(vip)
             with step(vip, "takeover", "announce (tickle ACKs)"):
                 services.tickle(vip)
+            with step(vip, "takeover", "limit the shares to their part of the pool"):
+                services.limit(vip)
             with step(vip, "takeover", "fence the other carriers"):
                 fenced(vip, fencing)
         (RUN_DIR / f"{vip.name}.handover").unlink(missing_ok=True)
@@ -131,7 +144,8 @@ def stepdown(services: NodeServices, vip: VipService, action: str = "step-down")
                 announce.send_tickles(vip.address, clients)
         with step(vip, action, "seal: snapshot what was served"):
             divergence.seal(services, vip, action)
-        with step(vip, action, "make the dataset a read-only replica"):
+        with step(vip, action, "make the dataset a read-only replica, with no limit"):
+            space.unlimit(services, vip)
             services.zfs.set(services.dataset(vip), "readonly", "on")
 
 

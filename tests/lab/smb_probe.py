@@ -7,6 +7,9 @@
 - ``writer SECONDS`` writes PATH.<n> every 0.2 s and prints ``<n> <monotonic time>`` per
   acknowledged write (the RPO measurement);
 - ``list`` prints the names in directory PATH of the share, one per line;
+- ``fill`` writes 1 MiB files PATH.<n> until the server refuses one, and prints
+  ``<n> <sha256>`` per acknowledged file, then the refusal's NT status on stderr;
+- ``remove`` deletes every file of the share's top directory named PATH.<something>;
 - ``login`` connects once: exit 0 if the server accepts USER/PASSWORD, 3 if it refuses;
 - ``idle SECONDS`` opens a session, prints ``connected``, then sends nothing and prints
   ``<monotonic time> reset`` when the server side resets the connection (tickle ACKs), or
@@ -15,10 +18,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
+import itertools
+import os
 import sys
 import time
 
+from smb.base import OperationFailure
 from smb.SMBConnection import SMBConnection
 
 
@@ -89,6 +96,27 @@ def main() -> int:
             except Exception:
                 pass
             time.sleep(0.2)
+    elif verb == "fill":
+        conn = connect(vip, user, password)
+        try:
+            for n in itertools.count():
+                data = os.urandom(1 << 20)
+                try:
+                    conn.storeFile(share, f"{path}.{n}", io.BytesIO(data), timeout=10)
+                except OperationFailure as exc:  # the NT status of the refusal, in one line
+                    status = next((m.status for m in exc.smb_messages if m.status), 0)
+                    print(f"{path}.{n} refused: NT status 0x{status:08X}", file=sys.stderr)
+                    break
+                print(f"{n} {hashlib.sha256(data).hexdigest()}", flush=True)
+        finally:
+            conn.close()
+    elif verb == "remove":
+        conn = connect(vip, user, password)
+        try:
+            for entry in conn.listPath(share, "/", pattern=f"{path}.*", timeout=10):
+                conn.deleteFiles(share, entry.filename, timeout=10)
+        finally:
+            conn.close()
     elif verb == "list":  # the names in the share's top directory, one per line
         conn = connect(vip, user, password)
         try:

@@ -6,6 +6,7 @@ kept aside on some node (``hafs service diverged``). The short versions of the s
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import subprocess
@@ -206,3 +207,43 @@ def test_a_holder_whose_zfs_daemon_dies_hands_its_vip_to_a_backup(
     print(f"\nvip1 served by {backup} {took:.1f}s after zfs-fuse died on {holder}")
     status = s.lab.run(holder, [sys.executable, "-m", "hafs", "demote", "--json"])
     assert '"pool-unhealthy": 240' in status, status
+
+
+DISK_FULL = "NT status 0xC000007F"  # what Samba answers for ENOSPC and EDQUOT
+
+
+def test_a_full_share_reaches_the_backup_and_works_again_once_files_are_deleted(
+    service_lab: ServiceLab,
+) -> None:
+    """vip1's share filled over SMB until the server says disk full: every file it
+    acknowledged before is on a backup within two replication intervals (the share's limit
+    keeps the pool room for snapshots and sends), the holder serves on (no takeover, no
+    hold), and once the client deletes files it writes again and replication goes on."""
+    s = service_lab
+    holder, backup = "ha-file-server-1", s.cluster.vip(1).backups[0]
+    interval = s.cluster.replication_interval
+    fill = subprocess.run(
+        s.probe("fill", 1, "fill"), capture_output=True, text=True, cwd=REPO, check=False
+    )
+    filled, filled_wall = time.monotonic(), time.time()
+    assert fill.returncode == 0 and DISK_FULL in fill.stderr, fill.stderr
+    acked = dict(line.split() for line in fill.stdout.splitlines())
+    print(f"\n{len(acked)} MiB acknowledged, then: {fill.stderr.strip()}")
+    s.wait_replicated(1, backup, filled_wall, timeout=2 * interval + 10)
+    print(f"on {backup} {time.monotonic() - filled:.1f}s after the last acknowledged write")
+    dataset = f"{s.cluster.zfs_pool}/hafs/vip1"
+    root = s.lab.run(backup, ["zfs", "get", "-H", "-o", "value", "mountpoint", dataset]).strip()
+    share = f"{root}/shares/{s.cluster.vip(1).shares[0].name}"
+    sums = s.lab.run(backup, ["sh", "-c", f"cd {share} && sha256sum fill.*"])
+    there = {name.removeprefix("fill."): digest for digest, name in
+             (line.split() for line in sums.splitlines())}  # fmt: skip
+    assert {n: there.get(n) for n in acked} == acked  # (and the refused one, in part)
+    assert s.smbd_nodes(1) == [holder] and s.holders(1) == [holder]
+    demotion = json.loads(s.lab.run(holder, [sys.executable, "-m", "hafs", "demote", "--json"]))
+    assert demotion["holds"] == {}, demotion  # no takeover loop, no "pool-full" demotion
+
+    subprocess.run(s.probe("remove", 1, "fill"), check=True, cwd=REPO, capture_output=True)
+    s.put(1, "after-full.txt", "written once files were deleted")
+    s.wait_replicated(1, backup, time.time())
+    listed = s.lab.run(backup, ["ls", share]).split()
+    assert "after-full.txt" in listed and not [n for n in listed if n.startswith("fill.")]

@@ -38,7 +38,7 @@ from pathlib import Path
 import pytest
 
 from hafs.lab.netns import Netns, inside, new_prefix
-from hafs.service import divergence, replication
+from hafs.service import divergence, replication, space
 from hafs.service.config import ServiceConfig, VipService
 from hafs.service.node import NodeServices
 from hafs.service.samba import (
@@ -766,3 +766,44 @@ def test_an_incremental_carries_the_snapshots_in_between(two: tuple[Node, Node])
     assert pipe(a.zfs.send_command(f"{src}@n", "@c1"), b.zfs.recv_command(dst)) == (0, "")
 
     assert names(b.zfs.snapshots(dst)) == ["c1", "i1", "i2", "n"]
+
+
+def test_a_full_share_still_snapshots_and_sends_everything_it_acknowledged(
+    two: tuple[Node, Node],
+) -> None:
+    """A served VIP's shares stop at their part of the pool (hafs.service.space): the client
+    gets "disk full" while the pool keeps room, so the snapshot, the send and a rollback of
+    what it was told is written all still work (zfs-fuse keeps no slop: on a pool full to
+    the last byte, ``zfs snapshot`` fails "out of space"). It can delete and write again."""
+    a, b = two
+    vip = VipService(7, "full", IPv4Address("10.0.0.7"), "a", ("a", "b"), ())
+    others = tuple(replace(vip, vhid=vip.vhid + i, name=f"other{i}") for i in (1, 2, 3))
+    config = ServiceConfig(
+        node="a", pool=a.pool, replication_interval=10, peers={}, vips=(vip, *others), users={},
+    )  # fmt: skip
+    services = NodeServices(config, zfs=a.zfs)
+    src, dst, here = f"{a.pool}/hafs/full", f"{b.pool}/hafs/full", f"{a.mountpoint}/hafs/full"
+    a.zfs.create(src)
+    try:
+        pool = space.of_pool(a.zfs, a.pool)
+        assert services.limit(vip) == pool.share_limit(4)
+        written = int(a.sh(f"cd {here}; i=0; while head -c 1048576 /dev/urandom > f$i; do "
+                           "i=$((i+1)); done 2>/dev/null; echo $i"))  # fmt: skip
+        acked = [f"f{n}" for n in range(written)]  # f<written> is the one that hit the limit
+        assert written >= pool.share_limit(4) // (1 << 20) - 2, written
+        sums = a.sh(f"cd {here}; sha256sum {' '.join(acked)}")
+        assert space.of_pool(a.zfs, a.pool).free >= pool.headroom  # the room is still there
+
+        a.zfs.snapshot(f"{src}@s1")
+        assert pipe(a.zfs.send_command(f"{src}@s1"), b.zfs.recv_command(dst)) == (0, "")
+        assert b.sh(f"cd {b.mountpoint}/hafs/full; sha256sum {' '.join(acked)}") == sums
+        a.zfs.rollback(f"{src}@s1")  # the takeover's first step works on a full share too
+
+        a.sh(f"rm {here}/f0 {here}/f1 && head -c 1048576 /dev/urandom > {here}/again")
+        a.zfs.snapshot(f"{src}@s2")
+        assert pipe(a.zfs.send_command(f"{src}@s2", "@s1"), b.zfs.recv_command(dst)) == (0, "")
+        assert "again" in b.sh(f"ls {b.mountpoint}/hafs/full").split()
+    finally:
+        a.zfs.destroy_recursive(src)
+        if b.zfs.exists(dst):
+            b.zfs.destroy_recursive(dst)

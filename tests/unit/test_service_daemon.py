@@ -35,6 +35,12 @@ CONFIG = ServiceConfig(
 class FakeZfs:
     health: str | None = "ONLINE"  # None: the pool does not answer (its daemon died)
 
+    def __init__(self) -> None:
+        self.space = {"used": str(900 << 20), "available": str(124 << 20)}  # a 1 GiB pool
+
+    def get(self, name: str, prop: str) -> str:
+        return self.space[prop]
+
     def exists(self, name: str) -> bool:
         return True
 
@@ -99,6 +105,10 @@ class FakeServices:
     def refresh(self, vip: VipService) -> None:
         self.calls.append(f"refresh {sorted(self.config.users.items())}")
 
+    def limit(self, vip: VipService) -> int:
+        self.calls.append("limit")
+        return 1 << 30
+
     def replicate(self, vip: VipService) -> dict[str, Any]:
         self.calls.append("replicate")
         return {}
@@ -117,7 +127,7 @@ def test_dead_smbd_is_restarted_then_replication_goes_on() -> None:
     services = FakeServices(start_ok=True)
     d, holds = daemon(services)
     d.tend(VIP)
-    assert services.calls == ["start_smbd", "refresh []", "replicate"]
+    assert services.calls == ["start_smbd", "limit", "refresh []", "replicate"]
     assert holds == [("smb-vip1", 0)]  # any earlier health demotion is released
 
 
@@ -144,6 +154,38 @@ def test_served_but_not_held_is_stepped_down() -> None:
     services.smbd = 4242  # a BACKUP event's step-down failed, or came before the MASTER's
     d.tend(VIP)
     assert services.calls == ["forget_acks", "forget_acks", "stepdown"]
+
+
+def test_a_served_vip_is_limited_once_and_again_after_it_came_back() -> None:
+    services = FakeServices(start_ok=True)
+    services.smbd = 1
+    d, _ = daemon(services)
+    d.tend(VIP)
+    d.tend(VIP)  # limited already: no zfs call every round
+    assert services.calls == ["limit", "refresh []", "replicate", "refresh []", "replicate"]
+    services.held = False  # lost it (its step-down lifts the limit), then took it over again
+    services.smbd = None
+    d.tend(VIP)
+    services.held, services.smbd, services.calls = True, 1, []
+    d.tend(VIP)
+    assert services.calls == ["limit", "refresh []", "replicate"]
+
+
+def test_a_pool_running_low_is_said_once_and_reported(caplog: pytest.LogCaptureFixture) -> None:
+    services = FakeServices(start_ok=True)
+    d, _ = daemon(services)
+    caplog.set_level(logging.ERROR, "hafs.service")
+    pool = d.pool_space()
+    assert pool is not None and not pool.low  # 124 MiB free, headroom 51 MiB (5% of 1 GiB)
+    services.zfs.space = {"used": str(1000 << 20), "available": str(24 << 20)}
+    pool = d.pool_space()
+    assert pool is not None and pool.low
+    assert d.pool_space() is not None
+    assert caplog.text.count("only 24 MiB free of 1024 MiB (headroom 51 MiB)") == 1
+    report = {"node": "n1", "vips": {}, "diverged": [], "space": pool.as_dict()}
+    assert format_replication(report).splitlines()[-1] == (
+        "  pool: 24 MiB free of 1024 MiB (headroom 51 MiB, LOW); kept-aside copies 0 MiB of 205 MiB"
+    )
 
 
 def test_replication_report_shows_lag_and_failures(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -189,7 +231,7 @@ def test_a_rewritten_cluster_json_is_reloaded_and_its_users_applied(
     path.write_text(json.dumps(cluster))
     d.reload()
     d.tend(d.config.vip(1))
-    assert services.calls == ["refresh [('alice', 'new')]", "replicate"]
+    assert services.calls == ["limit", "refresh [('alice', 'new')]", "replicate"]
     caplog.set_level(logging.ERROR, "hafs.service")
     path.write_text("{broken")
     d.reload()  # a broken file: one line, and the daemon keeps what it has

@@ -8,6 +8,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from hafs.service.config import VipService
 from hafs.service.metrics import render
+from hafs.service.space import Space
 
 VIPS = [
     VipService(n, f"vip{n}", IPv4Address(f"10.0.0.{n}"), "n1", ("n1", "n2"), ()) for n in (1, 2)
@@ -53,3 +54,13 @@ def test_an_idle_node_still_says_zero_copies() -> None:
         ("hafs_service_diverged_copies", (("vip", "vip1"),)): 0,
         ("hafs_service_diverged_copies", (("vip", "vip2"),)): 0,
     }
+
+
+def test_the_pools_space_when_it_was_read() -> None:
+    pool = Space(size=1000 << 20, free=30 << 20)
+    got = samples(render(VIPS, {}, [], pool))
+    assert got[("hafs_service_pool_size_bytes", ())] == 1000 << 20
+    assert got[("hafs_service_pool_free_bytes", ())] == 30 << 20
+    assert got[("hafs_service_pool_headroom_bytes", ())] == 50 << 20
+    assert got[("hafs_service_diverged_budget_bytes", ())] == 200 << 20
+    assert ("hafs_service_pool_free_bytes", ()) not in samples(render(VIPS, {}, []))
