@@ -321,6 +321,30 @@ def zfs_kill(s: ServiceLab) -> Fault:
     return Fault([kill], time.monotonic())
 
 
+def full(s: ServiceLab) -> Fault:
+    """vip1's share filled to disk full; once a backup has it all, its holder loses power;
+    the filler's files deleted on the new holder, the old one started again"""
+    fill = subprocess.run(
+        s.probe("fill", VHID, "filler"), capture_output=True, text=True, cwd=REPO, check=False
+    )
+    filled, filled_wall = time.monotonic(), time.time()
+    log(f"filled: {len(fill.stdout.splitlines())} MiB acknowledged, then {fill.stderr.strip()}")
+    backup = s.cluster.vip(VHID).backups[0]
+    s.wait_replicated(VHID, backup, filled_wall, timeout=FAULT * 4)
+    log(f"{backup} has all of it {time.monotonic() - filled:.1f}s after the share was full")
+    node = holder(s)
+    kill = power_off(s, node)
+    wait_for(lambda: s.holders(VHID) not in ([], [node]), FAULT, "a takeover", step=0.2)
+    wait_for(
+        lambda: subprocess.run(s.probe("remove", VHID, "filler"), cwd=REPO, check=False,
+                               capture_output=True).returncode == 0,
+        FAULT, "the filler's files deleted on the new holder", step=1.0,
+    )  # fmt: skip
+    log(f"the filler's files deleted on {holder(s)}")
+    s.lab.start(node)
+    return Fault([kill], time.monotonic())
+
+
 def power(s: ServiceLab) -> Fault:
     """the holder loses power (lab kill) for 25 s, then is started again"""
     node = holder(s)
@@ -372,6 +396,7 @@ SCENARIOS: dict[str, Callable[[ServiceLab], Fault]] = {
     "agent-kill": agent_kill,
     "service-kill": service_kill,
     "zfs-kill": zfs_kill,
+    "full": full,
     "power": power,
     "two-nodes": two_nodes,
     "away": away,

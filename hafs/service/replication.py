@@ -106,6 +106,9 @@ def _stream(
         raise ServiceError(
             f"{vip.name}: send to {peer} failed: {receiver.stderr.strip() or 'zfs send'}"
         )
+    for line in receiver.stderr.splitlines():  # the receiver's news (DIVERGED: a copy kept
+        if " WARNING " in line or " ERROR " in line:  # aside) goes back over ssh: said here too
+            log.warning("%s: %s says: %s", vip.name, peer, line)
     _acked(services, vip, peer, snapshot)
     return snapshot
 

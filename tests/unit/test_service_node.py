@@ -292,6 +292,40 @@ def test_a_handover_sends_from_the_snapshot_the_peer_says_it_has(
     assert node.asked == (["snapshots"] if asked else [])
 
 
+class Sending(Bases):
+    def send_command(self, snapshot: str, base: str | None = None) -> list[str]:
+        return ["echo", "a stream"]
+
+
+class Receiver:
+    """A peer whose ``hafs service receive`` reads the stream and says what it did."""
+
+    def remote_argv(self, peer: str, args: Sequence[str]) -> list[str]:
+        said = (
+            "2026-12-05 20:00:00,000 INFO hafs.service: vip1: waiting for the operation\n"
+            "2026-12-05 20:00:01,000 WARNING hafs.service: vip1: DIVERGED: kept as x\n"
+        )
+        return ["sh", "-c", f"cat >/dev/null; printf '{said}' >&2"]
+
+
+def test_what_a_receiver_warns_of_is_said_in_the_senders_log(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A kept-aside copy is made by the receiving end, whose output goes back over ssh."""
+    vip = VipService(1, "vip1", IPv4Address("10.0.0.100"), "n1", ("n1", "n2"), ())
+    config = ServiceConfig(
+        node="n1", pool="tank", replication_interval=10, vips=(vip,), users={},
+        peers={"n2": IPv4Address("10.0.0.2")},
+    )  # fmt: skip
+    monkeypatch.setattr(NodeServices, "transport", Receiver())
+    node = NodeServices(config, zfs=cast(Zfs, Sending({})))
+    assert replication._stream(node, vip, "n2", "s19", "s18") == "s19"
+    said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert said == [
+        "vip1: n2 says: 2026-12-05 20:00:01,000 WARNING hafs.service: vip1: DIVERGED: kept as x"
+    ]
+
+
 class Served(NodeServices):
     """A VIP's dataset exists and is served; stopping smbd and sealing only record."""
 
