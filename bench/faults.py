@@ -290,8 +290,15 @@ def agent_kill(s: ServiceLab) -> Fault:
 
 
 def service_kill(s: ServiceLab) -> Fault:
-    """the holder's hafs service daemon SIGKILLed; its supervisor runs it again (Restart=always)"""
-    return _kill_supervised(s, "hafs service run", s.lab.service)
+    """the holder's hafs service daemon SIGKILLed; its supervisor runs it again (Restart=always);
+    2 intervals later the holder loses power (the RPO: replication went on), back 25 s later"""
+    _kill_supervised(s, "hafs service run", s.lab.service)
+    time.sleep(2 * s.cluster.replication_interval)
+    node = holder(s)
+    kill = power_off(s, node)
+    time.sleep(FAULT)
+    s.lab.start(node)
+    return Fault([kill], time.monotonic())
 
 
 def _kill_supervised(s: ServiceLab, what: str, find: Callable[[str], Proc | None]) -> Fault:
