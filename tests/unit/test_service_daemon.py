@@ -263,6 +263,8 @@ def test_resync_pulls_from_the_holder_then_takes_its_vip_back(
         expected.append(["n2", "handover", "vip1", "--to", "n1", "--since", "s2"])
     assert asked == expected
     assert holds == ([("resync", 0)] if released else [])  # else: still demoted, tried again
+    # the address comes with the preempt: served from here at once, not by the MASTER hook
+    assert services.calls == (["takeover"] if released else [])
 
 
 THREE = ServiceConfig(
@@ -369,3 +371,15 @@ def test_a_degraded_pool_serves_and_a_suspended_one_does_not(health: str, ok: bo
     d, holds = daemon(services)
     assert d.pool_healthy() is ok
     assert holds == ([] if ok else [("pool-unhealthy", 240)])
+
+
+def test_a_vip_not_preempted_after_the_handover_is_left_to_the_master_hook(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr("hafs.service.daemon.TAKE_BACK_WAIT", 0.05)
+    services = FakeServices(start_ok=True, held=False)  # another master won meanwhile
+    d, _ = daemon(services)
+    caplog.set_level(logging.INFO, "hafs.service")
+    d.take_back(VIP)
+    assert services.calls == []
+    assert "vip1: not preempted yet: the MASTER hook takes it over" in caplog.text
