@@ -13,6 +13,12 @@ from collections.abc import Sequence
 from hafs.service.config import ServiceConfig
 
 SSH_CONNECT_TIMEOUT = 2
+# A peer that loses power mid-operation answers nothing, not even a reset: without keepalives
+# ssh waits for it until the operation's own timeout (a send: 600 s), and with it the service
+# daemon's round: no VIP of this node is snapshotted or sent meanwhile, not even one it takes
+# over then (fault suite, two-nodes: the new holder's writes never reached a backup).
+SSH_ALIVE_INTERVAL = 2  # seconds of silence before ssh asks the peer's sshd
+SSH_ALIVE_COUNT = 3  # unanswered asks: ssh gives up (exit 255) 6-8 s after the peer died
 
 
 class Transport:
@@ -34,6 +40,10 @@ class Transport:
             f"UserKnownHostsFile={self.config.known_hosts}",
             "-o",
             f"ConnectTimeout={SSH_CONNECT_TIMEOUT}",
+            "-o",
+            f"ServerAliveInterval={SSH_ALIVE_INTERVAL}",
+            "-o",
+            f"ServerAliveCountMax={SSH_ALIVE_COUNT}",
             "-o",
             "LogLevel=ERROR",
             f"root@{self.config.peers[peer]}",
