@@ -246,4 +246,6 @@ def replication_keys(cluster: Cluster, node: Node) -> OperationMeta:
         key_path=REPLICATION_KEY,
         options=options,
     )
-    return ops.sshd_forced_commands_for_root(name="sshd admits root's forced-command keys")
+    return ops.sshd_for_replication(
+        name="sshd admits root's forced-command keys and drops silent clients"
+    )

@@ -222,30 +222,41 @@ def unit_enabled(unit: str, enabled: bool = True) -> Commands:
         yield StringCommand("systemctl", "disable", QuoteString(unit))
 
 
-@operation()
-def sshd_forced_commands_for_root(config: str = "/etc/ssh/sshd_config") -> Commands:
-    """sshd lets root in with forced-command keys, when it would let root in not at all.
+# sshd options replication needs: (option, its effective value that is wrong, lines to set)
+SSHD_NEEDS = (
+    # FreeBSD's default is ``no``; replication logs in as root with forced-command keys
+    ("PermitRootLogin", "no", ("PermitRootLogin forced-commands-only",)),
+    # default 0: a receive whose sender lost power would hold its VIP's lock for hours (TCP
+    # keepalive), and every later send of that VIP to this node would wait behind it
+    ("ClientAliveInterval", "0", ("ClientAliveInterval 2", "ClientAliveCountMax 3")),
+)
 
-    FreeBSD's default is ``PermitRootLogin no``; replication logs in as root with keys that
-    can only run their forced command, so ``forced-commands-only`` goes first in ``config``
-    (sshd takes an option's first value, and no ``Match`` block is open there). Any other
-    effective value already admits those keys and is left alone; an explicit ``no`` is the
-    administrator's: refused with one line instead of overridden.
+
+@operation()
+def sshd_for_replication(config: str = "/etc/ssh/sshd_config") -> Commands:
+    """sshd admits root's forced-command keys and drops a client that went silent.
+
+    An option whose effective value (``sshd -T``) is the wrong one :data:`SSHD_NEEDS` names
+    gets its lines first in ``config`` (sshd takes an option's first value, and no ``Match``
+    block is open there); any other effective value is left alone. An explicit line with the
+    wrong value is the administrator's: refused with one line instead of overridden.
     """
-    if host.get_fact(SshdOption, option="PermitRootLogin") != "no":
+    lines: list[str] = []
+    for option, wrong, wanted in SSHD_NEEDS:
+        if host.get_fact(SshdOption, option=option) != wrong.lower():
+            continue
+        pattern = rf"^[[:space:]]*{option}[[:space:]]"
+        if host.get_fact(FindInFile, path=config, pattern=pattern):
+            raise OperationError(
+                f"{config}: {option} {wrong}: replication needs {wanted[0]}: set it"
+            )
+        lines += wanted
+    if not lines:
         return
-    pattern = r"^[[:space:]]*PermitRootLogin[[:space:]]"
-    if host.get_fact(FindInFile, path=config, pattern=pattern):
-        raise OperationError(
-            f"{config}: PermitRootLogin no: replication logs in as root with forced-command "
-            "keys: set PermitRootLogin forced-commands-only"
-        )
     staged = f"{config}.hafs-new"
     yield StringCommand(
         "{",
-        "echo",
-        QuoteString("PermitRootLogin forced-commands-only"),
-        ";",
+        *(part for line in lines for part in ("echo", QuoteString(line), ";")),
         "cat",
         QuoteString(config),
         ";",

@@ -67,7 +67,11 @@ def authorized(peer: str) -> str:
 
 def fresh(name: str) -> Responses:
     """A FreeBSD install that hafs never saw; its replication key exists once generated."""
-    return {"replication_key.pub": public_key(name), "sshd -T": "no"}
+    return {
+        "replication_key.pub": public_key(name),
+        '"clientaliveinterval"': "0",  # sshd -T's defaults
+        "sshd -T": "no",
+    }
 
 
 @dataclass
@@ -185,7 +189,8 @@ def test_fresh_node_gets_exactly_these_commands(recorded: Recorded) -> None:
         "mkdir -p /root/.ssh",
         "chmod 700 /root/.ssh",
         f"umask 077 && printf '%s\\n' {peers} >> /root/.ssh/authorized_keys",
-        "{ echo 'PermitRootLogin forced-commands-only' ; cat /etc/ssh/sshd_config ; } "
+        "{ echo 'PermitRootLogin forced-commands-only' ; echo 'ClientAliveInterval 2' ; "
+        "echo 'ClientAliveCountMax 3' ; cat /etc/ssh/sshd_config ; } "
         "> /etc/ssh/sshd_config.hafs-new && mv /etc/ssh/sshd_config.hafs-new /etc/ssh/sshd_config",
         "service sshd reload",
         "kldload carp",
@@ -353,12 +358,24 @@ def test_not_running_node_is_configured_but_nothing_started(recorded: Recorded) 
     assert "upload /etc/rc.conf.d/netif" in recorded.commands
 
 
-def test_explicit_no_root_login_is_refused_not_overridden() -> None:
-    def explicit_no(name: str) -> Responses:
-        return {**fresh(name), "grep -e '^[[:space:]]*PermitRootLogin": "PermitRootLogin no"}
+@pytest.mark.parametrize(
+    ("option", "value", "needed"),
+    [
+        ("PermitRootLogin", "no", "PermitRootLogin forced-commands-only"),
+        ("ClientAliveInterval", "0", "ClientAliveInterval 2"),
+    ],
+)
+def test_an_explicit_sshd_option_replication_cannot_use_is_refused_not_overridden(
+    option: str, value: str, needed: str
+) -> None:
+    def explicit(name: str) -> Responses:
+        return {**fresh(name), f"grep -e '^[[:space:]]*{option}": f"{option} {value}"}
 
-    with pytest.raises(OperationError, match=r"sshd_config: PermitRootLogin no: replication"):
-        deploy(explicit_no, zfs_devices=["ada1"])
+    with pytest.raises(
+        OperationError,
+        match=rf"^/etc/ssh/sshd_config: {option} {value}: replication needs {needed}",
+    ):
+        deploy(explicit, zfs_devices=["ada1"])
 
 
 def test_missing_pool_without_devices_is_one_line() -> None:
