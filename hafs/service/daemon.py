@@ -334,7 +334,9 @@ class ServiceDaemon:
                 handovers.append((vip, holder))  # this node comes first: it will preempt
         if not ok:
             return  # still demoted; the next round tries again
+        fresh = {}
         for vip, holder in handovers:  # then the short handovers, right before undemoting
+            fresh[vip.name] = self.remount(vip)
             mine = self.services.zfs.snapshots(self.services.dataset(vip))
             since = ["--since", mine[-1].name] if mine else []
             moved = self.services.remote(
@@ -350,14 +352,26 @@ class ServiceDaemon:
         if ok:
             log.info("resync complete: releasing the %s demotion", RESYNC_HOLD)
             self.hold(RESYNC_HOLD, 0)
-            for vip, _ in handovers:
-                self.take_back(vip)
+            for vip, holder in handovers:
+                self.take_back(vip, holder, fresh[vip.name])
 
-    def take_back(self, vip: VipService) -> None:
-        """Serve a VIP handed over to this node as soon as the preempt gives it the address:
-        its clients wait from the handover on, and a MASTER hook needs a Python of its own
-        to start first (1.5 s measured on a loaded node). That hook, once it runs, waits for
-        the VIP's lock and finds it served."""
+    def remount(self, vip: VipService) -> bool:
+        """Drop the pages this node cached of the VIP while it served it, before the final
+        receive (zfs-fuse keeps them across a receive): nothing reads the replica until the
+        takeover, which then needs no rollback. False if it did not remount."""
+        try:
+            self.services.remount(vip)
+        except (ZfsError, OSError, subprocess.SubprocessError) as exc:
+            log.warning("%s: not remounted before the handover (%s): rolled back", vip.name, exc)
+            return False
+        return True
+
+    def take_back(self, vip: VipService, holder: str, fresh: bool = False) -> None:
+        """Serve a VIP ``holder`` handed over to this node as soon as the preempt gives it
+        the address: its clients wait from the handover on, and a MASTER hook needs a Python
+        of its own to start first (1.5 s measured on a loaded node). That hook, once it
+        runs, waits for the VIP's lock and finds it served. Only ``holder`` is fenced: an ssh
+        to every carrier takes CPU from the takeover itself."""
         deadline = time.monotonic() + TAKE_BACK_WAIT
         while not self.services.holds(vip):
             if time.monotonic() > deadline:
@@ -365,7 +379,7 @@ class ServiceDaemon:
                 return
             time.sleep(0.02)
         try:
-            self.services.takeover(vip)
+            self.services.takeover(vip, str(self.config.peers[holder]), fresh)
         except (ServiceError, ZfsError, OSError, subprocess.SubprocessError) as exc:
             log.error("%s: takeover after the handover: %s", vip.name, exc)
 

@@ -71,3 +71,13 @@ def keep_stray(vip: VipService, directory: Path) -> Path | None:
         vip.name, len(found), directory, ", ".join(found[:5]), stray,
     )  # fmt: skip
     return stray
+
+
+def remount(services: NodeServices, vip: VipService) -> None:
+    """Unmount and mount the VIP's dataset: zfs-fuse keeps the kernel's cached pages of a
+    mounted dataset across a receive (a file read before it shows its old content after),
+    and a remount drops them (:mod:`hafs.service.zfs`)."""
+    zfs, dataset = services.zfs, services.dataset(vip)
+    if zfs.mounted(dataset):
+        zfs.unmount(dataset)
+    zfs.mount(dataset)

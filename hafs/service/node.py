@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from hafs.carp import control
-from hafs.service import announce, host, replication, smbd, space, takeover
+from hafs.service import announce, host, mounts, replication, smbd, space, takeover
 from hafs.service.config import ServiceConfig, VipService
 from hafs.service.runtime import RUN_DIR
 from hafs.service.samba import SambaDirs, SambaInstance, SambaShare
@@ -186,8 +186,14 @@ class NodeServices:
 
     # --- operations (each in its own module) --------------------------------------------------
 
-    def takeover(self, vip: VipService, previous_master: str | None = None) -> None:
-        takeover.takeover(self, vip, previous_master)
+    def takeover(
+        self, vip: VipService, previous_master: str | None = None, fresh: bool = False
+    ) -> None:
+        takeover.takeover(self, vip, previous_master, fresh)
+
+    def remount(self, vip: VipService) -> None:
+        with self.locked(vip):  # not under a receive
+            mounts.remount(self, vip)
 
     def stepdown(self, vip: VipService, action: str = "step-down") -> None:
         takeover.stepdown(self, vip, action)

@@ -51,9 +51,13 @@ FENCE_TIMEOUT = 1.0  # a live peer on the LAN answers well within it
 GATE_TIMEOUT = 5.0  # ssh's connect timeout and a remote python's start, with room
 
 
-def takeover(services: NodeServices, vip: VipService, previous_master: str | None = None) -> None:
+def takeover(
+    services: NodeServices, vip: VipService, previous_master: str | None = None, fresh: bool = False
+) -> None:
     """Serve the VIP here. ``previous_master``: the address of the node the CARP daemon
-    took the VIP over from, if it knows (the one to fence); else every other carrier."""
+    took the VIP over from, if it knows (the one to fence); else every other carrier.
+    ``fresh``: the replica was remounted before its last receive and nothing read it since
+    (a handback: :meth:`ServiceDaemon.resync`), so no rollback is needed to drop cached pages."""
     node = services.config.node
     with services.locked(vip, abort_receive=True):
         if services.smbd_pid(vip) is not None and services.writable(vip):
@@ -79,7 +83,7 @@ def takeover(services: NodeServices, vip: VipService, previous_master: str | Non
             # (its smbd is bound to an address it no longer has); fencing stops its writes
             fencing = fence_peers(services, vip, previous_master, pool)
             with step(vip, "takeover", "roll back to the newest snapshot"):
-                rollback_or_provision(services, vip)
+                rollback_or_provision(services, vip, fresh)
             with step(vip, "takeover", "check that the dataset is mounted"):
                 mounts.ensure_mounted(services, vip)
             with step(vip, "takeover", "make the dataset writable"):
@@ -171,7 +175,7 @@ def fenced(vip: VipService, fencing: dict[str, Future[Any]]) -> None:
         log.info("%s takeover: fence %s: %s", vip.name, peer, "fenced" if ok else "no answer")
 
 
-def rollback_or_provision(services: NodeServices, vip: VipService) -> None:
+def rollback_or_provision(services: NodeServices, vip: VipService, fresh: bool = False) -> None:
     zfs, dataset, node = services.zfs, services.dataset(vip), services.config.node
     divergence.finish_interrupted(services, vip)  # an aborted receive may have cut one short
     if not zfs.exists(dataset):
@@ -191,7 +195,10 @@ def rollback_or_provision(services: NodeServices, vip: VipService) -> None:
         log.info("%s takeover: served here last: keeping the head, no rollback", vip.name)
         return
     snapshots = zfs.snapshots(dataset)
-    if snapshots:
+    if snapshots and fresh:  # a read-only replica at its newest snapshot, no page cached
+        log.info("%s takeover: received into a remounted replica: no rollback", vip.name)
+        replication.keep_bases_at_takeover(services, vip)
+    elif snapshots:
         newest = snapshots[-1]
         zfs.rollback(newest.full_name)  # the newest: destroys no snapshot
         log.info("%s takeover: rolled back to %s", vip.name, newest.name)

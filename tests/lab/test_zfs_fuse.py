@@ -38,7 +38,7 @@ from pathlib import Path
 import pytest
 
 from hafs.lab.netns import Netns, inside, new_prefix
-from hafs.service import divergence, replication, space
+from hafs.service import divergence, mounts, replication, space
 from hafs.service.config import ServiceConfig, VipService
 from hafs.service.node import NodeServices
 from hafs.service.samba import (
@@ -314,6 +314,32 @@ def test_rollback_after_a_receive_serves_the_received_data(two: tuple[Node, Node
     b.zfs.set(dst, "readonly", "off")
 
     assert b.sh(f"cat {b.mountpoint}/hafs/cache/f") == "two\n"
+
+
+def test_a_replica_remounted_before_a_receive_needs_no_rollback(two: tuple[Node, Node]) -> None:
+    """The handback's shortcut: the returning home remounts its replica (dropping the pages
+    cached while it served) before the final receive; nothing reads it in between, so the
+    takeover serves what was received with no rollback. Without the remount: stale pages."""
+    a, b = two
+    src, dst = f"{a.pool}/hafs/remount", f"{b.pool}/hafs/remount"
+    here, there = f"{a.mountpoint}/hafs/remount", f"{b.mountpoint}/hafs/remount"
+    a.zfs.create(src)
+    a.sh(f"echo one > {here}/f; echo one > {here}/g")
+    a.zfs.snapshot(f"{src}@r1")
+    assert pipe(a.zfs.send_command(f"{src}@r1"), b.zfs.recv_command(dst)) == (0, "")
+    b.zfs.set(dst, "readonly", "on")
+    assert b.sh(f"cat {there}/f {there}/g") == "one\none\n"  # served here: pages cached
+    vip = VipService(6, "remount", IPv4Address("10.0.0.6"), "b", ("b",), ())
+    mounts.remount(services_on(b, vip), vip)
+    a.sh(f"echo two > {here}/f; echo two > {here}/g")
+    a.zfs.snapshot(f"{src}@r2")
+    assert pipe(a.zfs.send_command(f"{src}@r2", "@r1"), b.zfs.recv_command(dst)) == (0, "")
+    assert b.sh(f"cat {there}/f") == "two\n"
+    b.sh(f"cat {there}/g")  # read now, then changed by the next receive with no remount
+    a.sh(f"echo six > {here}/g")  # the same size: the kernel sees no change
+    a.zfs.snapshot(f"{src}@r3")
+    assert pipe(a.zfs.send_command(f"{src}@r3", "@r2"), b.zfs.recv_command(dst)) == (0, "")
+    assert b.sh(f"cat {there}/g") == "two\n"  # stale: what the remount is for
 
 
 def test_a_cut_stream_leaves_the_replica_at_its_last_complete_snapshot(

@@ -92,8 +92,14 @@ class FakeServices:
         if not self.start_ok:
             raise ServiceError("smbd does not listen")
 
-    def takeover(self, vip: VipService) -> None:
-        self.calls.append("takeover")
+    def takeover(
+        self, vip: VipService, previous_master: str | None = None, fresh: bool = False
+    ) -> None:
+        fenced = f", fence {previous_master}" if previous_master else ""
+        self.calls.append(("takeover, no rollback" if fresh else "takeover") + fenced)
+
+    def remount(self, vip: VipService) -> None:
+        self.calls.append("remount")
 
     def stepdown(self, vip: VipService, action: str = "step-down") -> None:
         self.calls.append("stepdown")
@@ -264,7 +270,9 @@ def test_resync_pulls_from_the_holder_then_takes_its_vip_back(
     assert asked == expected
     assert holds == ([("resync", 0)] if released else [])  # else: still demoted, tried again
     # the address comes with the preempt: served from here at once, not by the MASTER hook
-    assert services.calls == (["takeover"] if released else [])
+    assert services.calls == (
+        ["remount", "takeover, no rollback, fence 10.0.0.2"] if released else []
+    )
 
 
 THREE = ServiceConfig(
@@ -380,6 +388,6 @@ def test_a_vip_not_preempted_after_the_handover_is_left_to_the_master_hook(
     services = FakeServices(start_ok=True, held=False)  # another master won meanwhile
     d, _ = daemon(services)
     caplog.set_level(logging.INFO, "hafs.service")
-    d.take_back(VIP)
+    d.take_back(VIP, "n2")
     assert services.calls == []
     assert "vip1: not preempted yet: the MASTER hook takes it over" in caplog.text

@@ -247,6 +247,37 @@ def test_a_takeover_keeps_the_newest_snapshot_for_every_carrier_with_no_known_ba
     assert zfs.props == {"hafs:base:n3": "s7", "hafs:base:n4": "s19", "hafs:base:n1": "s19"}
 
 
+class RollingBack(Bases):
+    """vip1, a replica last received here (not served), recording rollbacks."""
+
+    def __init__(self) -> None:
+        super().__init__({})
+        self.rolled_back: list[str] = []
+
+    def having(self, root: str, prop: str) -> dict[str, str]:
+        return {}
+
+    def get(self, name: str, prop: str) -> str:
+        return "off"  # hafs:served
+
+    def rollback(self, snapshot: str) -> None:
+        self.rolled_back.append(snapshot.split("@")[1])
+
+
+@pytest.mark.parametrize(("fresh", "rolled_back"), [(False, ["s19"]), (True, [])])
+def test_a_replica_remounted_before_its_last_receive_is_served_with_no_rollback(
+    fresh: bool, rolled_back: list[str]
+) -> None:
+    vip = VipService(1, "vip1", IPv4Address("10.0.0.100"), "n1", ("n1", "n2"), ())
+    config = ServiceConfig(
+        node="n1", pool="tank", replication_interval=10, vips=(vip,), users={}, peers={},
+    )  # fmt: skip
+    zfs = RollingBack()
+    takeover.rollback_or_provision(NodeServices(config, zfs=cast(Zfs, zfs)), vip, fresh)
+    assert zfs.rolled_back == rolled_back
+    assert zfs.props == {"hafs:base:n2": "s19"}  # the bases are kept either way
+
+
 class HandingOver(AnsweringNode):
     """Records what it asks its peers; its step-down does nothing."""
 
