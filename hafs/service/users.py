@@ -12,9 +12,9 @@ import hashlib
 import json
 import logging
 import subprocess
-import zlib
 from pathlib import Path
 
+from hafs.cluster import uid_of
 from hafs.service import host
 from hafs.service.config import ServiceConfig
 from hafs.service.runtime import RUN_DIR, read_text
@@ -23,12 +23,6 @@ from hafs.service.samba import SambaInstance, add_user_argv, delete_user_argv
 log = logging.getLogger("hafs.service")
 
 GROUP, GID = "hafs", 60000
-UID_BASE, UID_SPAN = 60001, 5000
-
-
-def uid_of(user: str) -> int:
-    """The same uid for ``user`` on every node (files keep numeric ids across replication)."""
-    return UID_BASE + zlib.crc32(user.encode()) % UID_SPAN
 
 
 def _digest(config: ServiceConfig) -> str:
@@ -56,14 +50,13 @@ def sync_passdb(config: ServiceConfig, instance: SambaInstance) -> None:
         marker.write_text(digest)
 
 
-def _useradd_argv(user: str) -> list[str]:
-    uid = str(uid_of(user))
+def _useradd_argv(user: str, uid: int) -> list[str]:
     if host.FREEBSD:
         return [
-            "pw", "useradd", user, "-u", uid, "-g", GROUP,
+            "pw", "useradd", user, "-u", str(uid), "-g", GROUP,
             "-d", "/nonexistent", "-s", "/usr/sbin/nologin",
         ]  # fmt: skip
-    return ["useradd", "-M", "-N", "-u", uid, "-g", GROUP, "-s", "/usr/sbin/nologin", user]
+    return ["useradd", "-M", "-N", "-u", str(uid), "-g", GROUP, "-s", "/usr/sbin/nologin", user]
 
 
 def _create_group_and_users(config: ServiceConfig) -> None:
@@ -76,7 +69,9 @@ def _create_group_and_users(config: ServiceConfig) -> None:
         subprocess.run(argv, check=True, capture_output=True)
     for user in config.users:
         if subprocess.run(["id", "-u", user], capture_output=True, check=False).returncode:
-            subprocess.run(_useradd_argv(user), check=True, capture_output=True)
+            subprocess.run(
+                _useradd_argv(user, uid_of(user, config.uids)), check=True, capture_output=True
+            )
 
 
 def _ensure_passdb(config: ServiceConfig, instance: SambaInstance) -> None:

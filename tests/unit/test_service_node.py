@@ -14,6 +14,7 @@ from typing import cast
 
 import pytest
 
+from hafs.cluster import UID_BASE, UID_SPAN, uid_of
 from hafs.errors import HafsError
 from hafs.service import announce, divergence, host, replication, takeover
 from hafs.service import config as service_config
@@ -21,7 +22,6 @@ from hafs.service.announce import tickle_segment
 from hafs.service.config import ServiceConfig, ServiceConfigError, ShareConfig, VipService
 from hafs.service.node import NodeServices
 from hafs.service.runtime import ServiceError
-from hafs.service.users import UID_BASE, UID_SPAN, uid_of
 from hafs.service.zfs import Snapshot, Zfs
 from tests.unit.conftest import MakeCluster
 
@@ -39,9 +39,10 @@ def test_tickle_segment_is_a_valid_tcp_ack() -> None:
     assert IP(bytes(packet))[TCP].chksum == sent_checksum
 
 
-def test_uids_are_stable_and_in_range() -> None:
-    assert uid_of("alice") == uid_of("alice") != uid_of("bob")
-    assert all(UID_BASE <= uid_of(u) < UID_BASE + UID_SPAN for u in ("a", "alice", "x" * 30))
+def test_uids_are_stable_and_in_range_unless_pinned() -> None:
+    assert uid_of("alice", {}) == uid_of("alice", {}) != uid_of("bob", {})
+    assert all(UID_BASE <= uid_of(u, {}) < UID_BASE + UID_SPAN for u in ("a", "alice", "x" * 30))
+    assert uid_of("alice", {"alice": 1234}) == 1234
 
 
 def test_cluster_json_round_trip(make_cluster: MakeCluster, tmp_path: Path) -> None:
