@@ -23,9 +23,9 @@ def progress(message: str) -> None:
 
 
 def _lab(args: argparse.Namespace, must_exist: bool = True) -> ClusterLab:
+    lab = ClusterLab(args.name)  # refuses a bad --name before anything else
     if os.geteuid() != 0:
         raise HafsError("hafs lab needs root (network and mount namespaces)")
-    lab = ClusterLab(args.name)
     if must_exist and not lab.state:
         raise HafsError(f"no lab named {args.name!r}: hafs lab up --name {args.name}")
     return lab
