@@ -515,9 +515,12 @@ def _vip(
         advskew = dict(skews)
     else:
         advskew = derived
-    shares = tuple(
-        _share(s, f"{where}: shares[{i}]", users) for i, s in enumerate(raw.get("shares", []))
-    )
+    raw_shares = raw.get("shares", [])
+    if not isinstance(raw_shares, list):
+        raise InventoryError(
+            f"{where}: shares: must be a list like ['projects'], got {raw_shares!r}"
+        )
+    shares = tuple(_share(s, f"{where}: shares[{i}]", users) for i, s in enumerate(raw_shares))
     return Vip(
         name=_match(raw.get("name", f"vip{vhid}"), f"{where}: name", NAME),
         vhid=vhid,
