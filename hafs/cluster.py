@@ -542,9 +542,7 @@ def _share(raw: Any, where: str, users: Mapping[str, str]) -> Share:
     unknown = sorted(set(raw) - SHARE_KEYS)
     if unknown:
         raise InventoryError(f"{where}: unknown key {unknown[0]!r}: use {sorted(SHARE_KEYS)}")
-    name = _match(
-        raw["name"], f"{where}: name", Rule(NAME.pattern, NAME.fix + ", it is also a path")
-    )
+    name = _match(raw["name"], f"{where}: name", SHARE_NAME)
     if name.lower() in SAMBA_SECTIONS:
         raise InventoryError(f"{where}: name: {name!r} is a Samba section: choose another name")
     share_users = raw.get("users", sorted(users))
