@@ -11,11 +11,19 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from hafs import __version__
 from hafs.errors import HafsError
 
 Handler = Callable[[argparse.Namespace], int]
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with its errors in one line, as every other hafs error (no usage block)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}: see {self.prog} --help\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     from hafs.lab import cli as lab_cli
     from hafs.service import cli as service_cli
 
-    parser = argparse.ArgumentParser(
+    parser: argparse.ArgumentParser = Parser(  # its subcommands' parsers are Parsers too
         prog="hafs",
         description="Highly available Samba/ZFS file servers: cluster model, CARP agent, "
         "deploys, SMB checks and a network-namespace lab.",

@@ -14,9 +14,11 @@ inventory, read by pyinfra's own loader so that hafs and ``pyinfra`` always agre
 ``group_data/*.py`` (beside the inventory)
     cluster-wide keys: ``carp_pass``, ``carp_advbase`` (1), ``failback`` (True),
     ``advskew_step`` (10), ``zfs_pool`` ("tank"), ``replication_interval`` (10 s),
-    ``smb_users`` (name -> password), ``check_user``, ``secrets_file`` (a TOML file,
-    mode 0600, that may hold ``carp_pass`` and ``[smb_users]``), ``quorum_witness`` (the
-    address a node that hears no peer pings: default, each node's ``gateway``).
+    ``smb_users`` (name -> password), ``smb_uids`` (name -> uid: pins a user's Unix uid,
+    else it is derived from the name, see :func:`uid_of`), ``check_user``, ``secrets_file``
+    (a TOML file, mode 0600, that may hold ``carp_pass`` and ``[smb_users]``),
+    ``quorum_witness`` (the address a node that hears no peer pings: default, each node's
+    ``gateway``).
 
 A VIP is a dict: ``vhid``, ``address`` (optionally with the subnet prefix, as the
 seed's ``172.21.0.211/20``), ``name`` (default ``vip<vhid>``), ``advbase``,
@@ -24,16 +26,25 @@ seed's ``172.21.0.211/20``), ``name`` (default ``vip<vhid>``), ``advbase``,
 ``advskew``: an explicit ``{node: advskew}`` map naming exactly the nodes that carry
 the VIP. Without it every node carries it with a derived layout (:func:`derive_layout`).
 
-Problems that make the inventory unreadable (a field of the wrong type, an address
-that does not parse, an unknown OS) raise :class:`InventoryError` with one line naming
-the host and key; problems of a readable cluster (ties, ranges, subnets) are reported
-by :mod:`hafs.check`.
+Problems that make the inventory unreadable or unusable on a node (a field of the wrong
+type, an address that does not parse, an unknown OS, a name Samba, ZFS, a path or a shell
+would choke on, two users with one uid) raise :class:`InventoryError` with one line naming
+the field, the bad value and the fix; problems of a readable cluster (ties, ranges,
+subnets) are reported by :mod:`hafs.check`.
+
+Names are strict, the same on FreeBSD and Linux: share, VIP and pool names match
+:data:`NAME` (letters, digits, ``_ . : -``, starting with a letter or digit: a share's name
+is also a path, a VIP's a dataset; Samba would allow spaces, hafs does not), user names
+:data:`USER_NAME` (POSIX portable, lower case), interface names :data:`INTERFACE` (at most
+15 characters, Linux's IFNAMSIZ), and no secret holds a control character.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import tomllib
+import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network, ip_address, ip_interface
@@ -49,6 +60,52 @@ LinkMode = Literal["garp", "vmac"]
 VIP_KEYS = {"vhid", "address", "name", "advbase", "advskew", "shares"}
 SHARE_KEYS = {"name", "writable", "users", "comment"}
 SECRETS_KEYS = {"carp_pass", "smb_users"}
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What a name or a secret may hold: ``pattern`` matches the whole value, ``fix`` says it."""
+
+    pattern: re.Pattern[str]
+    fix: str
+
+
+NAME = Rule(
+    re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}"),
+    "1-64 letters, digits and _ . : - starting with a letter or digit (no spaces)",
+)
+SHARE_NAME = Rule(NAME.pattern, NAME.fix + ": a share's name is also a directory")
+POOL = Rule(
+    re.compile(r"[A-Za-z][A-Za-z0-9_.:-]{0,63}"),
+    "1-64 letters, digits and _ . : - starting with a letter (no spaces)",
+)
+HOST = Rule(
+    re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}"),
+    "a host name: 1-63 letters, digits and _ . - starting with a letter or digit",
+)
+USER_NAME = Rule(
+    re.compile(r"[a-z_][a-z0-9_-]{0,31}"),
+    "a POSIX user name: 1-32 of a-z 0-9 _ - starting with a-z or _",
+)
+INTERFACE = Rule(
+    re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,14}"),
+    "1-15 letters, digits and _ . - starting with a letter, e.g. 'em0'",
+)
+CARP_PASS = Rule(
+    re.compile(r"[^\x00-\x20\x7f\"'`$\\]*"),
+    "no spaces, control characters, quotes, backslash or $ (it goes in rc.conf)",
+)
+NO_CONTROL = Rule(re.compile(r"[^\x00-\x1f\x7f]*"), "no newline, tab or other control character")
+SAMBA_SECTIONS = {"global", "homes", "printers"}
+UID_BASE, UID_SPAN = 60001, 5000
+UID_RANGE = range(1000, 65534)
+REPLICATION_INTERVAL = range(1, 3601)
+
+
+def uid_of(user: str, pinned: Mapping[str, int]) -> int:
+    """``user``'s Unix uid, the same on every node (files keep numeric ids across replication):
+    the inventory's pin (``smb_uids``), else one derived from the name."""
+    return pinned.get(user, UID_BASE + zlib.crc32(user.encode()) % UID_SPAN)
 
 
 class InventoryError(HafsError):
@@ -112,6 +169,7 @@ class Cluster:
     zfs_pool: str = "tank"
     replication_interval: float = 10.0
     smb_users: Mapping[str, str] = field(default_factory=dict)
+    smb_uids: Mapping[str, int] = field(default_factory=dict)  # the pinned uids only
     check_user: str | None = None
     quorum_witness: IPv4Address | None = None
 
@@ -238,9 +296,8 @@ def from_pyinfra(inventory: Any, source: Path) -> Cluster:
     cluster_data = _cluster_data(hosts)
     secrets = _read_secrets(source, cluster_data)
 
-    nodes = tuple(
-        _node(name, data, bool(cluster_data.get("failback", True))) for name, data in hosts
-    )
+    failback = _bool(cluster_data, "failback", "group_data", default=True)
+    nodes = tuple(_node(name, data, failback) for name, data in hosts)
     names = [n.name for n in nodes]
     advbase = _int(cluster_data, "carp_advbase", "group_data", default=1)
     step = _int(cluster_data, "advskew_step", "group_data", default=10)
@@ -269,17 +326,21 @@ def from_pyinfra(inventory: Any, source: Path) -> Cluster:
     check_user = cluster_data.get("check_user")
     if check_user is not None and not isinstance(check_user, str):
         raise InventoryError("group_data: check_user: must be a user name from smb_users")
+    interval = _int(cluster_data, "replication_interval", "group_data", default=10)
+    if interval not in REPLICATION_INTERVAL:
+        raise InventoryError(
+            f"group_data: replication_interval: {interval} is out of range: use 1..3600 seconds"
+        )
     return Cluster(
         source=source,
         nodes=nodes,
         vips=vips,
         carp_pass=secrets["carp_pass"],
-        failback=bool(cluster_data.get("failback", True)),
-        zfs_pool=str(cluster_data.get("zfs_pool", "tank")),
-        replication_interval=float(
-            _int(cluster_data, "replication_interval", "group_data", default=10)
-        ),
+        failback=failback,
+        zfs_pool=_match(cluster_data.get("zfs_pool", "tank"), "group_data: zfs_pool", POOL),
+        replication_interval=float(interval),
         smb_users=secrets["smb_users"],
+        smb_uids=_uids(cluster_data.get("smb_uids", {}), secrets["smb_users"]),
         check_user=check_user,
         quorum_witness=(
             None
@@ -297,6 +358,7 @@ CLUSTER_KEYS = (
     "zfs_pool",
     "replication_interval",
     "smb_users",
+    "smb_uids",
     "check_user",
     "secrets_file",
     "quorum_witness",
@@ -345,22 +407,60 @@ def _read_secrets(source: Path, data: dict[str, Any]) -> dict[str, Any]:
         raise InventoryError("carp_pass: missing: set it in group_data/all.py or in secrets_file")
     if not isinstance(secrets["carp_pass"], str):
         raise InventoryError("carp_pass: must be a string")
+    if not CARP_PASS.pattern.fullmatch(secrets["carp_pass"]):  # a secret: never printed
+        raise InventoryError(f"carp_pass: has a character it cannot carry: use {CARP_PASS.fix}")
     users = secrets["smb_users"]
     if not isinstance(users, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in users.items()
     ):
         raise InventoryError("smb_users: must map user names to password strings")
+    for user, password in users.items():
+        _match(user, "smb_users: user", USER_NAME)
+        if not NO_CONTROL.pattern.fullmatch(password):  # the value is a secret: never print it
+            raise InventoryError(
+                f"smb_users: {user}: the password has a control character: use {NO_CONTROL.fix}"
+            )
     return secrets
+
+
+def _uids(pinned: Any, users: Mapping[str, str]) -> dict[str, int]:
+    """The pinned uids, after refusing what ``useradd`` would: an unknown user, a uid out of
+    range, and two users (pinned or derived) with one uid."""
+    if not isinstance(pinned, dict) or not all(isinstance(u, int) for u in pinned.values()):
+        raise InventoryError(
+            "group_data: smb_uids: must map user names to integers, e.g. {'alice': 61000}"
+        )
+    for user, uid in pinned.items():
+        if user not in users:
+            raise InventoryError(
+                f"group_data: smb_uids: {user!r} is not in smb_users: pin uids of smb_users only"
+            )
+        if uid not in UID_RANGE:
+            raise InventoryError(
+                f"group_data: smb_uids: {user}: uid {uid} is out of range: use 1000..65533"
+            )
+    owner: dict[int, str] = {}
+    for user in sorted(users):
+        uid = uid_of(user, pinned)
+        if uid in owner:
+            raise InventoryError(
+                f"smb_users: {owner[uid]} and {user} both get uid {uid}: "
+                f"pin another one with smb_uids = {{{user!r}: UID}} in group_data"
+            )
+        owner[uid] = user
+    return dict(pinned)
 
 
 def _node(name: str, data: dict[str, Any], failback: bool) -> Node:
     where = f"host {name}"
+    _match(name, "host", HOST)
     os_name = data.get("os")
     if os_name not in ("freebsd", "linux"):
         raise InventoryError(f"{where}: os: must be 'freebsd' or 'linux', got {os_name!r}")
     interface = data.get("interface")
-    if not isinstance(interface, str) or not interface:
+    if not interface:
         raise InventoryError(f"{where}: interface: missing: name the network interface, e.g. 'em0'")
+    _match(interface, f"{where}: interface", INTERFACE)
     address = None
     if data.get("address") is not None:
         address = _interface(data["address"], f"{where}: address")
@@ -415,11 +515,14 @@ def _vip(
         advskew = dict(skews)
     else:
         advskew = derived
-    shares = tuple(
-        _share(s, f"{where}: shares[{i}]", users) for i, s in enumerate(raw.get("shares", []))
-    )
+    raw_shares = raw.get("shares", [])
+    if not isinstance(raw_shares, list):
+        raise InventoryError(
+            f"{where}: shares: must be a list like ['projects'], got {raw_shares!r}"
+        )
+    shares = tuple(_share(s, f"{where}: shares[{i}]", users) for i, s in enumerate(raw_shares))
     return Vip(
-        name=str(raw.get("name", f"vip{vhid}")),
+        name=_match(raw.get("name", f"vip{vhid}"), f"{where}: name", NAME),
         vhid=vhid,
         address=address.ip,
         prefixlen=address.network.prefixlen if has_prefix else None,
@@ -439,15 +542,25 @@ def _share(raw: Any, where: str, users: Mapping[str, str]) -> Share:
     unknown = sorted(set(raw) - SHARE_KEYS)
     if unknown:
         raise InventoryError(f"{where}: unknown key {unknown[0]!r}: use {sorted(SHARE_KEYS)}")
+    name = _match(raw["name"], f"{where}: name", SHARE_NAME)
+    if name.lower() in SAMBA_SECTIONS:
+        raise InventoryError(f"{where}: name: {name!r} is a Samba section: choose another name")
     share_users = raw.get("users", sorted(users))
     if not isinstance(share_users, list) or not all(isinstance(u, str) for u in share_users):
         raise InventoryError(f"{where}: users: must be a list of user names")
     return Share(
-        name=raw["name"],
+        name=name,
         writable=_bool(raw, "writable", where, default=True),
         users=tuple(share_users),
-        comment=str(raw.get("comment", "")),
+        comment=_match(raw.get("comment", ""), f"{where}: comment", NO_CONTROL),
     )
+
+
+def _match(value: Any, where: str, rule: Rule) -> str:
+    """``value`` if it is a string ``rule`` allows, else one line: where, what, the fix."""
+    if not isinstance(value, str) or not rule.pattern.fullmatch(value):
+        raise InventoryError(f"{where}: {value!r} is not allowed: use {rule.fix}")
+    return value
 
 
 def _interface(value: Any, where: str) -> IPv4Interface:

@@ -50,6 +50,7 @@ from hafs.deploy import ops
 from hafs.errors import HafsError
 from hafs.render import HAFS_BIN
 from hafs.service import config as service_config
+from hafs.service.transport import peer_key_options
 
 SOURCE = Path(hafs.__file__).resolve().parents[1]
 VENV = "/opt/hafs"
@@ -58,15 +59,6 @@ REPLICATION_KEY = service_config.DEFAULT_SSH_KEY  # where `hafs service` looks f
 AUTHORIZED_KEYS = "/root/.ssh/authorized_keys"
 DEFAULT_SAMBA = {"freebsd": "samba419", "linux": "samba"}
 DEFAULT_ZFS_PACKAGE = "zfsutils-linux"
-
-
-def replication_command(peer: str) -> str:
-    """The forced command of ``peer``'s key: runs the ``hafs service`` call the peer asked for.
-
-    ``hafs service`` calls its peers as ``ssh root@<address> '<hafs> service <op> ...'``; this
-    command gets that request in ``$SSH_ORIGINAL_COMMAND`` and must allow nothing else.
-    """
-    return f"{HAFS_BIN} service ssh-command --peer {peer}"
 
 
 @dataclass(frozen=True)
@@ -220,9 +212,8 @@ def service_configuration(cluster: Cluster, node: Node) -> OperationMeta:
 def replication_keys(cluster: Cluster, node: Node) -> OperationMeta:
     """An ed25519 key for root, every peer's key authorised for replication only.
 
-    Each peer's key may only run its forced command (:func:`replication_command`), only from
-    that peer's fixed address, with no pty or forwarding (``restrict``). Returns the sshd
-    configuration operation (reload sshd when it changed).
+    Each peer's key is restricted by :func:`peer_key_options`. Returns the sshd configuration
+    operation (reload sshd when it changed).
     """
     options: dict[str, str] = {}
     for peer in cluster.nodes:
@@ -233,9 +224,7 @@ def replication_keys(cluster: Cluster, node: Node) -> OperationMeta:
                 f"host {peer.name}: address: replication keys are limited to each peer's "
                 "fixed address: set 'address'"
             )
-        options[peer.name] = (
-            f'restrict,command="{replication_command(peer.name)}",from="{peer.address.ip}"'
-        )
+        options[peer.name] = peer_key_options(HAFS_BIN, peer.name, peer.address.ip)
     ops.ssh_keypair(
         name="replication key", path=REPLICATION_KEY, comment=f"hafs-replication@{node.name}"
     )

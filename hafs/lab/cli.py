@@ -23,9 +23,9 @@ def progress(message: str) -> None:
 
 
 def _lab(args: argparse.Namespace, must_exist: bool = True) -> ClusterLab:
+    lab = ClusterLab(args.name)  # refuses a bad --name before anything else
     if os.geteuid() != 0:
         raise HafsError("hafs lab needs root (network and mount namespaces)")
-    lab = ClusterLab(args.name)
     if must_exist and not lab.state:
         raise HafsError(f"no lab named {args.name!r}: hafs lab up --name {args.name}")
     return lab
@@ -143,7 +143,11 @@ def register(sub: Any) -> None:
 
     def parser(name: str, help_text: str) -> argparse.ArgumentParser:
         p: argparse.ArgumentParser = lab_sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("--name", default=DEFAULT_NAME, help="which lab (default: %(default)s)")
+        p.add_argument(
+            "--name",
+            default=DEFAULT_NAME,
+            help="which lab: 1-10 of a-z, 0-9 and -, starting with a letter (default: %(default)s)",
+        )
         return p
 
     p = parser("up", "build the lab and start every node")

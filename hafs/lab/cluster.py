@@ -41,9 +41,19 @@ from hafs import agentconf
 from hafs.check import check
 from hafs.cluster import Cluster, Node, load
 from hafs.errors import HafsError
-from hafs.lab.netns import NETNS_DIR, Lab, LabError, Netns, Port, cleanup, list_namespaces
+from hafs.lab.netns import (
+    NETNS_DIR,
+    Lab,
+    LabError,
+    Netns,
+    Port,
+    check_prefix,
+    cleanup,
+    list_namespaces,
+)
 from hafs.service import config as service_config
 from hafs.service.daemon import STATUS_FILE
+from hafs.service.transport import peer_key_options
 
 LAB_ROOT = Path("/var/tmp/hafs-lab")
 POOL_SIZE = "512M"
@@ -218,6 +228,7 @@ class ClusterLab:
     """One lab: its state on disk and the operations on it."""
 
     def __init__(self, name: str, root: Path = LAB_ROOT) -> None:
+        check_prefix(name)  # first: the name is a directory under root
         self.name = name
         self.dir = root / name
         self.state_file = self.dir / "state.json"
@@ -304,7 +315,8 @@ class ClusterLab:
             raise LabError(
                 f"{inventory}: hafs check reports {len(errors)} error(s), first: {errors[0]}"
             )
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.dir.chmod(0o700)  # node keys, cluster.json and pools with NT hashes: root only
         self.state = {
             "name": self.name,
             "inventory": str(Path(inventory).resolve()),
@@ -353,6 +365,7 @@ class ClusterLab:
         for sub in ("etc-upper", "etc-work"):
             (node_dir / sub).mkdir(parents=True, exist_ok=True)
         subprocess.run(["truncate", "-s", POOL_SIZE, str(node_dir / "pool.img")], check=True)
+        (node_dir / "pool.img").chmod(0o600)
         impl = "ucarp" if foreign == "ucarp" and node.os == "freebsd" else "hafs"
         self._write_etc(cluster, node, address, impl)
         self.state["nodes"][node.name] = {
@@ -376,8 +389,15 @@ class ClusterLab:
             _keygen(key, "hafs-lab-replication")
         shutil.copy(key, etc / "replication_key")
         (etc / "replication_key").chmod(0o600)
-        public = (self.dir / "replication_key.pub").read_text()
-        (etc / "authorized_keys").write_text(public)
+        public = (self.dir / "replication_key.pub").read_text().strip()
+        peers = [(p.name, cluster.source_address(p)) for p in cluster.nodes if p.name != node.name]
+        (etc / "authorized_keys").write_text(
+            "".join(
+                f"{peer_key_options(shlex.join(HAFS), name, address)} {public}\n"
+                for name, address in peers
+                if address is not None
+            )
+        )
         _keygen(etc / "ssh_host_ed25519_key", f"{node.name}-host")
         (etc / "sshd_config").write_text(SSHD_CONFIG.format(address=address.ip))
         socket = agentconf.DEFAULT_CONTROL_SOCKET if impl == "hafs" else None

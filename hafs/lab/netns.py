@@ -93,7 +93,7 @@ def cleanup(prefix: str) -> list[str]:
     Crash recovery: a run that died without :meth:`Lab.close` is removed by its prefix. Only the
     exact prefix is matched, so other runs (other prefixes) are never touched.
     """
-    _check_prefix(prefix)
+    check_prefix(prefix)
     names = list_namespaces(prefix)
     for name in names:
         _ip("netns", "delete", name)
@@ -103,10 +103,11 @@ def cleanup(prefix: str) -> list[str]:
     return names
 
 
-def _check_prefix(prefix: str) -> None:
+def check_prefix(prefix: str) -> None:
+    """A lab's name: the prefix of its namespaces and interfaces, and a directory name."""
     if not _PREFIX_RE.fullmatch(prefix):
         raise HafsError(
-            f"lab prefix {prefix!r}: use 1-10 characters of a-z, 0-9, '-', starting with a letter"
+            f"lab name {prefix!r}: use 1-10 characters of a-z, 0-9, '-', starting with a letter"
         )
 
 
@@ -211,7 +212,7 @@ class Lab:
     procs: list[subprocess.Popen[bytes]] = field(init=False, default_factory=list)
 
     def __post_init__(self) -> None:
-        _check_prefix(self.prefix)
+        check_prefix(self.prefix)
         self.switch = Netns(f"{self.prefix}-sw")
         self.bridge = f"{self.prefix}-br"
         try:

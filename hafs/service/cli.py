@@ -19,6 +19,7 @@ from hafs.service import config as service_config
 from hafs.service import demotion, divergence, space
 from hafs.service.node import NodeServices
 from hafs.service.replication import BACKGROUND_NICE, NO_COPY
+from hafs.service.runtime import ServiceError
 from hafs.table import table
 
 MAX_HOLD = 240  # CARP advertises advskew + demotion capped at 240
@@ -189,7 +190,13 @@ def cmd_ssh_command(args: argparse.Namespace) -> int:
     """
     from hafs.cli import main
 
-    requested = shlex.split(os.environ.get("SSH_ORIGINAL_COMMAND", ""))
+    original = os.environ.get("SSH_ORIGINAL_COMMAND", "")
+    try:
+        requested = shlex.split(original)
+    except ValueError as exc:  # unbalanced quotes: nothing a peer of ours sends
+        raise HafsError(
+            f"peer {args.peer}: refused: {original!r}: {exc}: send one shell-quoted command"
+        ) from None
     try:
         at = requested.index("service")
     except ValueError:
@@ -210,7 +217,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     try:
         report: dict[str, Any] = json.loads(STATUS_FILE.read_text())
     except (OSError, ValueError):
-        raise HafsError(
+        raise ServiceError(  # exit 1: the daemon is missing, as `hafs status` without an agent
             f"no replication report at {STATUS_FILE}: is `hafs service run` running?"
         ) from None
     if args.json:

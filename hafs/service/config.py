@@ -3,15 +3,15 @@
 Nodes do not have the inventory; ``hafs render NODE cluster.json`` (and the deploys) give each
 node this file: its name, the pool, every VIP it carries (dataset name, shares, carriers in
 takeover order), the peers' fixed addresses (replication never uses a VIP), the SMB users with
-their passwords, and how to reach peers (ssh key, the hafs command there). It holds secrets,
-so it is written 0600 and :func:`load` refuses anything readable by others.
+their passwords and pinned uids, and how to reach peers (ssh key, the hafs command there). It
+holds secrets, so it is written 0600 and :func:`load` refuses anything readable by others.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
@@ -56,6 +56,7 @@ class ServiceConfig:
     peers: dict[str, IPv4Address]  # every other node's fixed address
     vips: tuple[VipService, ...]
     users: dict[str, str]
+    uids: dict[str, int] = field(default_factory=dict)  # pinned by the inventory's smb_uids
     hafs_command: tuple[str, ...] = DEFAULT_HAFS
     ssh_key: str = DEFAULT_SSH_KEY
     known_hosts: str = DEFAULT_KNOWN_HOSTS
@@ -116,6 +117,7 @@ def render(
         "peers": peers,
         "vips": vips,
         "users": dict(cluster.smb_users),
+        "uids": dict(cluster.smb_uids),
         "hafs_command": list(hafs_command),
         "agent_socket": agent_socket,
         "witness": None if (w := cluster.witness_of(node)) is None else str(w),
@@ -153,6 +155,7 @@ def load(path: str | os.PathLike[str] | None = None) -> ServiceConfig:
                 for v in data["vips"]
             ),
             users=dict(data["users"]),
+            uids={user: int(uid) for user, uid in data.get("uids", {}).items()},
             hafs_command=tuple(data.get("hafs_command", DEFAULT_HAFS)),
             agent_socket=data.get("agent_socket"),
             witness=IPv4Address(data["witness"]) if data.get("witness") else None,

@@ -109,6 +109,8 @@ def render_smb_conf(instance: SambaInstance) -> str:
         "disable netbios = yes",
         "server min protocol = SMB2_02",
         "load printers = no",
+        "restrict anonymous = 2",  # no share list, no guest: every session is a known user
+        "map to guest = never",
         f"private dir = {dirs.private}",
         f"state directory = {dirs.state}",
         f"lock directory = {dirs.lock}",

@@ -9,8 +9,21 @@ from __future__ import annotations
 import shlex
 import subprocess
 from collections.abc import Sequence
+from ipaddress import IPv4Address
 
 from hafs.service.config import ServiceConfig
+
+
+def peer_key_options(hafs_command: str, peer: str, address: IPv4Address) -> str:
+    """The authorized_keys options of ``peer``'s replication key (deployed node and lab alike).
+
+    ``hafs service`` calls its peers as ``ssh root@<address> '<hafs> service <op> ...'``; the
+    key may run only the forced command ``hafs service ssh-command``, which gets that request
+    in ``$SSH_ORIGINAL_COMMAND`` and allows nothing else, with no pty or forwarding
+    (``restrict``), and only from the peer's fixed address.
+    """
+    return f'restrict,command="{hafs_command} service ssh-command --peer {peer}",from="{address}"'
+
 
 SSH_CONNECT_TIMEOUT = 2
 # A peer that loses power mid-operation answers nothing, not even a reset: without keepalives

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import hmac
 import json
 import logging
 import subprocess
-import zlib
 from pathlib import Path
 
+from hafs.cluster import uid_of
+from hafs.secretfile import private_key, write_private
 from hafs.service import host
 from hafs.service.config import ServiceConfig
 from hafs.service.runtime import RUN_DIR, read_text
@@ -23,47 +25,44 @@ from hafs.service.samba import SambaInstance, add_user_argv, delete_user_argv
 log = logging.getLogger("hafs.service")
 
 GROUP, GID = "hafs", 60000
-UID_BASE, UID_SPAN = 60001, 5000
 
 
-def uid_of(user: str) -> int:
-    """The same uid for ``user`` on every node (files keep numeric ids across replication)."""
-    return UID_BASE + zlib.crc32(user.encode()) % UID_SPAN
-
-
-def _digest(config: ServiceConfig) -> str:
-    return hashlib.sha256(json.dumps(sorted(config.users.items())).encode()).hexdigest()
+def _digest(config: ServiceConfig, key: Path) -> str:
+    """The configured users and passwords as an HMAC-SHA256 under the random ``key`` file: it
+    tells when they change, and nobody can test guessed passwords against it."""
+    users = json.dumps(sorted(config.users.items())).encode()
+    return hmac.new(private_key(key), users, hashlib.sha256).hexdigest()
 
 
 def sync_node_users(config: ServiceConfig) -> None:
     """The shares' group and every configured user, on this node."""
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
     marker = RUN_DIR / "users.sha256"  # node-local: the Unix users done on this boot
-    digest = _digest(config)
+    digest = _digest(config, RUN_DIR / "users.key")
     if read_text(marker) != digest:
-        RUN_DIR.mkdir(parents=True, exist_ok=True)
         with open(RUN_DIR / "users.lock", "w") as lock:  # hooks of several vhids run at once
             fcntl.flock(lock, fcntl.LOCK_EX)
             _create_group_and_users(config)
-        marker.write_text(digest)
+        write_private(marker, digest.encode())
 
 
 def sync_passdb(config: ServiceConfig, instance: SambaInstance) -> None:
     """The VIP's passdb holds exactly the configured users and passwords."""
-    marker = Path(instance.config_file).parent / "hafs-users.sha256"  # moves with the passdb
-    digest = _digest(config)
+    state = Path(instance.config_file).parent  # moves with the passdb, and so do key and marker
+    marker = state / "hafs-users.sha256"
+    digest = _digest(config, state / "hafs-users.key")
     if read_text(marker) != digest:
         _ensure_passdb(config, instance)
-        marker.write_text(digest)
+        write_private(marker, digest.encode())
 
 
-def _useradd_argv(user: str) -> list[str]:
-    uid = str(uid_of(user))
+def _useradd_argv(user: str, uid: int) -> list[str]:
     if host.FREEBSD:
         return [
-            "pw", "useradd", user, "-u", uid, "-g", GROUP,
+            "pw", "useradd", user, "-u", str(uid), "-g", GROUP,
             "-d", "/nonexistent", "-s", "/usr/sbin/nologin",
         ]  # fmt: skip
-    return ["useradd", "-M", "-N", "-u", uid, "-g", GROUP, "-s", "/usr/sbin/nologin", user]
+    return ["useradd", "-M", "-N", "-u", str(uid), "-g", GROUP, "-s", "/usr/sbin/nologin", user]
 
 
 def _create_group_and_users(config: ServiceConfig) -> None:
@@ -76,7 +75,9 @@ def _create_group_and_users(config: ServiceConfig) -> None:
         subprocess.run(argv, check=True, capture_output=True)
     for user in config.users:
         if subprocess.run(["id", "-u", user], capture_output=True, check=False).returncode:
-            subprocess.run(_useradd_argv(user), check=True, capture_output=True)
+            subprocess.run(
+                _useradd_argv(user, uid_of(user, config.uids)), check=True, capture_output=True
+            )
 
 
 def _ensure_passdb(config: ServiceConfig, instance: SambaInstance) -> None:

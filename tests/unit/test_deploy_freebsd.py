@@ -31,7 +31,7 @@ from pyinfra.connectors.fake import FakeConnector
 from hafs import render
 from hafs.cluster import load, read_pyinfra_inventory
 from hafs.deploy import node
-from hafs.deploy.common import replication_command, source_archive
+from hafs.deploy.common import source_archive
 from hafs.deploy.facts import ConfAssignments
 from hafs.deploy.freebsd import NETIF_HEADER
 from hafs.errors import HafsError
@@ -60,7 +60,8 @@ def public_key(name: str) -> str:
 def authorized(peer: str) -> str:
     address = f"172.21.0.20{peer[-1]}"
     return (
-        f'restrict,command="{replication_command(peer)}",from="{address}" '
+        f'restrict,command="/usr/local/bin/hafs service ssh-command --peer {peer}",'
+        f'from="{address}" '
         f"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA{peer[-1]} hafs-replication@{peer}"
     )
 

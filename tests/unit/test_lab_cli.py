@@ -1,10 +1,15 @@
-"""`hafs lab status` as text: nodes, VIPs and the kept-aside copies of diverged data."""
+"""`hafs lab status` as text (nodes, VIPs, kept-aside copies of diverged data); a node's keys."""
 
 from __future__ import annotations
 
+import shlex
+import stat
+from pathlib import Path
 from typing import Any
 
 from hafs.lab.cli import format_status
+from hafs.lab.cluster import HAFS, ClusterLab
+from tests.unit.conftest import MakeCluster
 
 
 def node(name: str, vips: list[str], diverged: list[str]) -> dict[str, Any]:
@@ -30,3 +35,25 @@ def test_kept_aside_copies_are_named_with_their_node() -> None:
         "`hafs service diverged show vip1-diverged-20261205T1815Z` on that node)"
     )
     assert "KEPT ASIDE on n1" not in text
+
+
+def test_a_nodes_peer_keys_are_restricted_like_a_deployed_nodes(
+    make_cluster: MakeCluster, tmp_path: Path
+) -> None:
+    cluster = make_cluster()
+    lab = ClusterLab("t", root=tmp_path)
+    lab.dir.mkdir(mode=0o700)
+    n1 = cluster.node("n1")
+    assert n1.address is not None
+    lab._write_etc(cluster, n1, n1.address, "hafs")
+
+    etc = lab.dir / "n1" / "etc-upper" / "hafs"
+    lines = (etc / "authorized_keys").read_text().splitlines()
+    public = (lab.dir / "replication_key.pub").read_text().strip()
+    hafs = shlex.join(HAFS)
+    assert lines == [
+        f'restrict,command="{hafs} service ssh-command --peer n{i}",from="10.0.0.{i}" {public}'
+        for i in (2, 3, 4)
+    ]
+    for secret in ("replication_key", "ssh_host_ed25519_key", "cluster.json"):
+        assert stat.S_IMODE((etc / secret).stat().st_mode) == 0o600, secret

@@ -68,7 +68,7 @@ def test_layout_keeps_persistent_state_on_the_dataset_and_the_rest_on_the_node()
     assert expected == DIRS
 
 
-def test_global_section_binds_only_the_vip_and_owns_every_directory() -> None:
+def test_global_section_binds_only_the_vip_refuses_anonymous_and_owns_every_directory() -> None:
     conf = parse(render_smb_conf(instance()))
     assert conf["global"] == {
         "netbios name": "vip1",
@@ -79,6 +79,8 @@ def test_global_section_binds_only_the_vip_and_owns_every_directory() -> None:
         "disable netbios": "yes",
         "server min protocol": "SMB2_02",
         "load printers": "no",
+        "restrict anonymous": "2",
+        "map to guest": "never",
         "private dir": "/tank/hafs/vip1/samba/private",
         "state directory": "/tank/hafs/vip1/samba/state",
         "lock directory": "/run/hafs/vip1/lock",

@@ -14,14 +14,14 @@ from typing import cast
 
 import pytest
 
+from hafs.cluster import UID_BASE, UID_SPAN, uid_of
 from hafs.errors import HafsError
-from hafs.service import announce, divergence, host, replication, takeover
+from hafs.service import announce, divergence, host, replication, takeover, users
 from hafs.service import config as service_config
 from hafs.service.announce import tickle_segment
 from hafs.service.config import ServiceConfig, ServiceConfigError, ShareConfig, VipService
 from hafs.service.node import NodeServices
 from hafs.service.runtime import ServiceError
-from hafs.service.users import UID_BASE, UID_SPAN, uid_of
 from hafs.service.zfs import Snapshot, Zfs
 from tests.unit.conftest import MakeCluster
 
@@ -39,13 +39,14 @@ def test_tickle_segment_is_a_valid_tcp_ack() -> None:
     assert IP(bytes(packet))[TCP].chksum == sent_checksum
 
 
-def test_uids_are_stable_and_in_range() -> None:
-    assert uid_of("alice") == uid_of("alice") != uid_of("bob")
-    assert all(UID_BASE <= uid_of(u) < UID_BASE + UID_SPAN for u in ("a", "alice", "x" * 30))
+def test_uids_are_stable_and_in_range_unless_pinned() -> None:
+    assert uid_of("alice", {}) == uid_of("alice", {}) != uid_of("bob", {})
+    assert all(UID_BASE <= uid_of(u, {}) < UID_BASE + UID_SPAN for u in ("a", "alice", "x" * 30))
+    assert uid_of("alice", {"alice": 1234}) == 1234
 
 
 def test_cluster_json_round_trip(make_cluster: MakeCluster, tmp_path: Path) -> None:
-    cluster = make_cluster()
+    cluster = make_cluster(smb_users={"u": "pw", "v": "pw"}, smb_uids={"v": 61000})
     path = tmp_path / "cluster.json"
     path.write_text(service_config.render(cluster, cluster.node("n4"), hafs_command=("h",)))
     os.chmod(path, 0o600)
@@ -55,10 +56,26 @@ def test_cluster_json_round_trip(make_cluster: MakeCluster, tmp_path: Path) -> N
     assert config.agent_socket == "/run/hafs/agent.sock"  # a Linux node
     vip = config.vip_named("vip1")
     assert (vip.vhid, vip.home, vip.carriers) == (1, "n1", ("n1", "n2", "n4", "n3"))
-    assert config.dataset(vip) == "tank/hafs/vip1" and config.users == {"u": "pw"}
+    assert config.dataset(vip) == "tank/hafs/vip1" and config.users == {"u": "pw", "v": "pw"}
+    assert config.uids == {"v": 61000}
     os.chmod(path, 0o644)
     with pytest.raises(HafsError, match="readable by group or others"):
         service_config.load(path)
+
+
+def test_users_get_their_pinned_or_derived_uid(monkeypatch: pytest.MonkeyPatch) -> None:
+    ran: list[list[str]] = []
+
+    def run(argv: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+        ran.append(argv)
+        return subprocess.CompletedProcess(argv, 0 if argv[0] in ("getent", "useradd") else 1)
+
+    monkeypatch.setattr(host, "FREEBSD", False)
+    monkeypatch.setattr(subprocess, "run", run)
+    config = ServiceConfig("n1", "tank", 10, {}, (), {"u": "a", "v": "b"}, uids={"v": 61000})
+    users._create_group_and_users(config)
+    added = {argv[-1]: argv[argv.index("-u") + 1] for argv in ran if argv[0] == "useradd"}
+    assert added == {"u": str(uid_of("u", {})), "v": "61000"}
 
 
 def test_cluster_json_errors_are_one_line(tmp_path: Path) -> None:
