@@ -34,6 +34,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Address
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -478,6 +479,23 @@ def _stop_instance(node: Node, instance: SambaInstance, smbd: subprocess.Popen[b
         time.sleep(0.01)
 
 
+def _lists_shares(smb: Any, user: str, password: str, client: Netns) -> bool:
+    """Does the VIP's smbd list its shares to ``user`` with ``password``?"""
+    from smb import base as smb_base
+
+    conn = smb.SMBConnection(user, password, "client", "VIP1", is_direct_tcp=True)
+    try:
+        with inside(client):
+            if not conn.connect(str(VIP), 445, timeout=5):
+                return False
+            conn.listShares(timeout=10)
+    except (smb_base.NotConnectedError, smb_base.NotReadyError, smb_base.OperationFailure):
+        return False
+    finally:
+        conn.close()
+    return True
+
+
 def test_rendered_instance_serves_a_dataset_share_to_pysmb(
     require_zfs_fuse: None, pair: Pair
 ) -> None:
@@ -527,6 +545,13 @@ def test_rendered_instance_serves_a_dataset_share_to_pysmb(
                 assert node.sh(f"ls -A {data}") == ""
             finally:
                 conn.close()
+            for user, password in ((SMB_USER, "wrong"), ("nobody", "x")):  # no guest mapping
+                assert not _lists_shares(smb, user, password, pair.b), (user, password)
+            anonymous = subprocess.run(  # smbclient's null session, as the issue tried it
+                ["ip", "netns", "exec", pair.b.name, "smbclient", "-N", "-L", f"//{VIP}"],
+                capture_output=True, text=True, timeout=30, check=False,
+            )  # fmt: skip
+            assert anonymous.returncode != 0 and "data" not in anonymous.stdout, anonymous.stdout
             assert node.run("test", "-s", f"{dirs.pid}/samba-dcerpcd.pid").returncode == 0
         finally:
             _stop_instance(node, instance, smbd)
