@@ -357,14 +357,15 @@ def test_a_takeover_does_not_wait_for_a_receive_from_the_dead_holder(
         receiver_proc = Proc(receiver, start_time(receiver) or 0)
 
         # the holder's next round (every interval) sends over ssh: that receive registers and
-        # waits behind the stalled one, for as long as the stalled one holds the lock
+        # waits behind the stalled one, for as long as the stalled one holds the lock. It runs
+        # through the peer key's forced command, as on a deployed node: `hafs service
+        # ssh-command` (the receive's words are in its $SSH_ORIGINAL_COMMAND)
         def queued() -> int | None:
             for entry in s.lab.run(backup, ["ls", "/run/hafs"]).split():
                 name, _, pid = entry.rpartition(".")
-                if name == "vip1.receiving" and pid.isdigit() and int(pid) != receiver:
-                    argv = _argv(int(pid))
-                    if "receive" in argv and "vip1" in argv:
-                        return int(pid)
+                mine = name == "vip1.receiving" and pid.isdigit() and int(pid) != receiver
+                if mine and "ssh-command" in _argv(int(pid)):
+                    return int(pid)
             return None
 
         holders_receive = _poll(queued, 60, "the holder's receive queued behind it", s)
