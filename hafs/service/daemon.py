@@ -342,6 +342,8 @@ class ServiceDaemon:
             moved = self.services.remote(
                 holder, ["handover", vip.name, "--to", self.config.node, *since], 600
             )
+            for line in moved.stderr.splitlines() if moved.returncode == 0 else ():
+                log.info("%s handover on %s: %s", vip.name, holder, line)  # its timed steps
             log.info(
                 "%s handover from %s: %s",
                 vip.name,
