@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -99,6 +100,11 @@ def test_lab_life_cycle(name: str) -> None:
     assert "node ha-file-server-4: up (hafs, pool tank)" in up.stderr  # progress on stderr
     assert took_up < 30, f"up took {took_up:.1f}s"
     assert holders(name) == HOMES
+    # what holds or derives from a secret (keys, cluster.json, pools with the users' NT
+    # hashes) is root's alone: the lab's directory, and each pool image
+    assert stat.S_IMODE((LAB_ROOT / name).stat().st_mode) == 0o700
+    pools = list((LAB_ROOT / name).glob("*/pool.img"))
+    assert len(pools) == 4 and {stat.S_IMODE(p.stat().st_mode) for p in pools} == {0o600}
     n1 = node(name, "ha-file-server-1")
     assert (n1["os"], n1["interface"], n1["address"], n1["link"]) == (
         "freebsd",
