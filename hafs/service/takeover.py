@@ -8,7 +8,8 @@ hold and steps down when the other master's adverts win; its service daemon pull
 FreeBSD's kernel may preempt before userland has raised the hold; this gate is what stops
 it there. Then fence the old holder (asked in the background; it never delays service),
 roll the replica back to its newest complete snapshot (also the only way zfs-fuse drops pages
-cached before a receive; never a dataset served here last, whose head is newer), check that
+cached before a receive; never a dataset served here last, whose head is newer; not after a
+handback whose home remounted its replica before the final receive), check that
 it is mounted (:mod:`hafs.service.mounts`: never serve the directory underneath), make it
 writable and mark it served, start smbd, announce (tickle ACKs to the old holder's clients,
 so they reconnect at once), limit the shares to their part of the pool
@@ -195,11 +196,11 @@ def rollback_or_provision(services: NodeServices, vip: VipService, fresh: bool =
         log.info("%s takeover: served here last: keeping the head, no rollback", vip.name)
         return
     snapshots = zfs.snapshots(dataset)
-    if snapshots and fresh:  # a read-only replica at its newest snapshot, no page cached
+    if not snapshots:
+        return
+    if fresh:  # a read-only replica at its newest snapshot, no page cached
         log.info("%s takeover: received into a remounted replica: no rollback", vip.name)
-        replication.keep_bases_at_takeover(services, vip)
-    elif snapshots:
-        newest = snapshots[-1]
-        zfs.rollback(newest.full_name)  # the newest: destroys no snapshot
-        log.info("%s takeover: rolled back to %s", vip.name, newest.name)
-        replication.keep_bases_at_takeover(services, vip)
+    else:
+        zfs.rollback(snapshots[-1].full_name)  # the newest: destroys no snapshot
+        log.info("%s takeover: rolled back to %s", vip.name, snapshots[-1].name)
+    replication.keep_bases_at_takeover(services, vip)
