@@ -135,8 +135,9 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
 
 def cmd_handover(args: argparse.Namespace) -> int:
+    """Asked by the returning node over ssh: stdout is its stream (a header, then zfs's)."""
     services = _services(args)
-    print(services.handover(services.config.vip_named(args.vip), args.to, args.since))
+    services.handover(services.config.vip_named(args.vip), args.to, args.since, sys.stdout.buffer)
     return 0
 
 
@@ -302,7 +303,11 @@ def register(sub: Any) -> None:
     )
     p = parser("sync", "snapshot VIP now and send it to a peer", cmd_sync)
     p.add_argument("--to", required=True, metavar="NODE")
-    p = parser("handover", "stop serving VIP, send the final incremental to a peer", cmd_handover)
+    p = parser(
+        "handover",
+        "stop serving VIP, write the final incremental to stdout for the peer that asked",
+        cmd_handover,
+    )
     p.add_argument("--to", required=True, metavar="NODE")
     p.add_argument("--since", metavar="SNAP", help="the newest snapshot the peer has")
     parser("held", "list the VIPs this node holds now, one name per line", cmd_held, vip=False)

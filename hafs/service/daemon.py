@@ -338,19 +338,18 @@ class ServiceDaemon:
         for vip, holder in handovers:  # then the short handovers, right before undemoting
             fresh[vip.name] = self.remount(vip)
             mine = self.services.zfs.snapshots(self.services.dataset(vip))
-            since = ["--since", mine[-1].name] if mine else []
-            moved = self.services.remote(
-                holder, ["handover", vip.name, "--to", self.config.node, *since], 600
-            )
-            for line in moved.stderr.splitlines() if moved.returncode == 0 else ():
+            try:
+                received, said = self.services.pull_handover(
+                    vip, holder, mine[-1].name if mine else None
+                )
+            except (ServiceError, OSError, subprocess.SubprocessError) as exc:
+                log.error("%s handover from %s: %s", vip.name, holder, exc)
+                ok = False
+                continue
+            fresh[vip.name] = fresh[vip.name] and received
+            for line in said:
                 log.info("%s handover on %s: %s", vip.name, holder, line)  # its timed steps
-            log.info(
-                "%s handover from %s: %s",
-                vip.name,
-                holder,
-                "done" if moved.returncode == 0 else moved.stderr.strip(),
-            )
-            ok = ok and moved.returncode == 0
+            log.info("%s handover from %s: done", vip.name, holder)
         if ok:
             log.info("resync complete: releasing the %s demotion", RESYNC_HOLD)
             self.hold(RESYNC_HOLD, 0)

@@ -27,7 +27,7 @@ import subprocess
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from hafs.carp import control
 from hafs.service import announce, host, mounts, replication, smbd, space, takeover
@@ -245,8 +245,13 @@ class NodeServices:
     def replicate(self, vip: VipService, record_clients: bool = True) -> dict[str, dict[str, Any]]:
         return replication.replicate(self, vip, record_clients)
 
-    def handover(self, vip: VipService, peer: str, since: str | None = None) -> str:
-        return replication.handover(self, vip, peer, since)
+    def handover(self, vip: VipService, peer: str, since: str | None, out: IO[bytes]) -> None:
+        replication.handover(self, vip, peer, since, out)
+
+    def pull_handover(
+        self, vip: VipService, holder: str, since: str | None
+    ) -> tuple[bool, list[str]]:
+        return replication.pull_handover(self, vip, holder, since)
 
     def handover_pending(self, vip: VipService) -> bool:
         return replication.handover_pending(vip)

@@ -7,20 +7,24 @@
 - :func:`receive` (the receiving end): roll back to the common snapshot, receive, stay a
   read-only replica.
 - Failback: a returning node pulls the delta (``sync``), then asks the holder to
-  :func:`handover`: it stops serving, sends the final incremental, and the VIP moves when the
+  :func:`handover` (:func:`pull_handover`): it stops serving and writes the final incremental
+  back over that same ssh, into the returning node's own daemon; the VIP moves when the
   returning node drops its "resync" demotion and preempts.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import os
 import subprocess
+import tempfile
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from hafs.service import divergence, space
 from hafs.service.config import VipService
@@ -65,28 +69,45 @@ def send(services: NodeServices, vip: VipService, peer: str) -> str:
             log.info(
                 "%s: incremental to %s from %s failed (%s): asking it", vip.name, peer, acked, exc
             )
-    listed = services.remote(peer, ["snapshots", vip.name], 30)
-    if listed.returncode != 0:
-        raise ServiceError(f"{vip.name}: {peer} unreachable: {listed.stderr.strip()}")
-    theirs = set(listed.stdout.split())
+    theirs = _peer_snapshots(services, vip, peer)
     if newest.name in theirs:
         _acked(services, vip, peer, newest.name)
         return newest.name
-    base = next((n for n in reversed(names) if n in theirs), None)
-    return _stream(services, vip, peer, newest.name, base)
+    return _stream(services, vip, peer, newest.name, _newest_of(names, theirs))
+
+
+def _peer_snapshots(services: NodeServices, vip: VipService, peer: str) -> set[str]:
+    listed = services.remote(peer, ["snapshots", vip.name], 30)
+    if listed.returncode != 0:
+        raise ServiceError(f"{vip.name}: {peer} unreachable: {listed.stderr.strip()}")
+    return set(listed.stdout.split())
+
+
+def _newest_of(names: Sequence[str], theirs: set[str]) -> str | None:
+    """The newest of ``names`` (oldest first) the peer has too: the incremental's base."""
+    return next((n for n in reversed(names) if n in theirs), None)
+
+
+def _for_receiver(
+    services: NodeServices, vip: VipService, snapshot: str, base: str | None
+) -> tuple[list[str], list[str]]:
+    """What a receiver of ``base``..``snapshot`` is told: the snapshots it keeps (this node's
+    peers' bases) and ours after the base (it may have some from a send that raced this one:
+    they are not its own, not a divergence)."""
+    keep = sorted(bases(services, vip).values())
+    names = [s.name for s in services.zfs.snapshots(services.dataset(vip))]
+    ours = names[names.index(base) + 1 : names.index(snapshot) + 1] if base in names else []
+    return keep, ours
 
 
 def _stream(
     services: NodeServices, vip: VipService, peer: str, snapshot: str, base: str | None
 ) -> str:
     dataset = services.dataset(vip)
-    keep = sorted(bases(services, vip).values())  # the receiver keeps them too
+    keep, ours = _for_receiver(services, vip, snapshot, base)
     args = ["receive", vip.name] + (["--base", base] if base else [])
     args += ["--keep", ",".join(keep)] if keep else []
-    if base:  # ours after the base: the receiver may have some from a send that raced this one
-        names = [s.name for s in services.zfs.snapshots(dataset)]
-        ours = names[names.index(base) + 1 : names.index(snapshot) + 1] if base in names else []
-        args += ["--theirs", ",".join(ours)] if ours else []
+    args += ["--theirs", ",".join(ours)] if ours else []
     send = services.zfs.send_command(f"{dataset}@{snapshot}", f"{dataset}@{base}" if base else None)
     nice = ["nice", "-n", str(BACKGROUND_NICE)]
     with subprocess.Popen([*nice, *send], stdout=subprocess.PIPE, stderr=subprocess.PIPE) as sender:
@@ -153,9 +174,11 @@ def receive(
     stream: Any,
     keep: Sequence[str] = (),
     theirs: Sequence[str] = (),
+    then_prune: bool = True,
 ) -> None:
     """The receiving end: become the sender's copy, keeping aside whatever existed here only
-    (:mod:`hafs.service.divergence`), receive, stay a read-only replica."""
+    (:mod:`hafs.service.divergence`), receive, stay a read-only replica. ``then_prune``: off
+    for a handover's receive (the clients wait; this node prunes as the holder soon)."""
     zfs, dataset = services.zfs, services.dataset(vip)
     with services.receiving(vip), services.locked(vip):
         if services.smbd_pid(vip) is not None:
@@ -175,7 +198,8 @@ def receive(
             why = " ".join(received.stderr.split()) or f"exit status {received.returncode}"
             raise ServiceError(f"{vip.name}: zfs recv into {dataset} failed: {why}")
         zfs.set(dataset, "readonly", "on")
-        prune(services, vip, keep)
+        if then_prune:
+            prune(services, vip, keep)
 
 
 def prune(services: NodeServices, vip: VipService, keep: Sequence[str] = ()) -> None:
@@ -221,17 +245,103 @@ def replicate(
     return report
 
 
-def handover(services: NodeServices, vip: VipService, peer: str, since: str | None = None) -> str:
-    """Quiesce the VIP here, send the final incremental to ``peer``; the VIP moves next.
-    ``since``: the newest snapshot ``peer`` says it has (it just synced), so the send need
-    not ask it first: the clients wait for this one."""
+def handover(
+    services: NodeServices, vip: VipService, peer: str, since: str | None, out: IO[bytes]
+) -> None:
+    """The holder's side of a failback: quiesce the VIP here and write its final incremental
+    to ``out``, the ssh of the returning ``peer`` that asked (:func:`pull_handover`): first a
+    JSON line (snapshot, base, keep, theirs; no snapshot: this node has no copy), then the
+    zfs stream. ``since``: the newest snapshot ``peer`` says it has (it just synced); the
+    base is settled before the step-down, so the clients wait for the stream alone."""
+    dataset = services.dataset(vip)
+    base = None
+    if services.zfs.exists(dataset):
+        names = [s.name for s in services.zfs.snapshots(dataset)]
+        base = since if since in names else _newest_of(names, _peer_snapshots(services, vip, peer))
     (RUN_DIR / f"{vip.name}.handover").write_text(str(time.time()))
     services.stepdown(vip, "handover")  # seals: its last writes are the newest snapshot
-    if not services.zfs.exists(services.dataset(vip)):  # never had a copy: nothing to send
-        return ""
-    if since is not None:
-        services.acked[(vip.name, peer)] = since  # not one of ours: send() asks after all
-    return send(services, vip, peer)
+    header: dict[str, Any] = {"snapshot": None, "base": None, "keep": [], "theirs": []}
+    if services.zfs.exists(dataset):  # else it never had a copy: nothing to send
+        newest = services.zfs.snapshots(dataset)[-1].name
+        keep, ours = _for_receiver(services, vip, newest, base)
+        header = {"snapshot": newest, "base": base, "keep": keep, "theirs": ours}
+    out.write(json.dumps(header).encode() + b"\n")
+    out.flush()
+    if header["snapshot"] in (None, base):
+        return
+    stream = services.zfs.send_command(
+        f"{dataset}@{header['snapshot']}", f"{dataset}@{base}" if base else None
+    )
+    sent = subprocess.run(stream, stdout=out, stderr=subprocess.PIPE, text=True, check=False)
+    if sent.returncode != 0:
+        raise ServiceError(f"{vip.name}: zfs send for the handover failed: {sent.stderr.strip()}")
+
+
+HEADER_LIMIT = 1 << 20
+HEADER_FIELDS = {"snapshot", "base", "keep", "theirs"}
+
+
+def _read_header(stream: IO[bytes]) -> dict[str, Any] | None:
+    """The handover's JSON line, read byte by byte from the pipe's descriptor: what follows
+    it is the zfs stream, for ``zfs recv`` to read from the same descriptor. None: the
+    holder said nothing (it refused: its stderr says why)."""
+    line = bytearray()
+    while not line.endswith(b"\n") and len(line) < HEADER_LIMIT:
+        byte = os.read(stream.fileno(), 1)
+        if not byte:
+            return None
+        line += byte
+    try:
+        header = json.loads(line)
+    except ValueError:
+        return None
+    return header if isinstance(header, dict) and set(header) == HEADER_FIELDS else None
+
+
+def pull_handover(
+    services: NodeServices, vip: VipService, holder: str, since: str | None
+) -> tuple[bool, list[str]]:
+    """The returning node's side of a failback: ask ``holder`` to :func:`handover` the VIP
+    and receive its final incremental here, in this process, from that same ssh: no second
+    login and no Python to start while the clients wait. Returns whether a snapshot was
+    received (no: the holder had no copy, or nothing new) and the holder's log lines (its
+    timed steps); raises :class:`ServiceError` if the VIP was not handed over whole."""
+    args = ["handover", vip.name, "--to", services.config.node]
+    args += ["--since", since] if since else []
+    failure, received = None, False
+    with tempfile.TemporaryFile() as said:
+        handing = subprocess.Popen(
+            services.transport.remote_argv(holder, args), stdout=subprocess.PIPE, stderr=said
+        )
+        assert handing.stdout is not None
+        try:
+            header = _read_header(handing.stdout)
+            if header is None:
+                failure = "it sent no handover"
+            elif header["snapshot"] not in (None, header["base"]):
+                receive(
+                    services, vip, header["base"], handing.stdout,
+                    header["keep"], header["theirs"], then_prune=False,
+                )  # fmt: skip
+                received = True
+            handing.wait(SEND_TIMEOUT)
+        except (ServiceError, ZfsError, subprocess.TimeoutExpired) as exc:
+            failure = str(exc)
+        finally:
+            handing.stdout.close()
+            if handing.poll() is None:
+                handing.kill()
+                handing.wait()
+        said.seek(0)
+        lines = said.read().decode(errors="replace").splitlines()
+    if failure is None and handing.returncode != 0:
+        failure = f"exit status {handing.returncode}"
+    if failure is not None:
+        why = lines[-1].strip() if lines else ""
+        raise ServiceError(
+            f"{vip.name}: handover from {holder} failed: {failure}: {why}".rstrip(": ")
+        )
+    return received, lines
 
 
 def handover_pending(vip: VipService) -> bool:

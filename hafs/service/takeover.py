@@ -57,8 +57,10 @@ def takeover(
 ) -> None:
     """Serve the VIP here. ``previous_master``: the address of the node the CARP daemon
     took the VIP over from, if it knows (the one to fence); else every other carrier.
-    ``fresh``: the replica was remounted before its last receive and nothing read it since
-    (a handback: :meth:`ServiceDaemon.resync`), so no rollback is needed to drop cached pages."""
+    ``fresh``: this node's daemon has just received the newest snapshot into the replica,
+    remounted before that receive, and nothing read it since (a handback:
+    :meth:`ServiceDaemon.resync`): no rollback is needed to drop cached pages, and no look at
+    how it was left (an interrupted keep-aside, served here last) while the clients wait."""
     node = services.config.node
     with services.locked(vip, abort_receive=True):
         if services.smbd_pid(vip) is not None and services.writable(vip):
@@ -83,8 +85,11 @@ def takeover(
             # fencing starts first and never delays service: the old holder lost the VIP
             # (its smbd is bound to an address it no longer has); fencing stops its writes
             fencing = fence_peers(services, vip, previous_master, pool)
-            with step(vip, "takeover", "roll back to the newest snapshot"):
-                rollback_or_provision(services, vip, fresh)
+            if fresh:  # its newest snapshot, received by this node's daemon, nothing cached
+                log.info("%s takeover: received into a remounted replica: no rollback", vip.name)
+            else:
+                with step(vip, "takeover", "roll back to the newest snapshot"):
+                    rollback_or_provision(services, vip)
             with step(vip, "takeover", "check that the dataset is mounted"):
                 mounts.ensure_mounted(services, vip)
             with step(vip, "takeover", "make the dataset writable"):
@@ -94,6 +99,9 @@ def takeover(
                 services.start_smbd(vip)
             with step(vip, "takeover", "announce (tickle ACKs)"):
                 services.tickle(vip)
+            if fresh:  # after the clients' return: retention runs no sooner than the next round
+                with step(vip, "takeover", "keep a base for every carrier"):
+                    replication.keep_bases_at_takeover(services, vip)
             with step(vip, "takeover", "limit the shares to their part of the pool"):
                 services.limit(vip)
             with step(vip, "takeover", "fence the other carriers"):
@@ -176,7 +184,7 @@ def fenced(vip: VipService, fencing: dict[str, Future[Any]]) -> None:
         log.info("%s takeover: fence %s: %s", vip.name, peer, "fenced" if ok else "no answer")
 
 
-def rollback_or_provision(services: NodeServices, vip: VipService, fresh: bool = False) -> None:
+def rollback_or_provision(services: NodeServices, vip: VipService) -> None:
     zfs, dataset, node = services.zfs, services.dataset(vip), services.config.node
     divergence.finish_interrupted(services, vip)  # an aborted receive may have cut one short
     if not zfs.exists(dataset):
@@ -198,9 +206,6 @@ def rollback_or_provision(services: NodeServices, vip: VipService, fresh: bool =
     snapshots = zfs.snapshots(dataset)
     if not snapshots:
         return
-    if fresh:  # a read-only replica at its newest snapshot, no page cached
-        log.info("%s takeover: received into a remounted replica: no rollback", vip.name)
-    else:
-        zfs.rollback(snapshots[-1].full_name)  # the newest: destroys no snapshot
-        log.info("%s takeover: rolled back to %s", vip.name, snapshots[-1].name)
+    zfs.rollback(snapshots[-1].full_name)  # the newest: destroys no snapshot
+    log.info("%s takeover: rolled back to %s", vip.name, snapshots[-1].name)
     replication.keep_bases_at_takeover(services, vip)

@@ -261,12 +261,17 @@ def test_resync_pulls_from_the_holder_then_takes_its_vip_back(
         status = sync_status if args[0] == "sync" else 0
         return subprocess.CompletedProcess(args, status, "", "boom" if status == 1 else "")
 
+    def pull_handover(vip: VipService, holder: str, since: str | None) -> tuple[bool, list[str]]:
+        asked.append([holder, "handover", vip.name, "--since", str(since)])
+        return True, ["stepped down"]
+
     services.remote = remote  # type: ignore[attr-defined]
+    services.pull_handover = pull_handover  # type: ignore[attr-defined]
     d, holds = daemon(services)
     d.resync()
     expected = [["n2", "held"], ["n2", "sync", "vip1", "--to", "n1"]]
     if released:
-        expected.append(["n2", "handover", "vip1", "--to", "n1", "--since", "s2"])
+        expected.append(["n2", "handover", "vip1", "--since", "s2"])
     assert asked == expected
     assert holds == ([("resync", 0)] if released else [])  # else: still demoted, tried again
     # the address comes with the preempt: served from here at once, not by the MASTER hook
@@ -328,7 +333,12 @@ def test_resync_finds_the_holders_by_asking_every_peer(
         asked.append(f"{args[0]} {args[1]} {peer}")
         return subprocess.CompletedProcess(args, 0, "", "")
 
+    def pull_handover(vip: VipService, holder: str, since: str | None) -> tuple[bool, list[str]]:
+        asked.append(f"handover {vip.name} {holder}")
+        return True, []
+
     services.remote = remote  # type: ignore[attr-defined]
+    services.pull_handover = pull_handover  # type: ignore[attr-defined]
     d, holds = daemon(services)
     d.resync()
     assert asked == expected

@@ -4,19 +4,29 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import subprocess
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from ipaddress import IPv4Address
 from pathlib import Path
-from typing import cast
+from typing import IO, cast
 
 import pytest
 
 from hafs.cluster import UID_BASE, UID_SPAN, uid_of
 from hafs.errors import HafsError
-from hafs.service import announce, divergence, host, replication, takeover, users
+from hafs.service import (
+    announce,
+    divergence,
+    host,
+    membership,
+    mounts,
+    replication,
+    takeover,
+    users,
+)
 from hafs.service import config as service_config
 from hafs.service.announce import tickle_segment
 from hafs.service.config import ServiceConfig, ServiceConfigError, ShareConfig, VipService
@@ -281,25 +291,66 @@ class RollingBack(Bases):
         self.rolled_back.append(snapshot.split("@")[1])
 
 
-@pytest.mark.parametrize(("fresh", "rolled_back"), [(False, ["s19"]), (True, [])])
-def test_a_replica_remounted_before_its_last_receive_is_served_with_no_rollback(
-    fresh: bool, rolled_back: list[str]
+class TakingOver(NodeServices):
+    """A node taking vip1 over; what it does to serve it is recorded in order."""
+
+    def __init__(self, config: ServiceConfig, zfs: RollingBack) -> None:
+        super().__init__(config, zfs=cast(Zfs, zfs))
+        self.rolling_back = zfs
+        self.steps: list[str] = []
+
+    @contextlib.contextmanager
+    def locked(self, vip: VipService, abort_receive: bool = False) -> Iterator[None]:
+        yield
+
+    def smbd_pid(self, vip: VipService) -> int | None:
+        return None
+
+    def holds(self, vip: VipService) -> bool:
+        return True
+
+    def start_smbd(self, vip: VipService) -> None:
+        self.steps.append(f"smbd, rolled back {self.rolling_back.rolled_back}")
+
+    def tickle(self, vip: VipService) -> None:
+        self.steps.append(f"tickle, base {self.rolling_back.props.get('hafs:base:n2')}")
+
+    def limit(self, vip: VipService) -> int:
+        self.steps.append(f"limit, base {self.rolling_back.props.get('hafs:base:n2')}")
+        return 0
+
+
+@pytest.mark.parametrize("fresh", [False, True])
+def test_a_handback_received_into_a_remounted_replica_serves_before_anything_else(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fresh: bool
 ) -> None:
+    """A takeover rolls the replica back to its newest snapshot (zfs-fuse's cached pages)
+    and records a base for every carrier first; after a handback (``fresh``: the daemon
+    just received into a remounted replica) smbd starts at once, and the bases come after
+    the clients were tickled (retention runs no sooner than the next round)."""
     vip = VipService(1, "vip1", IPv4Address("10.0.0.100"), "n1", ("n1", "n2"), ())
     config = ServiceConfig(
         node="n1", pool="tank", replication_interval=10, vips=(vip,), users={}, peers={},
+        agent_socket=None,
     )  # fmt: skip
-    zfs = RollingBack()
-    takeover.rollback_or_provision(NodeServices(config, zfs=cast(Zfs, zfs)), vip, fresh)
-    assert zfs.rolled_back == rolled_back
-    assert zfs.props == {"hafs:base:n2": "s19"}  # the bases are kept either way
+    monkeypatch.setattr(takeover, "RUN_DIR", tmp_path)
+    monkeypatch.setattr(mounts, "ensure_mounted", lambda *_: False)
+    monkeypatch.setattr(membership, "read_verdict", lambda: None)
+    node = TakingOver(config, RollingBack())
+    takeover.takeover(node, vip, fresh=fresh)
+    assert node.steps == (
+        ["smbd, rolled back []", "tickle, base None", "limit, base s19"]
+        if fresh
+        else ["smbd, rolled back ['s19']", "tickle, base s19", "limit, base s19"]
+    )
 
 
 class HandingOver(AnsweringNode):
-    """Records what it asks its peers; its step-down does nothing."""
+    """Records what it asks its peers; its step-down seals a last snapshot (s20)."""
 
-    def __init__(self, config: ServiceConfig, zfs: object, answers: dict[str, dict[str, str]]):
+    def __init__(self, config: ServiceConfig, zfs: Retention, answers: dict[str, dict[str, str]]):
         super().__init__(config, zfs, answers)
+        self.retention = zfs
         self.asked: list[str] = []
 
     def remote(
@@ -309,35 +360,108 @@ class HandingOver(AnsweringNode):
         return super().remote(peer, args, timeout)
 
     def stepdown(self, vip: VipService, action: str = "step-down") -> None:
-        pass
+        self.retention.names = (*self.retention.names, "s20")
+
+
+class Streaming(Retention):
+    def send_command(self, snapshot: str, base: str | None = None) -> list[str]:
+        return ["printf", f"stream {base} {snapshot}"]
 
 
 @pytest.mark.parametrize(
     ("since", "asked", "base"),
-    [("s2", False, "s2"), ("pruned-here", True, "s1"), (None, True, "s1")],
+    [("s18", False, "s18"), ("pruned-here", True, "s1"), (None, True, "s1")],
 )
-def test_a_handover_sends_from_the_snapshot_the_peer_says_it_has(
+def test_a_handover_streams_from_the_snapshot_the_peer_says_it_has(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, since: str | None, asked: bool, base: str
 ) -> None:
     """The clients wait for the handover's final incremental: the returning node names its
-    newest snapshot, so no round trip asks it first (unless this node lacks that one)."""
+    newest snapshot, so no round trip asks it first (unless this node lacks that one). Out
+    goes a header line, then the zfs stream from that base to the snapshot sealed at the
+    step-down."""
     vip = VipService(1, "vip1", IPv4Address("10.0.0.100"), "n2", ("n2", "n1"), ())
     config = ServiceConfig(
         node="n1", pool="tank", replication_interval=10, vips=(vip,), users={}, agent_socket=None,
         peers={"n2": IPv4Address("10.0.0.2")},
     )  # fmt: skip
-    node = HandingOver(config, Snapshots("s1", "s2", "s3"), {"n2": {"snapshots": "s1\n"}})
-    streamed: list[tuple[str, str, str | None]] = []
-
-    def stream(_: object, __: object, peer: str, snapshot: str, base: str | None) -> str:
-        streamed.append((peer, snapshot, base))
-        return snapshot
-
+    zfs = Streaming({"hafs:base:n2": "s18"})
+    node = HandingOver(config, zfs, {"n2": {"snapshots": "s0\ns1\n"}})
     monkeypatch.setattr(replication, "RUN_DIR", tmp_path)
-    monkeypatch.setattr(replication, "_stream", stream)
-    assert replication.handover(node, vip, "n2", since) == "s3"
-    assert streamed == [("n2", "s3", base)]
+    with (tmp_path / "out").open("w+b") as out:
+        replication.handover(node, vip, "n2", since, out)
+        out.seek(0)
+        header, stream = out.read().split(b"\n", 1)
+    theirs = [f"s{i}" for i in range(int(base[1:]) + 1, 21)]
+    assert json.loads(header) == {
+        "snapshot": "s20",
+        "base": base,
+        "keep": ["s18"],
+        "theirs": theirs,
+    }
+    assert stream == f"stream tank/hafs/vip1@{base} tank/hafs/vip1@s20".encode()
     assert node.asked == (["snapshots"] if asked else [])
+
+
+PAIR_VIP = VipService(1, "vip1", IPv4Address("10.0.0.100"), "n1", ("n1", "n2"), ())
+PAIR = ServiceConfig(
+    node="n1", pool="tank", replication_interval=10, vips=(PAIR_VIP,), users={},
+    peers={"n2": IPv4Address("10.0.0.2")},
+)  # fmt: skip
+
+
+class Holder:
+    """The holder at the other end of a handover's ssh: says ``said`` on stdout and stderr."""
+
+    def __init__(self, stdout: str, stderr: str, status: int = 0) -> None:
+        self.script = f"printf '%s' '{stdout}'; printf '{stderr}' >&2; exit {status}"
+
+    def remote_argv(self, peer: str, args: Sequence[str]) -> list[str]:
+        return ["sh", "-c", self.script]
+
+
+HEADER = '{"snapshot": "s3", "base": "s2", "keep": ["s1"], "theirs": ["s3"]}\n'
+NO_COPY = '{"snapshot": null, "base": null, "keep": [], "theirs": []}\n'
+REFUSED = "hafs: vip1: not held by n2"
+BROKEN = "zfs send: broken pipe"
+
+
+@pytest.mark.parametrize(
+    ("holder", "received", "error"),
+    [
+        (Holder(HEADER + "STREAM", "stepped down\nsent\n"), [b"STREAM"], None),
+        (Holder(NO_COPY, ""), [], None),
+        (Holder("", REFUSED, 1), [], f"it sent no handover: {REFUSED}"),
+        (Holder(HEADER + "STRE", BROKEN, 1), [b"STRE"], f"exit status 1: {BROKEN}"),
+    ],
+)  # fmt: skip
+def test_the_returning_node_receives_the_handover_from_the_same_ssh(
+    monkeypatch: pytest.MonkeyPatch,
+    holder: Holder,
+    received: list[bytes],
+    error: str | None,
+) -> None:
+    """The header is read to its newline and no further: zfs recv gets the stream whole."""
+    vip, config = PAIR_VIP, PAIR
+    monkeypatch.setattr(NodeServices, "transport", holder)
+    got: list[bytes] = []
+
+    def receive(
+        _: object, __: object, base: str, stream: IO[bytes], keep: list[str], theirs: list[str],
+        then_prune: bool,
+    ) -> None:  # fmt: skip
+        assert (base, keep, theirs, then_prune) == ("s2", ["s1"], ["s3"], False)  # prune later
+        got.append(os.read(stream.fileno(), 100))
+
+    monkeypatch.setattr(replication, "receive", receive)
+    node = NodeServices(config, zfs=cast(Zfs, Snapshots()))
+    if error is None:
+        assert replication.pull_handover(node, vip, "n2", "s2") == (
+            (True, ["stepped down", "sent"]) if received else (False, [])
+        )
+    else:
+        with pytest.raises(ServiceError, match=f"vip1: handover from n2 failed: {error}$"):
+            replication.pull_handover(node, vip, "n2", "s2")
+    assert got == received
 
 
 class Sending(Bases):
@@ -360,11 +484,7 @@ def test_what_a_receiver_warns_of_is_said_in_the_senders_log(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A kept-aside copy is made by the receiving end, whose output goes back over ssh."""
-    vip = VipService(1, "vip1", IPv4Address("10.0.0.100"), "n1", ("n1", "n2"), ())
-    config = ServiceConfig(
-        node="n1", pool="tank", replication_interval=10, vips=(vip,), users={},
-        peers={"n2": IPv4Address("10.0.0.2")},
-    )  # fmt: skip
+    vip, config = PAIR_VIP, PAIR
     monkeypatch.setattr(NodeServices, "transport", Receiver())
     node = NodeServices(config, zfs=cast(Zfs, Sending({})))
     assert replication._stream(node, vip, "n2", "s19", "s18") == "s19"
