@@ -3,7 +3,7 @@
 ``--lab`` never talks SMB from here: it re-runs the same command (without ``--lab``) inside the
 lab's client namespace, ``ip netns exec <client> python -m hafs.verify_cli verify ...``, so every
 packet stays in the lab. For the drill this process stays outside and does the kills and
-restores the drill asks for over two pipes (:class:`hafs.drill.PipeKiller`).
+restores the drill asks for over two pipes (:class:`hafs.drill.killers.PipeKiller`).
 
 Run as a module (``python -m hafs.verify_cli verify ...``) it is the same command without the
 rest of the CLI, which keeps the re-executed client quick to start.
@@ -24,18 +24,10 @@ from typing import Any
 
 import hafs
 from hafs.cluster import Cluster, load
-from hafs.drill import (
-    CommandKiller,
-    DrillOptions,
-    Killer,
-    LabKiller,
-    PipeKiller,
-    drill_verdict,
-    format_report,
-    plot_timeline,
-    run_drill,
-    serve_killer,
-)
+from hafs.drill.killers import CommandKiller, Killer, LabKiller, PipeKiller, serve_killer
+from hafs.drill.plot import plot_timeline
+from hafs.drill.report import drill_verdict, format_report
+from hafs.drill.run import DrillOptions, run_drill
 from hafs.errors import HafsError
 from hafs.verify import (
     PysmbConnector,

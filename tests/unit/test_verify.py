@@ -20,30 +20,23 @@ from typing import Any
 
 import pytest
 
-from hafs import drill as drill_mod
 from hafs import verify as verify_mod
 from hafs import verify_cli
 from hafs.cluster import Cluster, Vip
-from hafs.drill import (
-    CommandKiller,
-    CommandOutcome,
-    DrillError,
-    DrillOptions,
-    Monitor,
-    PipeKiller,
-    Sample,
+from hafs.drill import DrillError
+from hafs.drill.killers import CommandKiller, CommandOutcome, PipeKiller, run_shell, serve_killer
+from hafs.drill.monitor import Monitor, Sample, data_status
+from hafs.drill.plot import plot_timeline
+from hafs.drill.report import (
+    DrillReport,
     Span,
     VipOutcome,
-    data_status,
     drill_verdict,
     format_report,
-    plot_timeline,
     rto_goal,
-    run_drill,
-    run_shell,
-    serve_killer,
     spans,
 )
+from hafs.drill.run import DrillOptions, run_drill
 from hafs.errors import HafsError
 from hafs.verify import (
     STATUS_OBJECT_NAME_NOT_FOUND,
@@ -955,7 +948,7 @@ def test_plot_without_matplotlib_is_a_usage_error(
 
     monkeypatch.setattr(builtins, "__import__", no_matplotlib)
     with pytest.raises(HafsError, match=r"^--plot needs matplotlib: "):
-        plot_timeline(drill_mod.DrillReport(began=0.0), "unused.png")
+        plot_timeline(DrillReport(began=0.0), "unused.png")
 
 
 # --- the CLI --------------------------------------------------------------------------------------
