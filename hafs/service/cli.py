@@ -11,14 +11,14 @@ import re
 import shlex
 import sys
 import time
-from typing import Any
+from typing import IO, Any
 
 from hafs.agentconf import PREVIOUS_MASTER_ENV
 from hafs.errors import HafsError
 from hafs.service import config as service_config
 from hafs.service import demotion, divergence, space
 from hafs.service.node import NodeServices
-from hafs.service.replication import BACKGROUND_NICE, NO_COPY
+from hafs.service.replication import BACKGROUND_NICE
 from hafs.service.runtime import ServiceError
 from hafs.table import table
 
@@ -120,24 +120,29 @@ def cmd_receive(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stream_out() -> IO[bytes]:
+    """stdout, for a peer's pull: a zfs stream, never for a terminal."""
+    if sys.stdout.isatty():
+        raise HafsError("writes a zfs stream for the peer that asked over ssh: not to a terminal")
+    return sys.stdout.buffer
+
+
 def cmd_sync(args: argparse.Namespace) -> int:
+    """Asked by a returning peer over ssh: stdout is its stream (a header, then zfs's)."""
     _background()
     services = _services(args)
     vip = services.config.vip_named(args.vip)
     if not services.holds(vip):
         raise HafsError(f"{vip.name}: not held by {services.config.node}: nothing to send")
-    if not services.zfs.exists(services.dataset(vip)):  # held, never received: no copy here
-        print(f"{vip.name}: no copy on {services.config.node}", file=sys.stderr)
-        return NO_COPY
-    services.snapshot(vip)
-    print(services.send(vip, args.to))
+    services.serve_pull(vip, args.to, args.since, _stream_out(), handover=False)
     return 0
 
 
 def cmd_handover(args: argparse.Namespace) -> int:
-    """Asked by the returning node over ssh: stdout is its stream (a header, then zfs's)."""
+    """As ``sync``, after this node stopped serving the VIP (the clients wait: not niced)."""
     services = _services(args)
-    services.handover(services.config.vip_named(args.vip), args.to, args.since, sys.stdout.buffer)
+    vip = services.config.vip_named(args.vip)
+    services.serve_pull(vip, args.to, args.since, _stream_out(), handover=True)
     return 0
 
 
@@ -301,15 +306,13 @@ def register(sub: Any) -> None:
         metavar="SNAP,...",
         help="the sender's snapshots between the base and the sent one",
     )
-    p = parser("sync", "snapshot VIP now and send it to a peer", cmd_sync)
-    p.add_argument("--to", required=True, metavar="NODE")
-    p = parser(
-        "handover",
-        "stop serving VIP, write the final incremental to stdout for the peer that asked",
-        cmd_handover,
-    )
-    p.add_argument("--to", required=True, metavar="NODE")
-    p.add_argument("--since", metavar="SNAP", help="the newest snapshot the peer has")
+    for name, help_text, func in (
+        ("sync", "snapshot VIP now and write it to stdout for the peer that asked", cmd_sync),
+        ("handover", "stop serving VIP, write its last writes to stdout as sync", cmd_handover),
+    ):
+        p = parser(name, help_text, func)
+        p.add_argument("--to", required=True, metavar="NODE", help="the peer that asked")
+        p.add_argument("--since", metavar="SNAP", help="the newest snapshot the peer has")
     parser("held", "list the VIPs this node holds now, one name per line", cmd_held, vip=False)
     p = parser(
         "hold",

@@ -35,7 +35,7 @@ from hafs.service.config import VipService
 from hafs.service.membership import PORT, Membership
 from hafs.service.node import NodeServices
 from hafs.service.quorum import Verdict
-from hafs.service.replication import NO_COPY
+from hafs.service.replication import Pulled
 from hafs.service.runtime import RUN_DIR, ServiceError
 from hafs.service.zfs import ZfsError
 
@@ -323,38 +323,40 @@ class ServiceDaemon:
             holder = serving[0]
             if len(serving) > 1:  # split brain, about to resolve: the better one stays
                 log.warning("%s: held by %s: syncing from %s", vip.name, serving, holder)
-            synced = self.services.remote(holder, ["sync", vip.name, "--to", self.config.node], 600)
-            if synced.returncode == NO_COPY:  # it holds the VIP but never got a copy: ours stands
-                outcome = "it has no copy: this node's own is the newest"
-            else:
-                outcome = "done" if synced.returncode == 0 else synced.stderr.strip()
-            log.info("%s resync from %s: %s", vip.name, holder, outcome)
-            ok = ok and synced.returncode in (0, NO_COPY)
+            synced = self.pull(vip, holder, handover=False)
+            ok = ok and synced is not None
             if vip.carriers.index(self.config.node) < vip.carriers.index(holder):
                 handovers.append((vip, holder))  # this node comes first: it will preempt
         if not ok:
             return  # still demoted; the next round tries again
         fresh = {}
         for vip, holder in handovers:  # then the short handovers, right before undemoting
-            fresh[vip.name] = self.remount(vip)
-            mine = self.services.zfs.snapshots(self.services.dataset(vip))
-            try:
-                received, said = self.services.pull_handover(
-                    vip, holder, mine[-1].name if mine else None
-                )
-            except (ServiceError, OSError, subprocess.SubprocessError) as exc:
-                log.error("%s handover from %s: %s", vip.name, holder, exc)
-                ok = False
-                continue
-            fresh[vip.name] = fresh[vip.name] and received
-            for line in said:
-                log.info("%s handover on %s: %s", vip.name, holder, line)  # its timed steps
-            log.info("%s handover from %s: done", vip.name, holder)
+            remounted = self.remount(vip)
+            moved = self.pull(vip, holder, handover=True)
+            ok = ok and moved is not None
+            fresh[vip.name] = remounted and moved is not None and moved.received
         if ok:
             log.info("resync complete: releasing the %s demotion", RESYNC_HOLD)
             self.hold(RESYNC_HOLD, 0)
             for vip, holder in handovers:
                 self.take_back(vip, holder, fresh[vip.name])
+
+    def pull(self, vip: VipService, holder: str, handover: bool) -> Pulled | None:
+        """Pull the VIP's newest snapshot from ``holder`` (a ``handover``: its last writes,
+        once it stopped serving), logged; None if that failed."""
+        zfs, dataset = self.services.zfs, self.services.dataset(vip)
+        mine = zfs.snapshots(dataset) if zfs.exists(dataset) else []
+        what = "handover" if handover else "resync"
+        try:
+            pulled = self.services.pull(vip, holder, mine[-1].name if mine else None, handover)
+        except (ServiceError, ZfsError, OSError, subprocess.SubprocessError) as exc:
+            log.error("%s %s from %s: %s", vip.name, what, holder, exc)
+            return None
+        for line in pulled.said if handover else ():
+            log.info("%s handover on %s: %s", vip.name, holder, line)  # its timed steps
+        outcome = "done" if pulled.snapshot else "it has no copy: this node's own is the newest"
+        log.info("%s %s from %s: %s", vip.name, what, holder, outcome)
+        return pulled
 
     def remount(self, vip: VipService) -> bool:
         """Drop the pages this node cached of the VIP while it served it, before the final

@@ -245,13 +245,15 @@ class NodeServices:
     def replicate(self, vip: VipService, record_clients: bool = True) -> dict[str, dict[str, Any]]:
         return replication.replicate(self, vip, record_clients)
 
-    def handover(self, vip: VipService, peer: str, since: str | None, out: IO[bytes]) -> None:
-        replication.handover(self, vip, peer, since, out)
+    def serve_pull(
+        self, vip: VipService, peer: str, since: str | None, out: IO[bytes], handover: bool
+    ) -> None:
+        replication.serve_pull(self, vip, peer, since, out, handover)
 
-    def pull_handover(
-        self, vip: VipService, holder: str, since: str | None
-    ) -> tuple[bool, list[str]]:
-        return replication.pull_handover(self, vip, holder, since)
+    def pull(
+        self, vip: VipService, holder: str, since: str | None, handover: bool = False
+    ) -> replication.Pulled:
+        return replication.pull(self, vip, holder, since, handover)
 
     def handover_pending(self, vip: VipService) -> bool:
         return replication.handover_pending(vip)

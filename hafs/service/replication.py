@@ -6,10 +6,10 @@
   asked), streamed over ssh into ``hafs service receive`` there, at nice 10.
 - :func:`receive` (the receiving end): roll back to the common snapshot, receive, stay a
   read-only replica.
-- Failback: a returning node pulls the delta (``sync``), then asks the holder to
-  :func:`handover` (:func:`pull_handover`): it stops serving and writes the final incremental
-  back over that same ssh, into the returning node's own daemon; the VIP moves when the
-  returning node drops its "resync" demotion and preempts.
+- Failback: a returning node pulls (:func:`pull`) the delta from the holder (``sync``), then
+  its VIP (``handover``): the holder (:func:`serve_pull`) snapshots, or stops serving and
+  seals, and writes the incremental back over that node's own ssh, received in its daemon;
+  the VIP moves when the returning node drops its "resync" demotion and preempts.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import IO, TYPE_CHECKING, Any
 
@@ -39,7 +40,6 @@ log = logging.getLogger("hafs.service")
 SEND_TIMEOUT = 600.0
 HANDOVER_GRACE = 20.0  # a holder that quiesced for a handover serves again after this
 BACKGROUND_NICE = 10  # replication's CPU priority: a takeover on the same CPUs comes first
-NO_COPY = 3  # exit status of `hafs service sync`: the holder has no copy of the VIP to send
 BASE = "hafs:base:"  # + peer: a dataset property, the newest snapshot that peer has
 
 
@@ -245,21 +245,30 @@ def replicate(
     return report
 
 
-def handover(
-    services: NodeServices, vip: VipService, peer: str, since: str | None, out: IO[bytes]
+def serve_pull(
+    services: NodeServices,
+    vip: VipService,
+    peer: str,
+    since: str | None,
+    out: IO[bytes],
+    handover: bool = False,
 ) -> None:
-    """The holder's side of a failback: quiesce the VIP here and write its final incremental
-    to ``out``, the ssh of the returning ``peer`` that asked (:func:`pull_handover`): first a
-    JSON line (snapshot, base, keep, theirs; no snapshot: this node has no copy), then the
-    zfs stream. ``since``: the newest snapshot ``peer`` says it has (it just synced); the
-    base is settled before the step-down, so the clients wait for the stream alone."""
+    """The holder's side of a :func:`pull` by a returning ``peer``: snapshot the VIP (a
+    ``handover``: quiesce it, which seals its last writes as the newest snapshot) and write
+    it to ``out``, that peer's ssh: first a JSON line (snapshot, base, keep, theirs; no
+    snapshot: this node has no copy), then the zfs stream. ``since``: the newest snapshot
+    ``peer`` says it has; the base is settled before a handover's step-down, so the
+    clients wait for the stream alone."""
     dataset = services.dataset(vip)
     base = None
     if services.zfs.exists(dataset):
         names = [s.name for s in services.zfs.snapshots(dataset)]
         base = since if since in names else _newest_of(names, _peer_snapshots(services, vip, peer))
-    (RUN_DIR / f"{vip.name}.handover").write_text(str(time.time()))
-    services.stepdown(vip, "handover")  # seals: its last writes are the newest snapshot
+    if handover:
+        (RUN_DIR / f"{vip.name}.handover").write_text(str(time.time()))
+        services.stepdown(vip, "handover")
+    elif services.zfs.exists(dataset):
+        snapshot(services, vip)
     header: dict[str, Any] = {"snapshot": None, "base": None, "keep": [], "theirs": []}
     if services.zfs.exists(dataset):  # else it never had a copy: nothing to send
         newest = services.zfs.snapshots(dataset)[-1].name
@@ -274,7 +283,8 @@ def handover(
     )
     sent = subprocess.run(stream, stdout=out, stderr=subprocess.PIPE, text=True, check=False)
     if sent.returncode != 0:
-        raise ServiceError(f"{vip.name}: zfs send for the handover failed: {sent.stderr.strip()}")
+        raise ServiceError(f"{vip.name}: zfs send to {peer} failed: {sent.stderr.strip()}")
+    _acked(services, vip, peer, header["snapshot"])  # retention keeps it: the next base
 
 
 HEADER_LIMIT = 1 << 20
@@ -282,9 +292,9 @@ HEADER_FIELDS = {"snapshot", "base", "keep", "theirs"}
 
 
 def _read_header(stream: IO[bytes]) -> dict[str, Any] | None:
-    """The handover's JSON line, read byte by byte from the pipe's descriptor: what follows
-    it is the zfs stream, for ``zfs recv`` to read from the same descriptor. None: the
-    holder said nothing (it refused: its stderr says why)."""
+    """The pull's JSON line, read byte by byte from the pipe's descriptor: what follows it
+    is the zfs stream, for ``zfs recv`` to read from the same descriptor. None: the holder
+    said nothing (it refused: its stderr says why)."""
     line = bytearray()
     while not line.endswith(b"\n") and len(line) < HEADER_LIMIT:
         byte = os.read(stream.fileno(), 1)
@@ -298,50 +308,58 @@ def _read_header(stream: IO[bytes]) -> dict[str, Any] | None:
     return header if isinstance(header, dict) and set(header) == HEADER_FIELDS else None
 
 
-def pull_handover(
-    services: NodeServices, vip: VipService, holder: str, since: str | None
-) -> tuple[bool, list[str]]:
-    """The returning node's side of a failback: ask ``holder`` to :func:`handover` the VIP
-    and receive its final incremental here, in this process, from that same ssh: no second
-    login and no Python to start while the clients wait. Returns whether a snapshot was
-    received (no: the holder had no copy, or nothing new) and the holder's log lines (its
-    timed steps); raises :class:`ServiceError` if the VIP was not handed over whole."""
-    args = ["handover", vip.name, "--to", services.config.node]
+@dataclass(frozen=True)
+class Pulled:
+    snapshot: str | None  # the holder's newest; None: it has no copy (this node's stands)
+    received: bool  # False: no copy there, or nothing this node lacks
+    said: list[str]  # the holder's log lines (a handover's timed steps)
+
+
+def pull(
+    services: NodeServices, vip: VipService, holder: str, since: str | None, handover: bool
+) -> Pulled:
+    """A returning node brings its replica up to date from ``holder`` (``sync``), then
+    takes the VIP back (``handover``: the holder stops serving and sends its last writes):
+    the holder runs :func:`serve_pull` and writes the stream back over this node's own
+    ssh, received here, in this process. No second login and no Python to start on this
+    node, while the clients wait. Raises :class:`ServiceError` if it did not arrive whole."""
+    operation = "handover" if handover else "sync"
+    args = [operation, vip.name, "--to", services.config.node]
     args += ["--since", since] if since else []
-    failure, received = None, False
+    failure, header = None, None
     with tempfile.TemporaryFile() as said:
-        handing = subprocess.Popen(
+        pulling = subprocess.Popen(
             services.transport.remote_argv(holder, args), stdout=subprocess.PIPE, stderr=said
         )
-        assert handing.stdout is not None
+        assert pulling.stdout is not None
         try:
-            header = _read_header(handing.stdout)
+            header = _read_header(pulling.stdout)
             if header is None:
-                failure = "it sent no handover"
+                failure = "it sent nothing"
             elif header["snapshot"] not in (None, header["base"]):
                 receive(
-                    services, vip, header["base"], handing.stdout,
-                    header["keep"], header["theirs"], then_prune=False,
+                    services, vip, header["base"], pulling.stdout,
+                    header["keep"], header["theirs"], then_prune=not handover,
                 )  # fmt: skip
-                received = True
-            handing.wait(SEND_TIMEOUT)
+            pulling.wait(SEND_TIMEOUT)
         except (ServiceError, ZfsError, subprocess.TimeoutExpired) as exc:
             failure = str(exc)
         finally:
-            handing.stdout.close()
-            if handing.poll() is None:
-                handing.kill()
-                handing.wait()
+            pulling.stdout.close()
+            if pulling.poll() is None:
+                pulling.kill()
+                pulling.wait()
         said.seek(0)
         lines = said.read().decode(errors="replace").splitlines()
-    if failure is None and handing.returncode != 0:
-        failure = f"exit status {handing.returncode}"
-    if failure is not None:
+    if failure is None and pulling.returncode != 0:
+        failure = f"exit status {pulling.returncode}"
+    if failure is not None or header is None:
         why = lines[-1].strip() if lines else ""
         raise ServiceError(
-            f"{vip.name}: handover from {holder} failed: {failure}: {why}".rstrip(": ")
+            f"{vip.name}: {operation} from {holder} failed: {failure}: {why}".rstrip(": ")
         )
-    return received, lines
+    newest = header["snapshot"]
+    return Pulled(newest, newest not in (None, header["base"]), lines)
 
 
 def handover_pending(vip: VipService) -> bool:

@@ -19,7 +19,7 @@ from hafs.service import config as service_config
 from hafs.service.cli import format_replication
 from hafs.service.config import ServiceConfig, ShareConfig, VipService
 from hafs.service.daemon import ServiceDaemon
-from hafs.service.replication import NO_COPY
+from hafs.service.replication import Pulled
 from hafs.service.runtime import ServiceError
 from hafs.service.zfs import Snapshot, ZfsError
 
@@ -245,9 +245,12 @@ def test_a_rewritten_cluster_json_is_reloaded_and_its_users_applied(
     assert "keeping the configuration in use" in caplog.text
 
 
-@pytest.mark.parametrize(("sync_status", "released"), [(0, True), (NO_COPY, True), (1, False)])
+@pytest.mark.parametrize(
+    ("synced", "released"),
+    [("s3", True), (None, True), (ServiceError("vip1: sync from n2 failed: boom"), False)],
+)
 def test_resync_pulls_from_the_holder_then_takes_its_vip_back(
-    sync_status: int, released: bool
+    synced: str | ServiceError | None, released: bool
 ) -> None:
     """The home (n1) returns while n2 holds VIP1; a holder that never got a copy (it took the
     VIP over before any replication) has nothing to send: the home's own copy stands."""
@@ -256,28 +259,27 @@ def test_resync_pulls_from_the_holder_then_takes_its_vip_back(
 
     def remote(peer: str, args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
         asked.append([peer, *args])
-        if args[0] == "held":
-            return subprocess.CompletedProcess(args, 0, "vip1\n", "")
-        status = sync_status if args[0] == "sync" else 0
-        return subprocess.CompletedProcess(args, status, "", "boom" if status == 1 else "")
+        return subprocess.CompletedProcess(args, 0, "vip1\n", "")
 
-    def pull_handover(vip: VipService, holder: str, since: str | None) -> tuple[bool, list[str]]:
-        asked.append([holder, "handover", vip.name, "--since", str(since)])
-        return True, ["stepped down"]
+    def pull(vip: VipService, holder: str, since: str | None, handover: bool) -> Pulled:
+        asked.append([holder, "handover" if handover else "sync", vip.name, "--since", str(since)])
+        if isinstance(synced, ServiceError) and not handover:
+            raise synced
+        return Pulled(synced if isinstance(synced, str) else None, synced is not None, [])
 
     services.remote = remote  # type: ignore[attr-defined]
-    services.pull_handover = pull_handover  # type: ignore[attr-defined]
+    services.pull = pull  # type: ignore[attr-defined]
     d, holds = daemon(services)
     d.resync()
-    expected = [["n2", "held"], ["n2", "sync", "vip1", "--to", "n1"]]
+    expected = [["n2", "held"], ["n2", "sync", "vip1", "--since", "s2"]]
     if released:
         expected.append(["n2", "handover", "vip1", "--since", "s2"])
     assert asked == expected
     assert holds == ([("resync", 0)] if released else [])  # else: still demoted, tried again
-    # the address comes with the preempt: served from here at once, not by the MASTER hook
-    assert services.calls == (
-        ["remount", "takeover, no rollback, fence 10.0.0.2"] if released else []
-    )
+    # the address comes with the preempt: served from here at once, not by the MASTER hook;
+    # with no rollback only if it received the holder's last writes into its remounted replica
+    fresh = "takeover, no rollback" if synced == "s3" else "takeover"
+    assert services.calls == (["remount", f"{fresh}, fence 10.0.0.2"] if released else [])
 
 
 THREE = ServiceConfig(
@@ -330,15 +332,14 @@ def test_resync_finds_the_holders_by_asking_every_peer(
     def remote(peer: str, args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
         if args[0] == "held":
             return subprocess.CompletedProcess(args, *answers[peer])
-        asked.append(f"{args[0]} {args[1]} {peer}")
-        return subprocess.CompletedProcess(args, 0, "", "")
+        raise AssertionError(args)
 
-    def pull_handover(vip: VipService, holder: str, since: str | None) -> tuple[bool, list[str]]:
-        asked.append(f"handover {vip.name} {holder}")
-        return True, []
+    def pull(vip: VipService, holder: str, since: str | None, handover: bool) -> Pulled:
+        asked.append(f"{'handover' if handover else 'sync'} {vip.name} {holder}")
+        return Pulled("s3", True, [])
 
     services.remote = remote  # type: ignore[attr-defined]
-    services.pull_handover = pull_handover  # type: ignore[attr-defined]
+    services.pull = pull  # type: ignore[attr-defined]
     d, holds = daemon(services)
     d.resync()
     assert asked == expected

@@ -346,7 +346,7 @@ def test_a_handback_received_into_a_remounted_replica_serves_before_anything_els
 
 
 class HandingOver(AnsweringNode):
-    """Records what it asks its peers; its step-down seals a last snapshot (s20)."""
+    """Records what it asks its peers and how it quiesced; a step-down seals s20."""
 
     def __init__(self, config: ServiceConfig, zfs: Retention, answers: dict[str, dict[str, str]]):
         super().__init__(config, zfs, answers)
@@ -360,25 +360,35 @@ class HandingOver(AnsweringNode):
         return super().remote(peer, args, timeout)
 
     def stepdown(self, vip: VipService, action: str = "step-down") -> None:
+        self.asked.append(action)
         self.retention.names = (*self.retention.names, "s20")
 
 
-class Streaming(Retention):
+class Streaming(Bases):
     def send_command(self, snapshot: str, base: str | None = None) -> list[str]:
         return ["printf", f"stream {base} {snapshot}"]
 
+    def snapshot(self, name: str) -> None:  # a sync's: named s20 here
+        self.names = (*self.names, "s20")
 
+
+@pytest.mark.parametrize("handover", [True, False])
 @pytest.mark.parametrize(
     ("since", "asked", "base"),
     [("s18", False, "s18"), ("pruned-here", True, "s1"), (None, True, "s1")],
 )
-def test_a_handover_streams_from_the_snapshot_the_peer_says_it_has(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, since: str | None, asked: bool, base: str
+def test_a_pull_streams_from_the_snapshot_the_peer_says_it_has(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    since: str | None,
+    asked: bool,
+    base: str,
+    handover: bool,
 ) -> None:
     """The clients wait for the handover's final incremental: the returning node names its
     newest snapshot, so no round trip asks it first (unless this node lacks that one). Out
-    goes a header line, then the zfs stream from that base to the snapshot sealed at the
-    step-down."""
+    goes a header line, then the zfs stream from that base to the snapshot taken now (a
+    handover's: sealed at its step-down). Retention keeps that one for the peer."""
     vip = VipService(1, "vip1", IPv4Address("10.0.0.100"), "n2", ("n2", "n1"), ())
     config = ServiceConfig(
         node="n1", pool="tank", replication_interval=10, vips=(vip,), users={}, agent_socket=None,
@@ -388,7 +398,7 @@ def test_a_handover_streams_from_the_snapshot_the_peer_says_it_has(
     node = HandingOver(config, zfs, {"n2": {"snapshots": "s0\ns1\n"}})
     monkeypatch.setattr(replication, "RUN_DIR", tmp_path)
     with (tmp_path / "out").open("w+b") as out:
-        replication.handover(node, vip, "n2", since, out)
+        replication.serve_pull(node, vip, "n2", since, out, handover)
         out.seek(0)
         header, stream = out.read().split(b"\n", 1)
     theirs = [f"s{i}" for i in range(int(base[1:]) + 1, 21)]
@@ -399,7 +409,8 @@ def test_a_handover_streams_from_the_snapshot_the_peer_says_it_has(
         "theirs": theirs,
     }
     assert stream == f"stream tank/hafs/vip1@{base} tank/hafs/vip1@s20".encode()
-    assert node.asked == (["snapshots"] if asked else [])
+    assert node.asked == ["snapshots"] * asked + ["handover"] * handover
+    assert zfs.props == {"hafs:base:n2": "s20"}
 
 
 PAIR_VIP = VipService(1, "vip1", IPv4Address("10.0.0.100"), "n1", ("n1", "n2"), ())
@@ -425,22 +436,25 @@ REFUSED = "hafs: vip1: not held by n2"
 BROKEN = "zfs send: broken pipe"
 
 
+@pytest.mark.parametrize("handover", [True, False])
 @pytest.mark.parametrize(
     ("holder", "received", "error"),
     [
         (Holder(HEADER + "STREAM", "stepped down\nsent\n"), [b"STREAM"], None),
         (Holder(NO_COPY, ""), [], None),
-        (Holder("", REFUSED, 1), [], f"it sent no handover: {REFUSED}"),
+        (Holder("", REFUSED, 1), [], f"it sent nothing: {REFUSED}"),
         (Holder(HEADER + "STRE", BROKEN, 1), [b"STRE"], f"exit status 1: {BROKEN}"),
     ],
 )  # fmt: skip
-def test_the_returning_node_receives_the_handover_from_the_same_ssh(
+def test_the_returning_node_receives_what_it_pulls_from_the_same_ssh(
     monkeypatch: pytest.MonkeyPatch,
     holder: Holder,
     received: list[bytes],
     error: str | None,
+    handover: bool,
 ) -> None:
-    """The header is read to its newline and no further: zfs recv gets the stream whole."""
+    """The header is read to its newline and no further: zfs recv gets the stream whole. A
+    handover's receive prunes nothing: the clients wait; the new holder prunes later."""
     vip, config = PAIR_VIP, PAIR
     monkeypatch.setattr(NodeServices, "transport", holder)
     got: list[bytes] = []
@@ -449,18 +463,19 @@ def test_the_returning_node_receives_the_handover_from_the_same_ssh(
         _: object, __: object, base: str, stream: IO[bytes], keep: list[str], theirs: list[str],
         then_prune: bool,
     ) -> None:  # fmt: skip
-        assert (base, keep, theirs, then_prune) == ("s2", ["s1"], ["s3"], False)  # prune later
+        assert (base, keep, theirs, then_prune) == ("s2", ["s1"], ["s3"], not handover)
         got.append(os.read(stream.fileno(), 100))
 
     monkeypatch.setattr(replication, "receive", receive)
     node = NodeServices(config, zfs=cast(Zfs, Snapshots()))
     if error is None:
-        assert replication.pull_handover(node, vip, "n2", "s2") == (
-            (True, ["stepped down", "sent"]) if received else (False, [])
-        )
+        pulled = replication.pull(node, vip, "n2", "s2", handover)
+        said = ["stepped down", "sent"] if received else []
+        assert pulled == replication.Pulled("s3" if received else None, bool(received), said)
     else:
-        with pytest.raises(ServiceError, match=f"vip1: handover from n2 failed: {error}$"):
-            replication.pull_handover(node, vip, "n2", "s2")
+        operation = "handover" if handover else "sync"
+        with pytest.raises(ServiceError, match=f"vip1: {operation} from n2 failed: {error}$"):
+            replication.pull(node, vip, "n2", "s2", handover)
     assert got == received
 
 
