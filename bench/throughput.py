@@ -1,0 +1,134 @@
+"""Replication throughput: how fast does a big write reach every backup, beside a raw pipe?
+
+On a service lab of its own (the example cluster: vip1's home ha-file-server-1, three
+backups), with ``--interval`` seconds between replications:
+
+1. once the first rounds are done, the newest snapshot every backup has (``P``) is also
+   received, untimed, into a scratch dataset on the first backup: the raw pipe's base;
+2. ``--mb`` MB of incompressible data are written into vip1's share on its holder (straight
+   into the file system, not over SMB: this measures replication, not the client);
+3. the holder's next round snapshots it (``S``) and sends it to every backup at once; its
+   report (``/run/hafs/replication.json``) says, per backup, the seconds from the snapshot
+   to that backup's acknowledgement;
+4. the same data as a raw ``zfs send -I P S | zfs recv`` from the holder's namespace into
+   the scratch dataset: one pipe, no ssh, no hafs, timed.
+
+Printed: per backup, hafs's seconds and MB/s and their ratio to the raw pipe's (the goal:
+each backup >= 50 % of the raw pipe), beside the seconds of the round before the write (what
+a send costs whatever it carries); the load average before and after. Run as root from
+the repository root: ``sudo python3 bench/throughput.py [--mb 200] [--interval 5]``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run by path as well as with -m
+
+import argparse
+import json
+import os
+import subprocess
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from bench.common import table
+from bench.faults import log, service_lab
+from tests.lab.test_service import ServiceLab
+
+VHID = 1
+SCRATCH = "hafs-bench-raw"  # beside <pool>/hafs on the first backup: never a VIP's dataset
+REPORT = "/run/hafs/replication.json"
+TIMEOUT = 300.0
+
+
+def report(s: ServiceLab, node: str) -> dict[str, Any]:
+    text = s.lab.run(node, ["cat", REPORT], check=False)
+    try:
+        found: dict[str, Any] = json.loads(text)["vips"][s.cluster.vip(VHID).name]
+    except (ValueError, KeyError):
+        return {}
+    return found
+
+
+def wait_for_round(s: ServiceLab, holder: str, after: str) -> dict[str, Any]:
+    """The holder's first report whose every backup acknowledged a snapshot newer than
+    ``after`` (snapshot names sort by time)."""
+    backups = [n for n in s.cluster.vip(VHID).carriers if n != holder]
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline:
+        peers = report(s, holder)
+        if all(peers.get(b, {}).get("ok") and peers[b]["snapshot"] > after for b in backups):
+            return peers
+        time.sleep(0.2)
+    raise SystemExit(f"no round after {after} reached every backup within {TIMEOUT:.0f}s")
+
+
+def raw_pipe(
+    s: ServiceLab, holder: str, to: str, dataset: str, base: str | None, snap: str
+) -> float:
+    """``zfs send [-I base] snap`` in ``holder``'s namespaces piped into ``zfs recv`` in
+    ``to``'s: seconds until the receive is done."""
+    pool = s.cluster.zfs_pool
+    send = ["zfs", "send", *(["-I", f"@{base}"] if base else []), f"{dataset}@{snap}"]
+    recv = ["zfs", "recv", "-F", f"{pool}/{SCRATCH}"]
+    began = time.monotonic()
+    with subprocess.Popen([*s.lab.enter(holder), *send], stdout=subprocess.PIPE) as sender:
+        received = subprocess.run([*s.lab.enter(to), *recv], stdin=sender.stdout, check=False)
+        assert sender.stdout is not None
+        sender.stdout.close()
+    took = time.monotonic() - began
+    if sender.returncode != 0 or received.returncode != 0:
+        raise SystemExit(f"raw pipe {holder} -> {to} failed")
+    return took
+
+
+def measure(s: ServiceLab, mb: int) -> list[list[str]]:
+    vip = s.cluster.vip(VHID)
+    holder, first = vip.carriers[0], vip.carriers[1]
+    dataset = f"{s.cluster.zfs_pool}/hafs/{vip.name}"
+    settled = wait_for_round(s, holder, "")
+    base = min(peer["snapshot"] for peer in settled.values())
+    log(f"settled: every backup has {base}; the raw pipe's base goes to {first}")
+    raw_pipe(s, holder, first, dataset, None, base)
+    mountpoint = s.lab.run(holder, ["zfs", "get", "-H", "-o", "value", "mountpoint", dataset])
+    target = f"{mountpoint.strip()}/shares/{vip.shares[0].name}/throughput.bin"
+    log(f"writing {mb} MB into {target} on {holder}")
+    s.lab.run(holder, ["dd", "if=/dev/urandom", f"of={target}", "bs=1M", f"count={mb}"])
+    s.lab.run(holder, ["sync"])
+    written = datetime.now(UTC).strftime("hafs-%Y%m%dT%H%M%S%fZ")  # as snapshots are named
+    peers = wait_for_round(s, holder, written)
+    snap = max(peer["snapshot"] for peer in peers.values())
+    log(f"every backup has {snap}; now the raw pipe of the same data to {first}")
+    raw = raw_pipe(s, holder, first, dataset, base, snap)
+    rows = [["raw zfs send | zfs recv", first, f"{raw:.2f}", f"{mb / raw:.0f}", "100 %", "-"]]
+    for peer, sent in sorted(peers.items()):
+        took, idle = float(sent["seconds"]), float(settled[peer]["seconds"])
+        rows.append([
+            "hafs", peer, f"{took:.2f}", f"{mb / took:.0f}", f"{100 * raw / took:.0f} %",
+            f"{idle:.2f}",
+        ])  # fmt: skip
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--mb", type=int, default=200, help="MB written (default 200)")
+    parser.add_argument("--interval", type=float, default=5.0, help="replication interval")
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        parser.error("run as root (it builds a lab of network namespaces)")
+    before = os.getloadavg()
+    with service_lab(args.interval) as s:
+        rows = measure(s, args.mb)
+    after = os.getloadavg()
+    print(table(["path", "to", "seconds", "MB/s", "of raw", "a round before, s"], rows))
+    print(f"\n{args.mb} MB, replication every {args.interval:g}s; load average (1 min) "
+          f"{before[0]:.1f} before, {after[0]:.1f} after, on {os.cpu_count()} cores")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
