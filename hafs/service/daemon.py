@@ -314,21 +314,24 @@ class ServiceDaemon:
     def resync(self) -> None:
         """Bring every replica up to date, take back what we will preempt, then undemote."""
         held = self.holders()
-        ok = True
-        handovers: list[tuple[VipService, str]] = []
-        for vip in self.config.vips:  # first every replica, while the holders serve
+        sources: list[tuple[VipService, str]] = []
+        for vip in self.config.vips:
             serving = [p for p in vip.carriers if p in held.get(vip.name, ())]
             if not serving:
                 continue  # nobody serves it: no newer data anywhere to pull
-            holder = serving[0]
             if len(serving) > 1:  # split brain, about to resolve: the better one stays
-                log.warning("%s: held by %s: syncing from %s", vip.name, serving, holder)
-            synced = self.pull(vip, holder, handover=False)
-            ok = ok and synced is not None
-            if vip.carriers.index(self.config.node) < vip.carriers.index(holder):
-                handovers.append((vip, holder))  # this node comes first: it will preempt
-        if not ok:
+                log.warning("%s: held by %s: syncing from %s", vip.name, serving, serving[0])
+            sources.append((vip, serving[0]))
+        with ThreadPoolExecutor(max(1, len(sources))) as pool:  # every replica at once, while
+            synced = list(pool.map(self.sync, sources))  # the holders serve
+        if None in synced:
             return  # still demoted; the next round tries again
+        ok = True
+        handovers = [  # this node comes first: it will preempt
+            (vip, holder)
+            for vip, holder in sources
+            if vip.carriers.index(self.config.node) < vip.carriers.index(holder)
+        ]
         fresh = {}
         for vip, holder in handovers:  # then the short handovers, right before undemoting
             remounted = self.remount(vip)
@@ -340,6 +343,9 @@ class ServiceDaemon:
             self.hold(RESYNC_HOLD, 0)
             for vip, holder in handovers:
                 self.take_back(vip, holder, fresh[vip.name])
+
+    def sync(self, source: tuple[VipService, str]) -> Pulled | None:
+        return self.pull(*source, handover=False)
 
     def pull(self, vip: VipService, holder: str, handover: bool) -> Pulled | None:
         """Pull the VIP's newest snapshot from ``holder`` (a ``handover``: its last writes,
