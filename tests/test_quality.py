@@ -1,7 +1,12 @@
-"""The code stays formatted, linted and typed: CI enforces it through the test command."""
+"""The code stays formatted, linted, typed and layered: CI enforces it through the test command.
+
+Layers: the CARP agent (hafs/carp) knows nothing of the service layer (hafs/service); what
+combines the two lives above both (hafs/status.py).
+"""
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -26,3 +31,25 @@ def test_ruff_format() -> None:
 def test_mypy_strict() -> None:
     result = run(sys.executable, "-m", "mypy")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module ``path`` imports, at its top or inside a function, by its full name."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def test_carp_never_imports_service() -> None:
+    found = {
+        f"{path.relative_to(REPO)}: {name}"
+        for path in sorted((REPO / "hafs" / "carp").glob("*.py"))
+        for name in imported_modules(path)
+        if name == "hafs.service" or name.startswith("hafs.service.")
+    }
+    assert not found, sorted(found)

@@ -1,4 +1,5 @@
-"""`hafs agent`, `hafs ucarp`, `hafs status` and `hafs demote`."""
+"""`hafs agent`, `hafs ucarp` and `hafs demote`, and the agent's view that `hafs status` prints
+(:mod:`hafs.status` adds the service daemon's report to it)."""
 
 from __future__ import annotations
 
@@ -193,7 +194,7 @@ def cmd_ucarp(args: argparse.Namespace) -> int:
     )
 
 
-# --- hafs status / hafs demote -------------------------------------------------------------------
+# --- the agent's view (hafs status) / hafs demote -------------------------------------------------
 
 
 def _ago(since: float | None) -> str:
@@ -258,25 +259,6 @@ def format_status(status: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    from hafs.service.cli import format_replication
-    from hafs.service.daemon import STATUS_FILE
-
-    status = control.request(args.socket, {"op": "status"})
-    status.pop("ok")
-    try:  # the service daemon's replication report, when it runs on this node
-        status["replication"] = json.loads(STATUS_FILE.read_text())
-    except (OSError, ValueError):
-        status["replication"] = None
-    if args.json:
-        print(json.dumps(status, indent=2))
-    else:
-        print(format_status(status))
-        if status["replication"]:
-            print(format_replication(status["replication"]))
-    return 0
-
-
 def demote_request(args: argparse.Namespace) -> dict[str, Any]:
     if args.hold is not None:
         return {"op": "demote", "hold": args.hold[0], "value": _integer(args.hold[1], "--hold")}
@@ -324,15 +306,6 @@ def register(sub: Any) -> None:
     p.set_defaults(func=cmd_agent)
 
     _ucarp_parser(sub)
-
-    p = sub.add_parser(
-        "status",
-        help="show the agent's vhids: state, since, why, master, counters",
-        description="Ask the running agent for the state of every vhid.",
-    )
-    p.add_argument("--socket", default=agentconf.DEFAULT_CONTROL_SOCKET, help=SOCKET_HELP)
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=cmd_status)
 
     p = sub.add_parser(
         "demote",

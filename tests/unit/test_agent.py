@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,12 +18,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hafs.agentconf import AgentConfig, VhidEntry
+from hafs.carp import control
 from hafs.carp.agent import Agent, Demotion
 from hafs.carp.commands import demote_request, format_status, ucarp_config
 from hafs.carp.control import answer
 from hafs.carp.machine import LinkUp
 from hafs.carp.wire import encode, encode_ipv4, make_key
+from hafs.cli import main
 from hafs.errors import HafsError
+from hafs.service import daemon
 
 VIP = IPv4Address("10.0.0.100")
 PEER = IPv4Address("10.0.0.2")
@@ -295,6 +299,28 @@ def test_status_table_and_split_brain_warning(agent: Agent) -> None:
     ]
     assert "BACKUP" in lines[2] and "10.0.0.2/0" in lines[2]
     assert "WARNING: vhid 1: split brain: 10.0.0.9 also claims to be master" in text
+
+
+def test_hafs_status_adds_the_service_daemons_report(
+    agent: Agent,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setattr(control, "request", lambda path, message: {"ok": True, **agent.status()})
+    monkeypatch.setattr(daemon, "STATUS_FILE", tmp_path / "replication.json")
+    assert main(["status"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("node n1 (pid ") and "replication" not in out  # no service daemon
+    daemon.STATUS_FILE.write_text(json.dumps({"node": "n1", "vips": {}}))
+    assert main(["status"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("node n1 (pid ")
+    assert out.endswith("replication from n1:\n  (this node holds no VIP)\n")
+    assert main(["status", "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["node"] == "n1" and "ok" not in status
+    assert status["replication"] == {"node": "n1", "vips": {}}
 
 
 def test_split_brain_is_reported_only_when_it_persists(
