@@ -60,6 +60,7 @@ from itertools import pairwise
 from bench.common import table
 from hafs.cluster import load
 from hafs.errors import HafsError
+from hafs.holds import RESYNC_HOLD
 from hafs.lab.cluster import HAFS, ClusterLab, Proc
 from hafs.lab.netns import new_prefix
 from hafs.service.config import KEEP_SNAPSHOTS
@@ -432,7 +433,7 @@ def calm(s: ServiceLab) -> bool:
         return False
     for node in s.lab.state["nodes"]:
         out = s.lab.run(node, [*HAFS, "demote", "--json"], check=False)
-        if not out or "resync" in json.loads(out)["holds"]:
+        if not out or RESYNC_HOLD in json.loads(out)["holds"]:
             return False
     return True
 

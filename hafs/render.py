@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from hafs import agentconf
 from hafs.cluster import Cluster, Node, Vip
 from hafs.errors import HafsError
+from hafs.holds import HOLD_DEMOTION, RESYNC_HOLD
 from hafs.service import config as service_config
 
 HAFS_BIN = "/usr/local/bin/hafs"
@@ -104,7 +105,7 @@ def devd_conf(cluster: Cluster, node: Node) -> str:
         '\tmatch "system" "IFNET";\n'
         f'\tmatch "subsystem" "{node.interface}";\n'
         '\tmatch "type" "LINK_DOWN";\n'
-        f'\taction "{HAFS_BIN} service hold resync 240";\n'
+        f'\taction "{HAFS_BIN} service hold {RESYNC_HOLD} {HOLD_DEMOTION}";\n'
         "};\n"
     )
 

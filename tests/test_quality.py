@@ -1,7 +1,8 @@
 """The code stays formatted, linted, typed and layered: CI enforces it through the test command.
 
 Layers: the CARP agent (hafs/carp) knows nothing of the service layer (hafs/service); what
-combines the two lives above both (hafs/status.py).
+combines the two lives above both (hafs/status.py). The service daemon runs on FreeBSD too,
+where pyroute2 (Linux netlink, the agent's) has no business: importing it must not load it.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import ast
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -53,3 +56,10 @@ def test_carp_never_imports_service() -> None:
         if name == "hafs.service" or name.startswith("hafs.service.")
     }
     assert not found, sorted(found)
+
+
+@pytest.mark.parametrize("module", ["hafs.service.daemon", "hafs.service.cli"])
+def test_the_service_layer_loads_no_pyroute2(module: str) -> None:
+    code = f"import {module}, sys; print('pyroute2' in sys.modules)"
+    result = run(sys.executable, "-c", code)
+    assert result.stdout.strip() == "False", result.stdout + result.stderr

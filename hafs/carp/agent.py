@@ -97,6 +97,7 @@ from hafs.carp.machine import (
 )
 from hafs.carp.wire import MAX_SKEW, Drop, Rejected, decode_ipv4, encode_ipv4, verify
 from hafs.errors import HafsError
+from hafs.holds import HOLD_DEMOTION, RESYNC_HOLD
 
 log = logging.getLogger("hafs.agent")
 
@@ -105,8 +106,6 @@ SEND_ERROR_DEMOTION = 240  # FreeBSD's net.inet.carp.senderr_demotion_factor
 SEND_ERRORS_TO_DEMOTE = 3  # CARP_SENDAD_MAX_ERRORS
 SENDS_TO_UNDEMOTE = 3  # CARP_SENDAD_MIN_SUCCESS
 SHUTDOWN_HOOK_WAIT = 10.0  # seconds the agent waits for hooks when it stops
-RESYNC_HOLD = "resync"  # released by `hafs service run` once this node's data is in sync
-RESYNC_DEMOTION = 240
 TICKS_PER_ADVBASE = 4
 
 
@@ -549,7 +548,7 @@ class Agent:
             log.info("%s (no resync hold: resync_holds is off)", cause)
             return
         log.warning("resync hold raised: %s", cause)
-        self.demotion.hold(RESYNC_HOLD, RESYNC_DEMOTION, cause)
+        self.demotion.hold(RESYNC_HOLD, HOLD_DEMOTION, cause)
         self._silence_hold = False  # another cause: it stays until the service daemon is done
 
     # --- demotion ----------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from typing import IO, Any
 
 from hafs.agentconf import PREVIOUS_MASTER_ENV
 from hafs.errors import HafsError
+from hafs.holds import HOLD_DEMOTION
 from hafs.service import config as service_config
 from hafs.service import demotion, divergence, space
 from hafs.service.node import NodeServices
@@ -22,7 +23,6 @@ from hafs.service.replication import BACKGROUND_NICE
 from hafs.service.runtime import ServiceError
 from hafs.table import table
 
-MAX_HOLD = 240  # CARP advertises advskew + demotion capped at 240
 EVENT_RE = re.compile(r"(?P<vhid>[0-9]{1,3})@(?P<ifname>[0-9A-Za-z._:-]+)")
 
 
@@ -78,8 +78,8 @@ def cmd_held(args: argparse.Namespace) -> int:
 
 
 def _hold_value(text: str) -> int:
-    if not text.isdigit() or int(text) > MAX_HOLD:
-        raise argparse.ArgumentTypeError(f"{text!r}: give 0 (release) to {MAX_HOLD}")
+    if not text.isdigit() or int(text) > HOLD_DEMOTION:
+        raise argparse.ArgumentTypeError(f"{text!r}: give 0 (release) to {HOLD_DEMOTION}")
     return int(text)
 
 

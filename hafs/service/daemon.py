@@ -27,8 +27,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from hafs.carp.agent import RESYNC_HOLD
 from hafs.errors import HafsError
+from hafs.holds import HOLD_DEMOTION, POOL_HOLD, QUORUM_HOLD, RESYNC_HOLD, smbd_hold
 from hafs.service import config as service_config
 from hafs.service import demotion, divergence, health, metrics, space
 from hafs.service.config import VipService
@@ -41,8 +41,6 @@ from hafs.service.zfs import ZfsError
 
 log = logging.getLogger("hafs.service")
 
-HEALTH_DEMOTION = 240
-QUORUM_HOLD = "quorum"  # the node is in a minority: it serves and takes nothing
 STATUS_FILE = RUN_DIR / "replication.json"
 HELD_TIMEOUT = 10.0  # ssh's connect timeout and a remote python's start, with room
 TAKE_BACK_WAIT = 2.0  # seconds for the agent to preempt once the resync hold is released
@@ -142,15 +140,15 @@ class ServiceDaemon:
         if problem is not None:
             if self.pool_ok:
                 log.error("%s: this node serves nothing until it answers again", problem)
-                self.hold(health.POOL_HOLD, HEALTH_DEMOTION, problem)
+                self.hold(POOL_HOLD, HOLD_DEMOTION, problem)
             for vip in self.config.vips:  # every round: an smbd a takeover started meanwhile
                 if self.services.smbd_pid(vip) is not None:
                     log.warning("%s: stopping its smbd: %s", vip.name, problem)
                     self.services.stop_smbd(vip)
         elif not self.pool_ok:
             log.info("pool %s answers again: resync, then serve", self.config.pool)
-            self.hold(RESYNC_HOLD, HEALTH_DEMOTION, "pool answers again")  # missed every send
-            self.hold(health.POOL_HOLD, 0)
+            self.hold(RESYNC_HOLD, HOLD_DEMOTION, "pool answers again")  # missed every send
+            self.hold(POOL_HOLD, 0)
         self.pool_ok = problem is None
         return self.pool_ok
 
@@ -175,10 +173,10 @@ class ServiceDaemon:
         """Lost: hold the node out of the way and stop serving every VIP at once (not at the
         next round). Regained: this node may have missed writes: resync before preempting."""
         if not verdict.quorate:
-            self.hold(QUORUM_HOLD, HEALTH_DEMOTION, f"no quorum: {verdict.reason}")
+            self.hold(QUORUM_HOLD, HOLD_DEMOTION, f"no quorum: {verdict.reason}")
             threading.Thread(target=self.stay_released, name="hafs-quorum-lost").start()
         elif self.lost_quorum:
-            self.hold(RESYNC_HOLD, HEALTH_DEMOTION, "back in the majority")
+            self.hold(RESYNC_HOLD, HOLD_DEMOTION, "back in the majority")
             self.hold(QUORUM_HOLD, 0)
         self.lost_quorum = not verdict.quorate
 
@@ -231,10 +229,10 @@ class ServiceDaemon:
             try:
                 with services.locked(vip):
                     services.start_smbd(vip)
-                self.hold(f"smb-{vip.name}", 0)
+                self.hold(smbd_hold(vip.name), 0)
             except (ServiceError, OSError) as exc:
                 log.error("%s: smbd does not start (%s): demoting this node", vip.name, exc)
-                self.hold(f"smb-{vip.name}", HEALTH_DEMOTION, f"smbd does not start: {exc}")
+                self.hold(smbd_hold(vip.name), HOLD_DEMOTION, f"smbd does not start: {exc}")
                 return
         if vip.name not in self.limited:  # served from before this daemon ran, or a reload
             log.info("%s: its shares may hold %s", vip.name, space.mib(services.limit(vip)))

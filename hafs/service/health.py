@@ -2,8 +2,8 @@
 
 A node whose pool does not answer (its ZFS daemon died: zfs-fuse) or is not ONLINE/DEGRADED
 (FAULTED, SUSPENDED, UNAVAIL: writes fail) cannot serve: the daemon stops every smbd of the
-node at once (they serve nothing but errors) and raises the named demotion hold
-:data:`POOL_HOLD`, so a backup with the newest replica takes its VIPs over. When the pool
+node at once (they serve nothing but errors) and raises the demotion hold "pool-unhealthy"
+(:mod:`hafs.holds`), so a backup with the newest replica takes its VIPs over. When the pool
 answers again, the hold goes and the "resync" hold comes (its replicas missed every send
 meanwhile): the usual resync and handback follow, with no hand.
 """
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from hafs.service.zfs import Zfs, ZfsError
 
-POOL_HOLD = "pool-unhealthy"
 SERVING = ("ONLINE", "DEGRADED")  # a degraded pool still reads and writes
 PROBE_TIMEOUT = 10.0  # seconds: a pool that takes longer to answer is not answering
 

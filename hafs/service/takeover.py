@@ -29,7 +29,7 @@ import logging
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any
 
-from hafs.carp.agent import RESYNC_HOLD
+from hafs.holds import RESYNC_HOLD
 from hafs.service import (
     announce,
     demotion,
