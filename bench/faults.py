@@ -61,8 +61,10 @@ from bench.common import table
 from hafs.cluster import load
 from hafs.errors import HafsError
 from hafs.holds import RESYNC_HOLD
-from hafs.lab.cluster import HAFS, ClusterLab, Proc
+from hafs.lab.cluster import ClusterLab
 from hafs.lab.netns import new_prefix
+from hafs.lab.state import Proc
+from hafs.lab.supervise import HAFS
 from hafs.service.config import KEEP_SNAPSHOTS
 from tests.lab.carp_bed import wait_for
 from tests.lab.faults_common import copies, kept_aside, served

@@ -230,7 +230,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         return _in_lab(args)
     cluster = load(args.inventory or DEFAULT_INVENTORY)
     user, password = credentials(cluster)
-    from hafs.lab.cluster import LAB_ROOT
+    from hafs.lab.state import LAB_ROOT
 
     refuse_lab_inventory(cluster.source, LAB_ROOT)
     if args.failover:

@@ -21,8 +21,8 @@ import pytest
 
 from hafs.carp import control
 from hafs.cluster import derive_layout
-from hafs.lab.cluster import supervised_agent
 from hafs.lab.netns import Lab, new_prefix
+from hafs.lab.supervise import supervised_agent
 from tests.lab.carp_bed import CarpBed, Peer, sample, wait_for
 
 VIP = "10.77.0.100"

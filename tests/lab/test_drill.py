@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 
 from hafs.cluster import load
-from hafs.lab.cluster import LAB_ROOT
 from hafs.lab.netns import list_namespaces, new_prefix
+from hafs.lab.state import LAB_ROOT
 from tests.lab.conftest import skip_or_fail
 
 pytestmark = pytest.mark.lab

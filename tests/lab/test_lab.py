@@ -22,8 +22,9 @@ import pytest
 
 from hafs.cluster import load
 from hafs.lab.cli import NODE_ACTIONS
-from hafs.lab.cluster import LAB_ROOT, pids_in_netns
 from hafs.lab.netns import Netns, list_namespaces, new_prefix
+from hafs.lab.state import LAB_ROOT
+from hafs.lab.supervise import pids_in_netns
 from tests.lab.carp_bed import wait_for
 from tests.lab.conftest import Pair, skip_or_fail
 

@@ -23,8 +23,9 @@ from typing import TypeVar
 import pytest
 
 from hafs.cluster import Cluster, load
-from hafs.lab.cluster import ClusterLab, Proc, start_time
+from hafs.lab.cluster import ClusterLab
 from hafs.lab.netns import LabError, new_prefix
+from hafs.lab.state import Proc, start_time
 from tests.lab.carp_bed import wait_for
 from tests.lab.conftest import skip_or_fail
 
@@ -173,7 +174,7 @@ class ServiceLab:
 
 
 def pids_of_netns(ns: str) -> list[int]:
-    from hafs.lab.cluster import pids_in_netns
+    from hafs.lab.supervise import pids_in_netns
 
     return pids_in_netns(ns)
 

@@ -29,8 +29,8 @@ from typing import Any
 
 import pytest
 
-from hafs.lab.cluster import pids_in_netns
 from hafs.lab.netns import Lab, Netns, inside, list_namespaces, new_prefix
+from hafs.lab.supervise import pids_in_netns
 from hafs.service.samba import (
     SambaDirs,
     SambaInstance,

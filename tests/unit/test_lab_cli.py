@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from hafs.lab.cli import format_status
-from hafs.lab.cluster import HAFS, ClusterLab
+from hafs.lab.cluster import ClusterLab
+from hafs.lab.supervise import HAFS
 from tests.unit.conftest import MakeCluster
 
 
