@@ -20,12 +20,12 @@ machine delays the agent's wake-ups (advert timing) more than it changes its CPU
 
 Goal (issue 4): 255 vhids under 2% of one core and under 60 MB for hafs.
 
-Run as root from the repository root: ``python -m bench.agent_cost [--window S] [--quick]``.
+Run as root from the repository root:
+``python -m bench.agent_cost [--window S] [--quick] [--prefix P]``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -35,8 +35,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.common import held_vips, load_average, median, probe_argv, start_ucarp, table
-from hafs.lab.netns import Lab, new_prefix
+from bench.common import (
+    bench_parser,
+    held_vips,
+    load_average,
+    median,
+    probe_argv,
+    start_ucarp,
+    table,
+)
+from hafs.lab.netns import Lab
 from tests.lab.carp_bed import CarpBed, Peer, wait_for
 
 SUBNET = "10.78.0"
@@ -91,9 +99,11 @@ def start(bed: CarpBed, peer: Peer, impl: str, vips: list[str]) -> list[int]:
     return [start_ucarp(bed, peer, i + 1, address, 0).pid for i, address in enumerate(vips)]
 
 
-def measure(impl: str, vhids: int, runs: int, window: float, warmup: float, timing: float) -> Cost:
+def measure(
+    prefix: str, impl: str, vhids: int, runs: int, window: float, warmup: float, timing: float
+) -> Cost:
     vips = [vip(i) for i in range(vhids)]
-    with tempfile.TemporaryDirectory(prefix="hafs-bench-") as tmp, Lab(new_prefix("hafs-b")) as lab:
+    with tempfile.TemporaryDirectory(prefix="hafs-bench-") as tmp, Lab(prefix) as lab:
         bed = CarpBed(lab, Path(tmp), subnet=SUBNET)
         node = bed.node("n1")
         pids = start(bed, node, impl, vips)
@@ -150,7 +160,7 @@ def row(cost: Cost) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="CPU and memory of CARP: hafs agent vs ucarp")
+    parser = bench_parser("CPU and memory of CARP: hafs agent vs ucarp", "hafs-b")
     parser.add_argument("--window", type=float, help="seconds measured (default 60, --quick 10)")
     parser.add_argument("--warmup", type=float, default=5.0, help="seconds before the window")
     parser.add_argument("--runs", type=int, default=1, help="windows per case (CPU: median)")
@@ -165,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     rows = []
     for impl, count in cases:
-        cost = measure(impl, count, args.runs, window, args.warmup, timing)
+        cost = measure(args.prefix, impl, count, args.runs, window, args.warmup, timing)
         windows = ", ".join(f"{c:.2f}" for c in cost.cpu)
         print(f"  {impl} {count} vhids: CPU {windows} %, adverts {cost.adverts}", flush=True)
         rows.append(row(cost))

@@ -1,23 +1,52 @@
-"""What the CARP benchmarks share: stock ucarp per vhid, lab queries, statistics, the table.
+"""What the benchmarks share: the labs' prefix, stock ucarp per vhid, lab queries, statistics,
+the table.
 
-The benchmarks build their labs with :class:`tests.lab.carp_bed.CarpBed`; run them from the
-repository root as modules (``python -m bench.failover``), as root.
+The CARP benchmarks build their labs with :class:`tests.lab.carp_bed.CarpBed`; run them from
+the repository root as modules (``python -m bench.failover``), as root. Every benchmark that
+makes namespaces names them with ``--prefix`` (default: a fresh one per run, a base and 4
+random hex digits, as :func:`hafs.lab.netns.new_prefix` makes), so two runs can coexist; its
+labs, one after another, all use it.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from hafs.lab.netns import Netns
+from hafs.cli import Parser
+from hafs.errors import HafsError
+from hafs.lab.netns import Netns, check_prefix, new_prefix
 from tests.lab.carp_bed import DOWN_SCRIPT, UP_SCRIPT, CarpBed, Peer
 
 PROBE = Path(__file__).with_name("probe.py")
 PASSPHRASE = "testok"
+
+
+def bench_parser(description: str, prefix_base: str, **options: Any) -> argparse.ArgumentParser:
+    """A benchmark's argument parser (errors in one line, as hafs's), with ``--prefix``."""
+    made = Parser(description=description, **options)
+    made.add_argument(
+        "--prefix",
+        type=lab_prefix,
+        default=new_prefix(prefix_base),
+        help=f"prefix of this run's namespaces (default: {prefix_base} and 4 random hex digits)",
+    )
+    return made
+
+
+def lab_prefix(text: str) -> str:
+    """``text`` if it is a valid lab prefix (the lab's own name check)."""
+    try:
+        check_prefix(text)
+    except HafsError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def start_ucarp(

@@ -17,12 +17,12 @@ what the theory column gives (bow-out: 0, the backup takes over at once). Betwee
 cluster is restored: daemons restarted, link plugged, every VIP back home. Reported: median and
 nearest-rank p90 (with 10 runs, the second worst); the goal is p90 within 50 ms of theory.
 
-Run as root from the repository root: ``python -m bench.failover [--runs N | --quick]``.
+Run as root from the repository root:
+``python -m bench.failover [--runs N | --quick] [--prefix P]``.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import subprocess
@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.common import (
+    bench_parser,
     held_vips,
     load_average,
     mac_of,
@@ -42,7 +43,7 @@ from bench.common import (
     table,
 )
 from hafs.cluster import derive_layout
-from hafs.lab.netns import Lab, new_prefix
+from hafs.lab.netns import Lab
 from tests.lab.carp_bed import CarpBed, wait_for
 
 SUBNET = "10.79.0"
@@ -160,10 +161,10 @@ class Cluster:
         return Sample(float(reply[2]) - death, lag, winner, expected, theory)
 
 
-def measure(scenario: Scenario, impl: str, runs: int) -> list[Sample]:
+def measure(prefix: str, scenario: Scenario, impl: str, runs: int) -> list[Sample]:
     """``runs`` kills of ``scenario`` under ``impl``, in a lab of their own."""
     samples = []
-    with tempfile.TemporaryDirectory(prefix="hafs-bench-") as tmp, Lab(new_prefix("hafs-b")) as lab:
+    with tempfile.TemporaryDirectory(prefix="hafs-bench-") as tmp, Lab(prefix) as lab:
         cluster = Cluster(CarpBed(lab, Path(tmp), subnet=SUBNET), impl, scenario)
         for run in range(runs):
             victim = cluster.names[run % scenario.vips]
@@ -206,7 +207,7 @@ def row(scenario: Scenario, impl: str, samples: list[Sample]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="CARP failover and bow-out: hafs vs ucarp")
+    parser = bench_parser("CARP failover and bow-out: hafs vs ucarp", "hafs-b")
     parser.add_argument("--runs", type=int, help="kills per scenario and impl (default 10)")
     parser.add_argument("--quick", action="store_true", help="3 runs each unless --runs")
     args = parser.parse_args(argv)
@@ -215,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     rows, lags, loads = [], [], []
     for scenario in SCENARIOS:
         for impl in IMPLS:
-            samples = measure(scenario, impl, runs)
+            samples = measure(args.prefix, scenario, impl, runs)
             rows.append(row(scenario, impl, samples))
             lags += [s.lag for s in samples]
             loads.append(load_average())

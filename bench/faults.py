@@ -31,7 +31,7 @@ the kill. The suite exits 1 if a scenario lost a write that counts, missed its g
 outage after the repair, or could not be judged.
 
 Run as root from the repository root:
-``sudo python3 bench/faults.py [--scenario NAME ...] [--interval 5] [--json FILE]``.
+``sudo python3 bench/faults.py [--scenario NAME ...] [--interval 5] [--json FILE] [--prefix P]``.
 """
 
 from __future__ import annotations
@@ -57,12 +57,11 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from itertools import pairwise
 
-from bench.common import table
+from bench.common import bench_parser, table
 from hafs.cluster import load
 from hafs.errors import HafsError
 from hafs.holds import RESYNC_HOLD
 from hafs.lab.cluster import ClusterLab
-from hafs.lab.netns import new_prefix
 from hafs.lab.state import Proc
 from hafs.lab.supervise import HAFS
 from hafs.service.config import KEEP_SNAPSHOTS
@@ -97,8 +96,9 @@ def log(message: str) -> None:
 
 
 @contextmanager
-def service_lab(interval: float) -> Iterator[ServiceLab]:
-    """The example cluster with ``interval`` s between replications, as a lab of its own."""
+def service_lab(interval: float, prefix: str) -> Iterator[ServiceLab]:
+    """The example cluster with ``interval`` s between replications, as a lab of its own
+    named ``prefix``."""
     with tempfile.TemporaryDirectory(prefix="hafs-faults-") as tmp:
         shutil.copy(REPO / "inventory.py", Path(tmp) / "inventory.py")
         (Path(tmp) / "group_data").mkdir()
@@ -111,7 +111,7 @@ def service_lab(interval: float) -> Iterator[ServiceLab]:
             raise BenchError("group_data/all.py: no 'replication_interval = N' line to set")
         (Path(tmp) / "group_data" / "all.py").write_text(text)
         inventory = str(Path(tmp) / "inventory.py")
-        lab = ClusterLab(new_prefix("hafs-f"))
+        lab = ClusterLab(prefix)
         log(f"lab {lab.name}: up")
         try:
             lab.up(inventory, None, lambda message: log(f"lab {lab.name}: {message}"))
@@ -562,9 +562,9 @@ def judge(
     )
 
 
-def run(name: str, interval: float) -> Row:
+def run(name: str, interval: float, prefix: str) -> Row:
     """One scenario on a lab of its own: write, break, repair, settle, judge."""
-    with service_lab(interval) as s:
+    with service_lab(interval, prefix) as s:
         s.wait_replicated(VHID, s.cluster.vip(VHID).backups[0], time.time())
         with two_holders(s) as doubled:
             with writer(s, name) as writes:
@@ -579,9 +579,10 @@ def run(name: str, interval: float) -> Row:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description="Faults judged by an SMB client: acknowledged writes served, kept aside or "
-        "lost after each fault. Each scenario runs on a service lab of its own (root).",
+    parser = bench_parser(
+        "Faults judged by an SMB client: acknowledged writes served, kept aside or lost after "
+        "each fault. Each scenario runs on a service lab of its own (root).",
+        "hafs-f",
         epilog="scenarios:\n" + "\n".join(f"  {n:<13} {f.__doc__}" for n, f in SCENARIOS.items()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -611,7 +612,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name in args.scenario or [n for n in SCENARIOS if n not in LONG]:
         try:
-            rows.append(run(name, args.interval))
+            rows.append(run(name, args.interval, args.prefix))
         except (HafsError, AssertionError, subprocess.SubprocessError) as exc:
             log(f"{name}: {exc}")
             rows.append(Row(name, error=str(exc).splitlines()[0], load=os.getloadavg()[0]))

@@ -16,7 +16,7 @@ backups), with ``--interval`` seconds between replications:
 Printed: per backup, hafs's seconds and MB/s and their ratio to the raw pipe's (the goal:
 each backup >= 50 % of the raw pipe), beside the seconds of the round before the write (what
 a send costs whatever it carries); the load average before and after. Run as root from
-the repository root: ``sudo python3 bench/throughput.py [--mb 200] [--interval 5]``.
+the repository root: ``sudo python3 bench/throughput.py [--mb 200] [--interval 5] [--prefix P]``.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run by path as well as with -m
 
-import argparse
 import json
 import os
 import subprocess
@@ -34,7 +33,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from bench.common import table
+from bench.common import bench_parser, table
 from bench.faults import log, service_lab
 from tests.lab.test_service import ServiceLab
 
@@ -114,14 +113,14 @@ def measure(s: ServiceLab, mb: int) -> list[list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser = bench_parser(__doc__.split("\n", 1)[0], "hafs-f")
     parser.add_argument("--mb", type=int, default=200, help="MB written (default 200)")
     parser.add_argument("--interval", type=float, default=5.0, help="replication interval")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         parser.error("run as root (it builds a lab of network namespaces)")
     before = os.getloadavg()
-    with service_lab(args.interval) as s:
+    with service_lab(args.interval, args.prefix) as s:
         rows = measure(s, args.mb)
     after = os.getloadavg()
     print(table(["path", "to", "seconds", "MB/s", "of raw", "a round before, s"], rows))
