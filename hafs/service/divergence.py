@@ -67,11 +67,7 @@ def seal(services: NodeServices, vip: VipService, why: str) -> str | None:
     zfs, dataset = services.zfs, services.dataset(vip)
     if not zfs.exists(dataset) or not was_served(services, vip):
         return None
-    before = zfs.snapshots(dataset)
-    name = services.snapshot(vip)
-    if before and zfs.unchanged(before[-1].full_name, f"{dataset}@{name}"):
-        zfs.destroy_snapshot(f"{dataset}@{name}")  # the same as @before: nothing to seal
-        name = before[-1].name
+    name = services.snapshot(vip)  # the newest one: a new one only if anything was written
     zfs.set(dataset, SERVED, "off")
     log.info("%s: sealed what was served here as @%s (%s)", vip.name, name, why)
     return name

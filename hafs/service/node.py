@@ -30,7 +30,16 @@ from pathlib import Path
 from typing import IO, Any
 
 from hafs.carp import control
-from hafs.service import announce, host, mounts, replication, smbd, space, takeover
+from hafs.service import (
+    announce,
+    divergence,
+    host,
+    mounts,
+    replication,
+    smbd,
+    space,
+    takeover,
+)
 from hafs.service.config import ServiceConfig, VipService
 from hafs.service.runtime import RUN_DIR
 from hafs.service.samba import SambaDirs, SambaInstance, SambaShare
@@ -109,6 +118,13 @@ class NodeServices:
             log.warning("%s: held, but the agent does not answer (%s): not ours", vip.name, exc)
             return False
         return any(v["vhid"] == vip.vhid and v["state"] == "MASTER" for v in status["vhids"])
+
+    def served(self, vip: VipService) -> bool:
+        """Is the dataset mounted and marked served (a takeover made it writable, and no
+        step-down has sealed it since)? Asked of zfs, with no write: the service daemon asks
+        every round, and a write probe (:meth:`writable`) is a change to the dataset, which
+        an idle VIP would then snapshot and send every round."""
+        return self.zfs.mounted(self.dataset(vip)) and divergence.was_served(self, vip)
 
     def writable(self, vip: VipService) -> bool:
         """Is the dataset mounted, and can it be written? Probed with a real write: zfs-fuse

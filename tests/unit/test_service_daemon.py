@@ -56,11 +56,11 @@ class FakeZfs:
 class FakeServices:
     """A node holding VIP1 whose smbd died; ``start_ok`` says whether it starts again."""
 
-    def __init__(self, start_ok: bool, writable: bool = True, held: bool = True) -> None:
+    def __init__(self, start_ok: bool, served: bool = True, held: bool = True) -> None:
         self.config = CONFIG
         self.zfs = FakeZfs()
         self.start_ok = start_ok
-        self.is_writable = writable
+        self.is_served = served
         self.held = held
         self.smbd: int | None = None
         self.calls: list[str] = []
@@ -77,8 +77,8 @@ class FakeServices:
     def dataset(self, vip: VipService) -> str:
         return "tank/hafs/vip1"
 
-    def writable(self, vip: VipService) -> bool:
-        return self.is_writable
+    def served(self, vip: VipService) -> bool:
+        return self.is_served
 
     def smbd_pid(self, vip: VipService) -> int | None:
         return self.smbd
@@ -146,7 +146,7 @@ def test_smbd_that_does_not_start_demotes_the_node() -> None:
 
 
 def test_held_but_not_served_is_taken_over_at_once() -> None:
-    services = FakeServices(start_ok=True, writable=False)
+    services = FakeServices(start_ok=True, served=False)
     d, _ = daemon(services)
     d.tend(VIP)  # (a MASTER event's takeover running now holds the lock: this one waits)
     assert services.calls == ["takeover"]  # and no replication of a VIP it does not serve
@@ -353,7 +353,7 @@ def test_a_node_without_quorum_serves_nothing_and_takes_nothing_over() -> None:
     from hafs.service.quorum import Verdict
 
     lost = Verdict(False, ("n1",), ("n1", "n2"), "isolated")
-    services = FakeServices(start_ok=True, writable=False)  # held, not served: would take over
+    services = FakeServices(start_ok=True, served=False)  # held, not served: would take over
     d, holds = daemon(services)
     d.quorum_changed(lost)
     for thread in threading.enumerate():  # its step-down of what was served (nothing here)
