@@ -96,6 +96,7 @@ class Zfs:
     def __init__(self, prefix: Sequence[str] = (), runner: Runner = run_command) -> None:
         self.prefix = list(prefix)
         self.runner = runner
+        self.has_written = True  # until zfs says it has no "written@" property (zfs-fuse)
 
     def _run(self, *argv: str) -> str:
         """Run ``argv`` under the prefix; return stdout, or raise :class:`ZfsError`."""
@@ -205,13 +206,17 @@ class Zfs:
         OpenZFS answers with the ``written@<older>`` property of ``newer``. zfs-fuse has no
         such property; there the incremental stream between the two tells: measured on
         zfs-fuse, one with no change is 624 bytes (begin and end records), any change to a
-        file or directory (a ``touch`` included) makes it kilobytes. Only its first
-        :data:`EMPTY_STREAM` + 1 bytes are read.
+        file or directory (a ``touch``, a ``chmod`` to the same mode included) makes it
+        kilobytes. Only its first :data:`EMPTY_STREAM` + 1 bytes are read. A zfs that
+        refused the property once is not asked again (the service daemon compares every
+        round).
         """
         _snapshot_name("send", older)
-        proc = self._call(("zfs", "get", "-H", "-p", "-o", "value", f"written@{older}", newer))
-        if proc.returncode == 0 and proc.stdout.strip().isdigit():
-            return int(proc.stdout) == 0
+        if self.has_written:
+            proc = self._call(("zfs", "get", "-H", "-p", "-o", "value", f"written@{older}", newer))
+            if proc.returncode == 0 and proc.stdout.strip().isdigit():
+                return int(proc.stdout) == 0
+            self.has_written = "invalid property" not in proc.stderr
         argv = self.send_command(newer, older, intermediates=False)
         with subprocess.Popen(
             argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL
