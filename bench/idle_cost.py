@@ -245,7 +245,8 @@ def own_seconds() -> float:
 class Window:
     seconds: float
     total: float  # CPU seconds, the bench's own taken off
-    roles: dict[str, float]  # role -> CPU seconds (own and reaped) of those alive throughout
+    roles: dict[str, tuple[float, float]]  # role -> CPU seconds, own and reaped children, of
+    # the processes alive throughout
     load: tuple[float, float]  # 1-minute load average at the start and the end
 
 
@@ -258,12 +259,12 @@ def measure(cgroup: Cgroup, seconds: float) -> Window:
     after = processes(cgroup.pids())
     total = cgroup.seconds() - total_began - (own_seconds() - own_began)
     elapsed = time.monotonic() - began
-    roles = dict.fromkeys(ROLES, 0.0)
+    roles = dict.fromkeys(ROLES, (0.0, 0.0))
     for key, end in after.items():
         if key in before and key[0] != os.getpid():
+            own, reaped = roles.get(end.role, (0.0, 0.0))
             start = before[key]
-            used = end.own - start.own + end.reaped - start.reaped
-            roles[end.role] = roles.get(end.role, 0.0) + used
+            roles[end.role] = (own + end.own - start.own, reaped + end.reaped - start.reaped)
     return Window(elapsed, total, roles, (load_start, os.getloadavg()[0]))
 
 
@@ -275,17 +276,23 @@ def percent(cpu: float, window: Window, share: int = 1) -> str:
 
 
 def report(window: Window, vips: int, interval: float, taken: int) -> str:
-    rest = window.total - sum(window.roles.values())
-    parts = [*window.roles.items(), ("the rest", rest), ("whole lab", window.total)]
-    rows = [[name, percent(cpu, window), percent(cpu, window, vips)] for name, cpu in parts]
+    rows = [
+        [name, percent(own, window), percent(reaped, window), percent(own + reaped, window, vips)]
+        for name, (own, reaped) in window.roles.items()
+    ]
+    rest = window.total - sum(own + reaped for own, reaped in window.roles.values())
+    rows.append(["the rest", percent(rest, window), "", percent(rest, window, vips)])
+    rows.append(
+        ["whole lab", percent(window.total, window), "", percent(window.total, window, vips)]
+    )
     per_vip = 100 * window.total / window.seconds / vips
     verdict = "ok" if per_vip <= GOAL else "miss"
     return "\n".join([
-        table(["processes", "% of one core", "per VIP"], rows),
+        table(["processes", "own, % of a core", "children reaped, %", "both per VIP, %"], rows),
         "",
         f"{vips} VIPs on 4 nodes, replication every {interval:g}s, {window.seconds:.0f}s idle: "
         f"{per_vip:.2f} % of one core per VIP (goal <= {GOAL:g} %: {verdict}), the agents "
-        f"{percent(window.roles['agent'], window, vips)} % per VIP; snapshots taken "
+        f"{percent(sum(window.roles['agent']), window, vips)} % per VIP; snapshots taken "
         f"meanwhile: {taken}; load average {window.load[0]:.2f} at the start, "
         f"{window.load[1]:.2f} at the end ({os.cpu_count()} cores)",
     ])  # fmt: skip

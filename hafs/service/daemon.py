@@ -220,7 +220,7 @@ class ServiceDaemon:
             return
         if services.handover_pending(vip):
             return
-        if not services.zfs.exists(services.dataset(vip)) or not services.served(vip):
+        if not services.served(vip):
             # held, not served: the MASTER event's takeover failed, or came before this daemon
             # ran, or a restart of this daemon quiesced it. Take it over now; if that event's
             # takeover is running, this one waits for its lock and then finds the VIP served.

@@ -202,10 +202,14 @@ class DivergedCopy:
 def copies(services: NodeServices) -> list[DivergedCopy]:
     """Every kept-aside copy on this node's pool, oldest first."""
     zfs, root = services.zfs, f"{services.config.pool}/hafs"
-    if not zfs.exists(root):
-        return []
+    try:
+        datasets = zfs.list_datasets(root)
+    except ZfsError as exc:
+        if exc.missing:
+            return []
+        raise
     found = []
-    for dataset in zfs.list_datasets(root):
+    for dataset in datasets:
         name = dataset.rsplit("/", 1)[1]
         if MARK not in name:
             continue

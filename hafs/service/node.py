@@ -120,11 +120,17 @@ class NodeServices:
         return any(v["vhid"] == vip.vhid and v["state"] == "MASTER" for v in status["vhids"])
 
     def served(self, vip: VipService) -> bool:
-        """Is the dataset mounted and marked served (a takeover made it writable, and no
-        step-down has sealed it since)? Asked of zfs, with no write: the service daemon asks
-        every round, and a write probe (:meth:`writable`) is a change to the dataset, which
-        an idle VIP would then snapshot and send every round."""
-        return self.zfs.mounted(self.dataset(vip)) and divergence.was_served(self, vip)
+        """Does the dataset exist, mounted and marked served (a takeover made it writable,
+        and no step-down has sealed it since)? One question to zfs, and no write: the
+        service daemon asks every round, and a write probe (:meth:`writable`) is a change to
+        the dataset, which an idle VIP would then snapshot and send every round."""
+        try:
+            mounted, served = self.zfs.values(self.dataset(vip), "mounted", divergence.SERVED)
+        except ZfsError as exc:
+            if exc.missing:
+                return False
+            raise
+        return mounted == "yes" and served == "on"
 
     def writable(self, vip: VipService) -> bool:
         """Is the dataset mounted, and can it be written? Probed with a real write: zfs-fuse

@@ -58,6 +58,11 @@ class ZfsError(HafsError):
         self.message = " ".join(message.split())
         super().__init__(f"{shlex.join(self.argv)}: {self.message}")
 
+    @property
+    def missing(self) -> bool:
+        """The dataset (or snapshot) named does not exist."""
+        return _MISSING in self.message
+
 
 class Runner(Protocol):
     """Runs one argv to completion; returns its exit code, stdout and stderr as text, and the
@@ -159,7 +164,13 @@ class Zfs:
         even when it is on and enforced: its mounts show ``rw`` in the mount table. Do not read
         ``readonly`` back there; set it, and test a write if in doubt.
         """
-        return self._run("zfs", "get", "-H", "-p", "-o", "value", prop, name).rstrip("\n")
+        return self.values(name, prop)[0]
+
+    def values(self, name: str, *props: str) -> list[str]:
+        """The values of ``props`` on ``name``, in their order, as :meth:`get` gives one: one
+        ``zfs`` process for all of them."""
+        out = self._run("zfs", "get", "-H", "-p", "-o", "value", ",".join(props), name)
+        return out.rstrip("\n").split("\n")
 
     def inherit(self, name: str, prop: str) -> None:
         """Clear ``prop`` set on ``name`` itself (a user property: gone)."""

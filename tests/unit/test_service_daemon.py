@@ -38,8 +38,8 @@ class FakeZfs:
     def __init__(self) -> None:
         self.space = {"used": str(900 << 20), "available": str(124 << 20)}  # a 1 GiB pool
 
-    def get(self, name: str, prop: str) -> str:
-        return self.space[prop]
+    def values(self, name: str, *props: str) -> list[str]:
+        return [self.space[prop] for prop in props]
 
     def exists(self, name: str) -> bool:
         return True
