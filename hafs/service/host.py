@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Sequence
 from ipaddress import IPv4Address
 from pathlib import Path
 
@@ -58,9 +59,17 @@ def ifconfig_holds(output: str, address: IPv4Address, vhid: int) -> bool:
 
 def holds(address: IPv4Address, vhid: int) -> bool:
     """Is this node the VIP's CARP master, with the address in place?"""
+    return bool(holding([(address, vhid)]))
+
+
+def holding(vips: Sequence[tuple[IPv4Address, int]]) -> list[tuple[IPv4Address, int]]:
+    """The VIPs (address, vhid) of ``vips`` this node is the CARP master of, with the address
+    in place: one ``ip`` (``ifconfig``) for all of them."""
     if FREEBSD:
-        return ifconfig_holds(_output(IFCONFIG_ARGV), address, vhid)
-    return ip_addr_holds(_output(IP_ADDR_ARGV), address)
+        output = _output(IFCONFIG_ARGV)
+        return [(address, vhid) for address, vhid in vips if ifconfig_holds(output, address, vhid)]
+    output = _output(IP_ADDR_ARGV)
+    return [(address, vhid) for address, vhid in vips if ip_addr_holds(output, address)]
 
 
 # --- processes ---------------------------------------------------------------------------------

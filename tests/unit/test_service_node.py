@@ -30,7 +30,7 @@ from hafs.service import (
 from hafs.service import config as service_config
 from hafs.service.announce import tickle_segment
 from hafs.service.config import ServiceConfig, ServiceConfigError, ShareConfig, VipService
-from hafs.service.node import NodeServices
+from hafs.service.node import Look, NodeServices
 from hafs.service.runtime import ServiceError
 from hafs.service.zfs import Snapshot, Zfs
 from tests.unit.conftest import MakeCluster
@@ -578,3 +578,38 @@ def test_a_full_dataset_is_writable_a_read_only_one_is_not(
 
     monkeypatch.setattr(Path, "write_bytes", refuse)
     assert NodeServices(config, zfs=cast(Zfs, Mounted("s1"))).writable(vip) is writable
+
+
+def test_one_look_gives_the_vips_whose_address_is_here_and_those_whose_smbd_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The service daemon looks once a round for all VIPs: one ``ip``, one scan of the
+    processes (not one of each per VIP)."""
+    vips = tuple(
+        VipService(i, f"vip{i}", IPv4Address(f"10.0.0.10{i}"), "n1", ("n1", "n2"), ())
+        for i in (1, 2, 3)
+    )
+    config = ServiceConfig(
+        node="n1", pool="tank", replication_interval=10, vips=vips, users={}, peers={}
+    )
+    conf = "--configfile=/run/zpool/tank/hafs/{}/samba/smb.conf"
+    looked: list[str] = []
+
+    def holding(pairs: Sequence[tuple[IPv4Address, int]]) -> list[tuple[IPv4Address, int]]:
+        looked.append("addresses")
+        return [pair for pair in pairs if pair[1] == 2]
+
+    def processes() -> dict[int, list[str]]:
+        looked.append("processes")
+        return {
+            10: ["smbd", "--daemon", conf.format("vip1")],
+            11: ["smbd", "--daemon", conf.format("vip1")],  # a client's fork
+            12: ["samba-dcerpcd", conf.format("vip3")],  # not an smbd
+            13: ["vi", "/run/zpool/tank/hafs/vip2/samba/smb.conf"],
+        }
+
+    monkeypatch.setattr(host, "holding", holding)
+    monkeypatch.setattr(host, "processes", processes)
+    seen = NodeServices(config).look()
+    assert seen == Look(addressed=frozenset({"vip2"}), smbd=frozenset({"vip1"}))
+    assert looked == ["addresses", "processes"]
