@@ -251,11 +251,13 @@ def replicate(
     """Snapshot the VIP and send it to every other carrier that lacks it; per peer: outcome
     and lag. Nothing written since the newest snapshot: no new one (:func:`snapshot`), and a
     peer that acknowledged it gets nothing, not even an ssh login; with no send, nothing new
-    to prune either."""
+    to prune either. ``as_of``: the peer has every write made before then (this node's
+    clock), whether its snapshot was taken in this round or is an older one that nothing was
+    written after."""
     if record_clients:
         services.record_connections(vip)
+    taken = time.time()  # every write made before this is in the snapshot that follows
     name = snapshot(services, vip)
-    taken = time.time()
     config = services.config
     peers = [p for p in vip.carriers if p != config.node and p in config.peers]
     behind = [p for p in peers if services.acked.get((vip.name, p)) != name]
@@ -266,9 +268,10 @@ def replicate(
         except (ServiceError, ZfsError, subprocess.SubprocessError, OSError) as exc:
             log.warning("%s replication to %s: %s", vip.name, peer, exc)
             return {"ok": False, "error": str(exc), "at": time.time()}
-        return {"ok": True, "snapshot": sent, "at": time.time(), "seconds": time.time() - taken}
+        done = time.time()
+        return {"ok": True, "snapshot": sent, "as_of": taken, "at": done, "seconds": done - taken}
 
-    current = {"ok": True, "snapshot": name, "at": taken, "seconds": 0.0}
+    current = {"ok": True, "snapshot": name, "as_of": taken, "at": taken, "seconds": 0.0}
     report = {peer: current for peer in peers}
     if behind:
         with ThreadPoolExecutor(len(behind)) as pool:  # every backup at once

@@ -8,6 +8,7 @@ and a receive reads the stream (a real ``zfs send`` stand-in, ``echo``, piped ov
 from __future__ import annotations
 
 import subprocess
+import time
 from collections.abc import Sequence
 from ipaddress import IPv4Address
 
@@ -90,8 +91,11 @@ def holder(monkeypatch: pytest.MonkeyPatch) -> tuple[NodeServices, Pool, Peers]:
 
 
 def round_(services: NodeServices, peers: Peers) -> dict[str, str]:
-    """One round; per peer, the snapshot it has, or its error. Records what peers received."""
+    """One round; per peer, the snapshot it has, or its error. Records what peers received.
+    A peer that has it has every write made before the round, idle round or not."""
+    began = time.time()
     report = replication.replicate(services, VIP, record_clients=False)
+    assert all(item["as_of"] >= began for item in report.values() if item["ok"])
     for peer, item in report.items():
         if item["ok"] and item["snapshot"] not in peers.has[peer]:
             peers.has[peer].append(item["snapshot"])
