@@ -368,8 +368,11 @@ class Streaming(Bases):
     def send_command(self, snapshot: str, base: str | None = None) -> list[str]:
         return ["printf", f"stream {base} {snapshot}"]
 
-    def snapshot(self, name: str) -> None:  # a sync's: named s20 here
-        self.names = (*self.names, "s20")
+    def snapshot(self, snapshot: str) -> None:  # a sync's
+        self.names = (*self.names, snapshot.split("@")[1])
+
+    def unchanged(self, older: str, newer: str) -> bool:
+        return False  # written since s19: the sync's snapshot stays
 
 
 @pytest.mark.parametrize("handover", [True, False])
@@ -401,16 +404,18 @@ def test_a_pull_streams_from_the_snapshot_the_peer_says_it_has(
         replication.serve_pull(node, vip, "n2", since, out, handover)
         out.seek(0)
         header, stream = out.read().split(b"\n", 1)
-    theirs = [f"s{i}" for i in range(int(base[1:]) + 1, 21)]
+    newest = zfs.names[-1]  # s20, or the sync's
+    assert zfs.names[:-1] == tuple(f"s{i}" for i in range(20))
+    theirs = list(zfs.names[int(base[1:]) + 1 :])
     assert json.loads(header) == {
-        "snapshot": "s20",
+        "snapshot": newest,
         "base": base,
         "keep": ["s18"],
         "theirs": theirs,
     }
-    assert stream == f"stream tank/hafs/vip1@{base} tank/hafs/vip1@s20".encode()
+    assert stream == f"stream tank/hafs/vip1@{base} tank/hafs/vip1@{newest}".encode()
     assert node.asked == ["snapshots"] * asked + ["handover"] * handover
-    assert zfs.props == {"hafs:base:n2": "s20"}
+    assert zfs.props == {"hafs:base:n2": newest}
 
 
 PAIR_VIP = VipService(1, "vip1", IPv4Address("10.0.0.100"), "n1", ("n1", "n2"), ())
