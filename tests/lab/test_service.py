@@ -359,10 +359,12 @@ def test_a_takeover_does_not_wait_for_a_receive_from_the_dead_holder(
         )
         receiver_proc = Proc(receiver, start_time(receiver) or 0)
 
-        # the holder's next round (every interval) sends over ssh: that receive registers and
-        # waits behind the stalled one, for as long as the stalled one holds the lock. It runs
-        # through the peer key's forced command, as on a deployed node: `hafs service
-        # ssh-command` (the receive's words are in its $SSH_ORIGINAL_COMMAND)
+        # a write, which the holder's next round sends over ssh (an idle VIP sends nothing):
+        # that receive registers and waits behind the stalled one, for as long as the stalled
+        # one holds the lock. It runs through the peer key's forced command, as on a deployed
+        # node: `hafs service ssh-command` (the receive's words are in its $SSH_ORIGINAL_COMMAND)
+        s.put(1, "queued.txt", "in the lag: lost with the holder")
+
         def queued() -> int | None:
             for entry in s.lab.run(backup, ["ls", "/run/hafs"]).split():
                 name, _, pid = entry.rpartition(".")
