@@ -21,7 +21,9 @@ grouped by role: the agents, the service daemons (their children: zfs, ssh, ss, 
 smbd. What no process alive at both ends reaped (a session still running at the end, an
 orphan) is "the rest".
 
-Goal (issue 14): the whole lab at most 1 % of one core per VIP when idle.
+Goal (issue 14): at most 1 % of one core per VIP, idle. Judged twice: for the whole lab, and
+for the service layer alone (the whole lab less the CARP agents, which the issue counted
+apart).
 
 Run as root from the repository root: ``sudo python3 bench/idle_cost.py [--vips 4]
 [--seconds 60] [--interval 10] [--prefix hafs-i]``.
@@ -285,16 +287,20 @@ def report(window: Window, vips: int, interval: float, taken: int) -> str:
     rows.append(
         ["whole lab", percent(window.total, window), "", percent(window.total, window, vips)]
     )
-    per_vip = 100 * window.total / window.seconds / vips
-    verdict = "ok" if per_vip <= GOAL else "miss"
+    whole = 100 * window.total / window.seconds / vips
+    service = whole - 100 * sum(window.roles["agent"]) / window.seconds / vips
+
+    def verdict(per_vip: float) -> str:
+        return f"{per_vip:.2f} % ({'ok' if per_vip <= GOAL else 'miss'})"
+
     return "\n".join([
         table(["processes", "own, % of a core", "children reaped, %", "both per VIP, %"], rows),
         "",
-        f"{vips} VIPs on 4 nodes, replication every {interval:g}s, {window.seconds:.0f}s idle: "
-        f"{per_vip:.2f} % of one core per VIP (goal <= {GOAL:g} %: {verdict}), the agents "
-        f"{percent(sum(window.roles['agent']), window, vips)} % per VIP; snapshots taken "
-        f"meanwhile: {taken}; load average {window.load[0]:.2f} at the start, "
-        f"{window.load[1]:.2f} at the end ({os.cpu_count()} cores)",
+        f"{vips} VIPs on 4 nodes, replication every {interval:g}s, {window.seconds:.0f}s idle, "
+        f"% of one core per VIP (goal <= {GOAL:g} %): whole lab {verdict(whole)}, service layer "
+        f"(all but the agents) {verdict(service)}; snapshots taken meanwhile: {taken}; load "
+        f"average {window.load[0]:.2f} at the start, {window.load[1]:.2f} at the end "
+        f"({os.cpu_count()} cores)",
     ])  # fmt: skip
 
 
