@@ -54,7 +54,6 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from itertools import pairwise
 
 from bench.common import bench_parser, table
@@ -241,12 +240,11 @@ def lose(s: ServiceLab, node: str, what: str, kill: Callable[[], None]) -> Kill:
     at = time.monotonic()
     replicated = began - s.cluster.replication_interval
     try:
-        stamp = json.loads(report)["vips"][vip.name][backup]["snapshot"]
+        as_of = json.loads(report)["vips"][vip.name][backup]["as_of"]
     except (ValueError, KeyError):
         log(f"{what} {node}: no replication report for {vip.name} -> {backup}")
     else:
-        taken = datetime.strptime(stamp, "hafs-%Y%m%dT%H%M%S%fZ").replace(tzinfo=UTC)
-        replicated = min(replicated, began - (began_wall - taken.timestamp()))
+        replicated = min(replicated, began - (began_wall - as_of))
     lag = at - replicated
     late = (
         " (REPLICATION BEHIND: over two intervals)"

@@ -17,6 +17,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 
 from hafs.service import host
+from hafs.service.runtime import read_text
 
 log = logging.getLogger("hafs.service")
 
@@ -38,9 +39,13 @@ def connections_file(mountpoint: Path) -> Path:
 
 
 def record_connections(address: IPv4Address, mountpoint: Path) -> None:
-    """Save the VIP's SMB clients (replicated with the data, read by the next holder)."""
-    clients = [list(client) for client in host.smb_clients(address)]
-    connections_file(mountpoint).write_text(json.dumps(clients))
+    """Save the VIP's SMB clients (replicated with the data, read by the next holder). The
+    same clients as saved: the file is not rewritten (a write, even of the same bytes, is a
+    change to snapshot and send)."""
+    clients = json.dumps([list(client) for client in host.smb_clients(address)])
+    path = connections_file(mountpoint)
+    if read_text(path) != clients:
+        path.write_text(clients)
 
 
 def tickle(name: str, address: IPv4Address, mountpoint: Path) -> None:

@@ -33,7 +33,7 @@ from hafs.service import config as service_config
 from hafs.service import demotion, divergence, health, metrics, space
 from hafs.service.config import VipService
 from hafs.service.membership import PORT, Membership
-from hafs.service.node import NodeServices
+from hafs.service.node import Look, NodeServices
 from hafs.service.quorum import Verdict
 from hafs.service.replication import Pulled
 from hafs.service.runtime import RUN_DIR, ServiceError
@@ -119,9 +119,10 @@ class ServiceDaemon:
             self.reload()
             if self.pool_healthy() and self.quorate() and self.resync_pending():
                 self.resync()
+            seen = self.services.look()
             for vip in self.config.vips if self.pool_ok else ():
                 try:
-                    self.tend(vip)
+                    self.tend(vip, seen)
                 except (ServiceError, ZfsError, OSError, subprocess.SubprocessError) as exc:
                     log.error("%s: %s", vip.name, exc)
                 except Exception:  # a bug: logged in full, and the other VIPs are still tended
@@ -200,17 +201,21 @@ class ServiceDaemon:
 
     # --- one VIP, every round ---------------------------------------------------------------------
 
-    def tend(self, vip: VipService) -> None:
+    def tend(self, vip: VipService, seen: Look) -> None:
+        """``seen``: the look at the node this round (:meth:`NodeServices.look`). A VIP whose
+        address it did not see here is not held; one whose address it saw is asked afresh
+        (the agent too) before it is served or sent: the look is seconds old by then."""
         services = self.services
+        running = vip.name in seen.smbd
         if not self.quorate():  # a minority serves nothing and takes nothing over
-            if services.smbd_pid(vip) is not None:
+            if running:
                 services.stepdown(vip, "quorum lost")
             return
-        if not services.holds(vip):
+        if vip.name not in seen.addressed or not services.holds(vip):
             self.limited.discard(vip.name)  # its step-down lifts the limit
             # another holder may send to the peers meanwhile: what they had is to be asked
             services.forget_acks(vip)
-            if services.smbd_pid(vip) is not None:
+            if running:
                 # served, not held: the BACKUP event's step-down failed, or ran before a
                 # MASTER event that then found the VIP gone (hooks run detached under ucarp)
                 log.warning("%s: smbd runs but the VIP is not here: stepping down", vip.name)
@@ -218,7 +223,7 @@ class ServiceDaemon:
             return
         if services.handover_pending(vip):
             return
-        if not services.zfs.exists(services.dataset(vip)) or not services.writable(vip):
+        if not services.served(vip):
             # held, not served: the MASTER event's takeover failed, or came before this daemon
             # ran, or a restart of this daemon quiesced it. Take it over now; if that event's
             # takeover is running, this one waits for its lock and then finds the VIP served.

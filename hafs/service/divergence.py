@@ -67,11 +67,7 @@ def seal(services: NodeServices, vip: VipService, why: str) -> str | None:
     zfs, dataset = services.zfs, services.dataset(vip)
     if not zfs.exists(dataset) or not was_served(services, vip):
         return None
-    before = zfs.snapshots(dataset)
-    name = services.snapshot(vip)
-    if before and zfs.unchanged(before[-1].full_name, f"{dataset}@{name}"):
-        zfs.destroy_snapshot(f"{dataset}@{name}")  # the same as @before: nothing to seal
-        name = before[-1].name
+    name = services.snapshot(vip)  # the newest one: a new one only if anything was written
     zfs.set(dataset, SERVED, "off")
     log.info("%s: sealed what was served here as @%s (%s)", vip.name, name, why)
     return name
@@ -206,10 +202,14 @@ class DivergedCopy:
 def copies(services: NodeServices) -> list[DivergedCopy]:
     """Every kept-aside copy on this node's pool, oldest first."""
     zfs, root = services.zfs, f"{services.config.pool}/hafs"
-    if not zfs.exists(root):
-        return []
+    try:
+        datasets = zfs.list_datasets(root)
+    except ZfsError as exc:
+        if exc.missing:
+            return []
+        raise
     found = []
-    for dataset in zfs.list_datasets(root):
+    for dataset in datasets:
         name = dataset.rsplit("/", 1)[1]
         if MARK not in name:
             continue

@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Sequence
 from ipaddress import IPv4Address
 from pathlib import Path
 
@@ -58,9 +59,17 @@ def ifconfig_holds(output: str, address: IPv4Address, vhid: int) -> bool:
 
 def holds(address: IPv4Address, vhid: int) -> bool:
     """Is this node the VIP's CARP master, with the address in place?"""
+    return bool(holding([(address, vhid)]))
+
+
+def holding(vips: Sequence[tuple[IPv4Address, int]]) -> list[tuple[IPv4Address, int]]:
+    """The VIPs (address, vhid) of ``vips`` this node is the CARP master of, with the address
+    in place: one ``ip`` (``ifconfig``) for all of them."""
     if FREEBSD:
-        return ifconfig_holds(_output(IFCONFIG_ARGV), address, vhid)
-    return ip_addr_holds(_output(IP_ADDR_ARGV), address)
+        output = _output(IFCONFIG_ARGV)
+        return [(address, vhid) for address, vhid in vips if ifconfig_holds(output, address, vhid)]
+    output = _output(IP_ADDR_ARGV)
+    return [(address, vhid) for address, vhid in vips if ip_addr_holds(output, address)]
 
 
 # --- processes ---------------------------------------------------------------------------------
@@ -81,6 +90,8 @@ def processes() -> dict[int, list[str]]:
 
     Linux: "of this node" means in this mount namespace. Lab nodes share one pid namespace
     and the same paths, so without that a node would see, and stop, the other nodes' instances.
+    The namespace is looked at first (one stat): the service daemon asks every round, and a
+    lab node's machine runs many more processes than the node.
     """
     if FREEBSD:
         return parse_ps(_output(PS_ARGV))
@@ -90,9 +101,9 @@ def processes() -> dict[int, list[str]]:
         if not entry.isdigit():
             continue
         try:
-            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
             if os.stat(f"/proc/{entry}/ns/mnt").st_ino != here:
                 continue
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
         if argv[0]:  # kernel threads and zombies have no command line
@@ -103,22 +114,33 @@ def processes() -> dict[int, list[str]]:
 # --- SMB sockets -------------------------------------------------------------------------------
 
 
+def _proc_net_tcp_end(address: IPv4Address, port: int) -> str:
+    """address:port as ``/proc/net/tcp`` writes it: the address's bytes in host (little
+    endian) order, then the port, both in hex."""
+    return f"{int.from_bytes(address.packed, 'little'):08X}:{port:04X}"
+
+
 def proc_net_tcp_listens(table: str, address: IPv4Address, port: int = SMB_PORT) -> bool:
     """Linux, ``/proc/net/tcp``: a socket listens on address:port (state 0A)."""
-    wanted = f"{int.from_bytes(address.packed, 'little'):08X}:{port:04X}"
+    wanted = _proc_net_tcp_end(address, port)
     return any(
         len(fields) > 3 and fields[1] == wanted and fields[3] == "0A"
         for fields in (line.split() for line in table.splitlines())
     )
 
 
-def ss_clients(output: str) -> list[tuple[str, int]]:
-    """Linux, ``ss -Htn state established src VIP sport = :445``: the clients' host and port."""
+def proc_net_tcp_clients(
+    table: str, address: IPv4Address, port: int = SMB_PORT
+) -> list[tuple[str, int]]:
+    """Linux, ``/proc/net/tcp``: the far ends of the connections established (state 01) to
+    address:port, each host and port."""
+    wanted = _proc_net_tcp_end(address, port)
     clients = []
-    for line in output.splitlines():
-        host, _, port = line.strip().rpartition(" ")[2].rpartition(":")
-        if port.isdigit():
-            clients.append((host, int(port)))
+    for fields in (line.split() for line in table.splitlines()):
+        if len(fields) > 3 and fields[1] == wanted and fields[3] == "01":
+            host, _, far_port = fields[2].partition(":")
+            far = IPv4Address(int(host, 16).to_bytes(4, "big")[::-1])
+            clients.append((str(far), int(far_port, 16)))
     return clients
 
 
@@ -146,10 +168,13 @@ def listens(address: IPv4Address, port: int = SMB_PORT) -> bool:
 
 
 def smb_clients(address: IPv4Address) -> list[tuple[str, int]]:
-    """The established SMB connections to ``address``: each client's host and port."""
+    """The established SMB connections to ``address``: each client's host and port (read
+    every round: Linux answers from ``/proc/net/tcp``, with no ``ss`` process)."""
     if FREEBSD:
         ends = sockstat_sockets(_output(["sockstat", "-4", "-c", "-p", str(SMB_PORT)]), address)
         clients = [end.rpartition(":") for end in ends]
         return [(host, int(port)) for host, _, port in clients if port.isdigit()]
-    argv = ["ss", "-Htn", "state", "established", "src", str(address), "sport", f"= :{SMB_PORT}"]
-    return ss_clients(_output(argv))
+    try:
+        return proc_net_tcp_clients(Path("/proc/net/tcp").read_text(), address)
+    except OSError:
+        return []

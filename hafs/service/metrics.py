@@ -9,8 +9,9 @@ atomically): point ``node_exporter --collector.textfile.directory`` at ``/var/ru
 - ``hafs_service_pool_size_bytes``, ``hafs_service_pool_free_bytes``,
   ``hafs_service_pool_headroom_bytes`` (:mod:`hafs.service.space`): alert when free is below
   headroom; ``hafs_service_diverged_budget_bytes``: alert when the copies near it.
-- ``hafs_service_replication_ok{vip,peer}``: 1 if the last send of a VIP held here succeeded;
-  ``hafs_service_replication_last_success_timestamp_seconds{vip,peer}``: when.
+- ``hafs_service_replication_ok{vip,peer}``: 1 if, at the last round, the peer had the newest
+  snapshot of a VIP held here (sent then, or before: a VIP with nothing written sends
+  nothing); ``hafs_service_replication_last_success_timestamp_seconds{vip,peer}``: when.
 """
 
 from __future__ import annotations
@@ -71,7 +72,8 @@ def render(
         used = sum(c["used"] for c in diverged if c["vip"] == vip)
         lines.append(f"hafs_service_diverged_bytes{_labels(vip=vip)} {used}")
     lines += [
-        "# HELP hafs_service_replication_ok 1 if the last send of the VIP to the peer succeeded.",
+        "# HELP hafs_service_replication_ok 1 if the peer had the VIP's newest snapshot at the "
+        "last round.",
         "# TYPE hafs_service_replication_ok gauge",
     ]
     stamps = []
@@ -83,8 +85,8 @@ def render(
             if item["ok"]:
                 stamps.append(f"{_labels(vip=vip, peer=peer)} {item['at']:.3f}")
     lines += [
-        "# HELP hafs_service_replication_last_success_timestamp_seconds When the last send "
-        "of the VIP to the peer succeeded.",
+        "# HELP hafs_service_replication_last_success_timestamp_seconds When the peer last had "
+        "the VIP's newest snapshot.",
         "# TYPE hafs_service_replication_last_success_timestamp_seconds gauge",
         *(f"hafs_service_replication_last_success_timestamp_seconds{s}" for s in stamps),
     ]

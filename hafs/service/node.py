@@ -26,11 +26,21 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 from hafs.carp import control
-from hafs.service import announce, host, mounts, replication, smbd, space, takeover
+from hafs.service import (
+    announce,
+    divergence,
+    host,
+    mounts,
+    replication,
+    smbd,
+    space,
+    takeover,
+)
 from hafs.service.config import ServiceConfig, VipService
 from hafs.service.runtime import RUN_DIR
 from hafs.service.samba import SambaDirs, SambaInstance, SambaShare
@@ -38,6 +48,27 @@ from hafs.service.transport import Transport
 from hafs.service.zfs import Zfs, ZfsError
 
 log = logging.getLogger("hafs.service")
+
+
+def smbd_pids(vip: VipService, processes: dict[int, list[str]]) -> list[int]:
+    """Of ``processes`` (:func:`host.processes`), those of the VIP's smbd: every smbd whose
+    command line names its smb.conf (smbd forks one per client; a stale pid file never names
+    a stranger)."""
+    config = f"/{vip.name}/samba/smb.conf"
+    return [
+        pid
+        for pid, argv in processes.items()
+        if argv[0].endswith("smbd") and any(a.endswith(config) for a in argv[1:])
+    ]
+
+
+@dataclass(frozen=True)
+class Look:
+    """What the node's kernel said at one moment, by VIP name: the VIPs whose address is
+    here (CARP master: the agent is not asked) and those whose smbd runs."""
+
+    addressed: frozenset[str]
+    smbd: frozenset[str]
 
 
 class NodeServices:
@@ -78,14 +109,20 @@ class NodeServices:
     # --- what is true now -------------------------------------------------------------------
 
     def smbd_pids(self, vip: VipService) -> list[int]:
-        """The processes of this VIP's smbd: every smbd of this node whose command line names
-        its smb.conf (smbd forks one per client; a stale pid file never names a stranger)."""
-        config = f"/{vip.name}/samba/smb.conf"
-        return [
-            pid
-            for pid, argv in host.processes().items()
-            if argv[0].endswith("smbd") and any(a.endswith(config) for a in argv[1:])
-        ]
+        """The processes of this VIP's smbd (:func:`smbd_pids`)."""
+        return smbd_pids(vip, host.processes())
+
+    def look(self) -> Look:
+        """The VIPs whose address is here, and those whose smbd runs here, from one look at
+        the addresses and one at the processes for all of them (the service daemon looks
+        every round; per VIP, that was one ``ip`` and one scan of ``/proc`` each)."""
+        vips = self.config.vips
+        here = host.holding([(v.address, v.vhid) for v in vips])
+        processes = host.processes()
+        return Look(
+            addressed=frozenset(v.name for v in vips if (v.address, v.vhid) in here),
+            smbd=frozenset(v.name for v in vips if smbd_pids(v, processes)),
+        )
 
     def smbd_pid(self, vip: VipService) -> int | None:
         """The VIP's smbd, if one runs (its lowest pid: the parent of the client forks)."""
@@ -109,6 +146,19 @@ class NodeServices:
             log.warning("%s: held, but the agent does not answer (%s): not ours", vip.name, exc)
             return False
         return any(v["vhid"] == vip.vhid and v["state"] == "MASTER" for v in status["vhids"])
+
+    def served(self, vip: VipService) -> bool:
+        """Does the dataset exist, mounted and marked served (a takeover made it writable,
+        and no step-down has sealed it since)? One question to zfs, and no write: the
+        service daemon asks every round, and a write probe (:meth:`writable`) is a change to
+        the dataset, which an idle VIP would then snapshot and send every round."""
+        try:
+            mounted, served = self.zfs.values(self.dataset(vip), "mounted", divergence.SERVED)
+        except ZfsError as exc:
+            if exc.missing:
+                return False
+            raise
+        return mounted == "yes" and served == "on"
 
     def writable(self, vip: VipService) -> bool:
         """Is the dataset mounted, and can it be written? Probed with a real write: zfs-fuse

@@ -1,7 +1,9 @@
 """Replication: the holder snapshots a VIP and sends incrementals to every other carrier.
 
 - :func:`replicate` (the service daemon, every ``replication_interval``): record the SMB
-  clients, snapshot, send to every peer at once, prune.
+  clients, snapshot, send to every peer at once, prune. A VIP with nothing written since
+  its newest snapshot gets no new one, and its peers that have that one get nothing: idle,
+  replication costs a few local ``zfs`` commands a round, no ssh.
 - :func:`send`: incremental from the newest snapshot the peer has (remembered per peer, else
   asked), streamed over ssh into ``hafs service receive`` there, at nice 10.
 - :func:`receive` (the receiving end): roll back to the common snapshot, receive, stay a
@@ -44,9 +46,33 @@ BASE = "hafs:base:"  # + peer: a dataset property, the newest snapshot that peer
 
 
 def snapshot(services: NodeServices, vip: VipService) -> str:
+    """Snapshot the VIP now; return the name of its newest snapshot, which then holds every
+    write made until now.
+
+    A new snapshot that holds nothing the one before it lacks is dropped again: an idle VIP
+    keeps its newest snapshot, and a peer that has it needs no send (no ssh login, no Python
+    on the peer, no receive). Whether anything was written is judged between two snapshots
+    (:meth:`Zfs.unchanged`), never on the live dataset: a snapshot is the sync point that
+    holds every write a client was told is done, also those still in memory, whereas the
+    ``written`` of a live OpenZFS filesystem counts only what was synced (zfs-fuse has no
+    ``written`` at all). When the comparison fails, the new snapshot stays.
+    """
+    zfs, dataset = services.zfs, services.dataset(vip)
     name = datetime.now(UTC).strftime("hafs-%Y%m%dT%H%M%S%fZ")
-    services.zfs.snapshot(f"{services.dataset(vip)}@{name}")
-    return name
+    zfs.snapshot(f"{dataset}@{name}")
+    names = [s.name for s in zfs.snapshots(dataset)]
+    at = names.index(name)
+    if at == 0:
+        return name
+    try:
+        same = zfs.unchanged(f"{dataset}@{names[at - 1]}", f"{dataset}@{name}")
+    except ZfsError as exc:
+        log.warning("%s: @%s kept: not compared with @%s (%s)", vip.name, name, names[at - 1], exc)
+        return name
+    if not same:
+        return name
+    zfs.destroy_snapshot(f"{dataset}@{name}")
+    return names[at - 1]
 
 
 def send(services: NodeServices, vip: VipService, peer: str) -> str:
@@ -222,13 +248,19 @@ def prune(services: NodeServices, vip: VipService, keep: Sequence[str] = ()) -> 
 def replicate(
     services: NodeServices, vip: VipService, record_clients: bool = True
 ) -> dict[str, dict[str, Any]]:
-    """Snapshot the VIP and send it to every other carrier; per peer: outcome and lag."""
+    """Snapshot the VIP and send it to every other carrier that lacks it; per peer: outcome
+    and lag. Nothing written since the newest snapshot: no new one (:func:`snapshot`), and a
+    peer that acknowledged it gets nothing, not even an ssh login; with no send, nothing new
+    to prune either. ``as_of``: the peer has every write made before then (this node's
+    clock), whether its snapshot was taken in this round or is an older one that nothing was
+    written after."""
     if record_clients:
         services.record_connections(vip)
+    taken = time.time()  # every write made before this is in the snapshot that follows
     name = snapshot(services, vip)
-    taken = time.time()
     config = services.config
     peers = [p for p in vip.carriers if p != config.node and p in config.peers]
+    behind = [p for p in peers if services.acked.get((vip.name, p)) != name]
 
     def send_to(peer: str) -> dict[str, Any]:
         try:
@@ -236,11 +268,15 @@ def replicate(
         except (ServiceError, ZfsError, subprocess.SubprocessError, OSError) as exc:
             log.warning("%s replication to %s: %s", vip.name, peer, exc)
             return {"ok": False, "error": str(exc), "at": time.time()}
-        return {"ok": True, "snapshot": sent, "at": time.time(), "seconds": time.time() - taken}
+        done = time.time()
+        return {"ok": True, "snapshot": sent, "as_of": taken, "at": done, "seconds": done - taken}
 
-    with ThreadPoolExecutor(max(1, len(peers))) as pool:  # every backup at once
-        report = dict(zip(peers, pool.map(send_to, peers), strict=True))
-    prune(services, vip)
+    current = {"ok": True, "snapshot": name, "as_of": taken, "at": taken, "seconds": 0.0}
+    report = {peer: current for peer in peers}
+    if behind:
+        with ThreadPoolExecutor(len(behind)) as pool:  # every backup at once
+            report.update(zip(behind, pool.map(send_to, behind), strict=True))
+        prune(services, vip)
     log.debug("%s snapshot %s sent: %s", vip.name, name, report)
     return report
 

@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import signal
+import stat
 import subprocess
 import time
 from pathlib import Path
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("hafs.service")
 
 SMBD_READY_TIMEOUT = 10.0
+SHARE_MODE = 0o2770  # setgid: new files get the shares' group
 
 
 def start(services: NodeServices, vip: VipService) -> None:
@@ -48,14 +50,19 @@ def start(services: NodeServices, vip: VipService) -> None:
 
 
 def lay_out(vip: VipService, instance: SambaInstance) -> bool:
-    """Samba's dirs, the share dirs and smb.conf; True if smb.conf changed."""
+    """Samba's dirs, the share dirs and smb.conf; True if smb.conf changed. What is as it
+    should be is left alone: a chown or chmod to the same values is a change to the dataset
+    all the same (its ctime), which an idle VIP would then snapshot and send every round."""
     for directory in (instance.dirs.private, instance.dirs.state):
         Path(directory).mkdir(parents=True, exist_ok=True)
     for share in instance.shares:
         path = Path(share.path)
         path.mkdir(parents=True, exist_ok=True)
-        os.chown(path, 0, users.GID)
-        path.chmod(0o2770)
+        found = path.stat()
+        if (found.st_uid, found.st_gid) != (0, users.GID):
+            os.chown(path, 0, users.GID)
+        if stat.S_IMODE(found.st_mode) != SHARE_MODE:
+            path.chmod(SHARE_MODE)
     runtime = RUN_DIR / "smb" / vip.name
     for sub in ("lock", "cache", "pid", "ncalrpc", "log"):
         (runtime / sub).mkdir(parents=True, exist_ok=True)

@@ -76,7 +76,7 @@ def mib(size: int) -> str:
 
 
 def of_pool(zfs: Zfs, pool: str) -> Space:
-    used, available = (int(zfs.get(pool, prop)) for prop in ("used", "available"))
+    used, available = (int(value) for value in zfs.values(pool, "used", "available"))
     return Space(size=used + available, free=available)
 
 

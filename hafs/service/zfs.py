@@ -58,6 +58,11 @@ class ZfsError(HafsError):
         self.message = " ".join(message.split())
         super().__init__(f"{shlex.join(self.argv)}: {self.message}")
 
+    @property
+    def missing(self) -> bool:
+        """The dataset (or snapshot) named does not exist."""
+        return _MISSING in self.message
+
 
 class Runner(Protocol):
     """Runs one argv to completion; returns its exit code, stdout and stderr as text, and the
@@ -96,6 +101,7 @@ class Zfs:
     def __init__(self, prefix: Sequence[str] = (), runner: Runner = run_command) -> None:
         self.prefix = list(prefix)
         self.runner = runner
+        self.has_written = True  # until zfs says it has no "written@" property (zfs-fuse)
 
     def _run(self, *argv: str) -> str:
         """Run ``argv`` under the prefix; return stdout, or raise :class:`ZfsError`."""
@@ -158,7 +164,13 @@ class Zfs:
         even when it is on and enforced: its mounts show ``rw`` in the mount table. Do not read
         ``readonly`` back there; set it, and test a write if in doubt.
         """
-        return self._run("zfs", "get", "-H", "-p", "-o", "value", prop, name).rstrip("\n")
+        return self.values(name, prop)[0]
+
+    def values(self, name: str, *props: str) -> list[str]:
+        """The values of ``props`` on ``name``, in their order, as :meth:`get` gives one: one
+        ``zfs`` process for all of them."""
+        out = self._run("zfs", "get", "-H", "-p", "-o", "value", ",".join(props), name)
+        return out.rstrip("\n").split("\n")
 
     def inherit(self, name: str, prop: str) -> None:
         """Clear ``prop`` set on ``name`` itself (a user property: gone)."""
@@ -205,13 +217,17 @@ class Zfs:
         OpenZFS answers with the ``written@<older>`` property of ``newer``. zfs-fuse has no
         such property; there the incremental stream between the two tells: measured on
         zfs-fuse, one with no change is 624 bytes (begin and end records), any change to a
-        file or directory (a ``touch`` included) makes it kilobytes. Only its first
-        :data:`EMPTY_STREAM` + 1 bytes are read.
+        file or directory (a ``touch``, a ``chmod`` to the same mode included) makes it
+        kilobytes. Only its first :data:`EMPTY_STREAM` + 1 bytes are read. A zfs that
+        refused the property once is not asked again (the service daemon compares every
+        round).
         """
         _snapshot_name("send", older)
-        proc = self._call(("zfs", "get", "-H", "-p", "-o", "value", f"written@{older}", newer))
-        if proc.returncode == 0 and proc.stdout.strip().isdigit():
-            return int(proc.stdout) == 0
+        if self.has_written:
+            proc = self._call(("zfs", "get", "-H", "-p", "-o", "value", f"written@{older}", newer))
+            if proc.returncode == 0 and proc.stdout.strip().isdigit():
+                return int(proc.stdout) == 0
+            self.has_written = "invalid property" not in proc.stderr
         argv = self.send_command(newer, older, intermediates=False)
         with subprocess.Popen(
             argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL

@@ -16,7 +16,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
@@ -109,31 +108,37 @@ class ServiceLab:
                 text = path.read_text().splitlines() if path.exists() else []
                 mine = [line for line in text if f"vhid {vhid}" in line or name in line]
                 lines += [f"--- {node} {log}", *mine[-12:]]
-            dataset = f"{self.cluster.zfs_pool}/hafs/{name}"
             with contextlib.suppress(LabError):
-                snaps = self.lab.run(
-                    node,
-                    [
-                        "zfs",
-                        "list",
-                        "-H",
-                        "-t",
-                        "snapshot",
-                        "-o",
-                        "name",
-                        "-s",
-                        "createtxg",
-                        "-d",
-                        "1",
-                        dataset,
-                    ],
-                )
-                lines += [f"--- {node} snapshots", *snaps.splitlines()[-4:]]
+                lines += [f"--- {node} snapshots", *self.snapshots(node, vhid)[-4:]]
         return "\n".join(lines)
 
+    def snapshots(self, node: str, vhid: int) -> list[str]:
+        """The names of ``node``'s snapshots of the VIP, oldest first."""
+        dataset = f"{self.cluster.zfs_pool}/hafs/{self.cluster.vip(vhid).name}"
+        argv = ["zfs", "list", "-H", "-t", "snapshot", "-o", "name", "-s", "createtxg"]
+        return [n.split("@")[1] for n in self.lab.run(node, [*argv, "-d", "1", dataset]).split()]
+
+    def idle_snapshots(self, vhids: list[int], rounds: int = 2) -> dict[int, list[str]]:
+        """The holders' snapshots of the VIPs, once ``rounds`` replication intervals passed
+        with no new one: nothing written, no snapshot (a client that was connected at a
+        round and is gone at the next changes the dataset's list of connections once)."""
+
+        def look() -> dict[int, list[str]]:
+            return {vhid: self.snapshots(self.holders(vhid)[0], vhid) for vhid in vhids}
+
+        found, since = look(), time.monotonic()
+        deadline = since + (rounds + 4) * INTERVAL
+        while time.monotonic() - since < rounds * INTERVAL:
+            assert time.monotonic() < deadline, f"idle, still snapshotted: {found}"
+            time.sleep(1)
+            now = look()
+            if now != found:
+                found, since = now, time.monotonic()
+        return found
+
     def wait_replicated(self, vhid: int, peer: str, since: float, timeout: float = 60) -> None:
-        """Until the VIP's holder reports a snapshot taken after ``since`` (wall clock) as
-        received by ``peer``: what was written before ``since`` is then safe there."""
+        """Until the VIP's holder reports ``peer`` has every write made up to a moment after
+        ``since`` (wall clock): what was written before ``since`` is then safe there."""
         name = self.cluster.vip(vhid).name
 
         def done() -> bool:
@@ -143,9 +148,7 @@ class ServiceLab:
                 item = json.loads(out)["vips"][name][peer]
             except (ValueError, KeyError):
                 return False
-            stamp = item.get("snapshot", "hafs-19700101T000000000000Z")
-            taken = datetime.strptime(stamp, "hafs-%Y%m%dT%H%M%S%fZ").replace(tzinfo=UTC)
-            return bool(item["ok"]) and taken.timestamp() > since
+            return bool(item["ok"]) and item["as_of"] > since
 
         try:
             wait_for(done, timeout, f"{name} replicated to {peer}", step=0.2)
@@ -357,10 +360,12 @@ def test_a_takeover_does_not_wait_for_a_receive_from_the_dead_holder(
         )
         receiver_proc = Proc(receiver, start_time(receiver) or 0)
 
-        # the holder's next round (every interval) sends over ssh: that receive registers and
-        # waits behind the stalled one, for as long as the stalled one holds the lock. It runs
-        # through the peer key's forced command, as on a deployed node: `hafs service
-        # ssh-command` (the receive's words are in its $SSH_ORIGINAL_COMMAND)
+        # a write, which the holder's next round sends over ssh (an idle VIP sends nothing):
+        # that receive registers and waits behind the stalled one, for as long as the stalled
+        # one holds the lock. It runs through the peer key's forced command, as on a deployed
+        # node: `hafs service ssh-command` (the receive's words are in its $SSH_ORIGINAL_COMMAND)
+        s.put(1, "queued.txt", "in the lag: lost with the holder")
+
         def queued() -> int | None:
             for entry in s.lab.run(backup, ["ls", "/run/hafs"]).split():
                 name, _, pid = entry.rpartition(".")
@@ -537,6 +542,10 @@ def test_two_nodes_killed_one_after_the_other(service_lab: ServiceLab) -> None:
     for vhid in (1, 2, 3, 4):
         for peer in s.cluster.vip(vhid).backups:
             s.wait_replicated(vhid, peer, written)
+    idle = s.idle_snapshots([1, 2, 3, 4])  # then idle: no new snapshot is taken, and
+    for vhid, names in idle.items():  # every backup has the newest (the writes' or later)
+        for peer in s.cluster.vip(vhid).backups:
+            assert s.snapshots(peer, vhid)[-1] == names[-1], f"{peer}: {s.diagnose(vhid)}"
     s.lab.kill(first)
     wait_for(lambda: s.holders(1) == [second], 6, "VIP1 on its backup")
     taken_over = time.time()

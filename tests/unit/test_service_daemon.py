@@ -19,6 +19,7 @@ from hafs.service import config as service_config
 from hafs.service.cli import format_replication
 from hafs.service.config import ServiceConfig, ShareConfig, VipService
 from hafs.service.daemon import ServiceDaemon
+from hafs.service.node import Look
 from hafs.service.replication import Pulled
 from hafs.service.runtime import ServiceError
 from hafs.service.zfs import Snapshot, ZfsError
@@ -38,8 +39,8 @@ class FakeZfs:
     def __init__(self) -> None:
         self.space = {"used": str(900 << 20), "available": str(124 << 20)}  # a 1 GiB pool
 
-    def get(self, name: str, prop: str) -> str:
-        return self.space[prop]
+    def values(self, name: str, *props: str) -> list[str]:
+        return [self.space[prop] for prop in props]
 
     def exists(self, name: str) -> bool:
         return True
@@ -56,11 +57,11 @@ class FakeZfs:
 class FakeServices:
     """A node holding VIP1 whose smbd died; ``start_ok`` says whether it starts again."""
 
-    def __init__(self, start_ok: bool, writable: bool = True, held: bool = True) -> None:
+    def __init__(self, start_ok: bool, served: bool = True, held: bool = True) -> None:
         self.config = CONFIG
         self.zfs = FakeZfs()
         self.start_ok = start_ok
-        self.is_writable = writable
+        self.is_served = served
         self.held = held
         self.smbd: int | None = None
         self.calls: list[str] = []
@@ -77,11 +78,16 @@ class FakeServices:
     def dataset(self, vip: VipService) -> str:
         return "tank/hafs/vip1"
 
-    def writable(self, vip: VipService) -> bool:
-        return self.is_writable
+    def served(self, vip: VipService) -> bool:
+        return self.is_served
 
     def smbd_pid(self, vip: VipService) -> int | None:
         return self.smbd
+
+    def look(self) -> Look:
+        return Look(
+            frozenset({"vip1"} if self.held else ()), frozenset({"vip1"} if self.smbd else ())
+        )
 
     @contextlib.contextmanager
     def locked(self, vip: VipService) -> Iterator[None]:
@@ -132,7 +138,7 @@ def daemon(
 def test_dead_smbd_is_restarted_then_replication_goes_on() -> None:
     services = FakeServices(start_ok=True)
     d, holds = daemon(services)
-    d.tend(VIP)
+    d.tend(VIP, services.look())
     assert services.calls == ["start_smbd", "limit", "refresh []", "replicate"]
     assert holds == [("smb-vip1", 0)]  # any earlier health demotion is released
 
@@ -140,25 +146,29 @@ def test_dead_smbd_is_restarted_then_replication_goes_on() -> None:
 def test_smbd_that_does_not_start_demotes_the_node() -> None:
     services = FakeServices(start_ok=False)
     d, holds = daemon(services)
-    d.tend(VIP)
+    d.tend(VIP, services.look())
     assert services.calls == ["start_smbd"]  # and no replication of a VIP it cannot serve
     assert holds == [("smb-vip1", 240)]
 
 
 def test_held_but_not_served_is_taken_over_at_once() -> None:
-    services = FakeServices(start_ok=True, writable=False)
+    services = FakeServices(start_ok=True, served=False)
     d, _ = daemon(services)
-    d.tend(VIP)  # (a MASTER event's takeover running now holds the lock: this one waits)
+    d.tend(
+        VIP, services.look()
+    )  # (a MASTER event's takeover running now holds the lock: this one waits)
     assert services.calls == ["takeover"]  # and no replication of a VIP it does not serve
 
 
 def test_served_but_not_held_is_stepped_down() -> None:
     services = FakeServices(start_ok=True, held=False)
     d, _ = daemon(services)
-    d.tend(VIP)  # a backup with no smbd for the VIP: nothing to do but forget its acks
+    d.tend(
+        VIP, services.look()
+    )  # a backup with no smbd for the VIP: nothing to do but forget its acks
     assert services.calls == ["forget_acks"]  # another holder sends to the peers meanwhile
     services.smbd = 4242  # a BACKUP event's step-down failed, or came before the MASTER's
-    d.tend(VIP)
+    d.tend(VIP, services.look())
     assert services.calls == ["forget_acks", "forget_acks", "stepdown"]
 
 
@@ -166,14 +176,14 @@ def test_a_served_vip_is_limited_once_and_again_after_it_came_back() -> None:
     services = FakeServices(start_ok=True)
     services.smbd = 1
     d, _ = daemon(services)
-    d.tend(VIP)
-    d.tend(VIP)  # limited already: no zfs call every round
+    d.tend(VIP, services.look())
+    d.tend(VIP, services.look())  # limited already: no zfs call every round
     assert services.calls == ["limit", "refresh []", "replicate", "refresh []", "replicate"]
     services.held = False  # lost it (its step-down lifts the limit), then took it over again
     services.smbd = None
-    d.tend(VIP)
+    d.tend(VIP, services.look())
     services.held, services.smbd, services.calls = True, 1, []
-    d.tend(VIP)
+    d.tend(VIP, services.look())
     assert services.calls == ["limit", "refresh []", "replicate"]
 
 
@@ -236,7 +246,7 @@ def test_a_rewritten_cluster_json_is_reloaded_and_its_users_applied(
     cluster["users"] = {"alice": "new"}
     path.write_text(json.dumps(cluster))
     d.reload()
-    d.tend(d.config.vip(1))
+    d.tend(d.config.vip(1), services.look())
     assert services.calls == ["limit", "refresh [('alice', 'new')]", "replicate"]
     caplog.set_level(logging.ERROR, "hafs.service")
     path.write_text("{broken")
@@ -353,14 +363,14 @@ def test_a_node_without_quorum_serves_nothing_and_takes_nothing_over() -> None:
     from hafs.service.quorum import Verdict
 
     lost = Verdict(False, ("n1",), ("n1", "n2"), "isolated")
-    services = FakeServices(start_ok=True, writable=False)  # held, not served: would take over
+    services = FakeServices(start_ok=True, served=False)  # held, not served: would take over
     d, holds = daemon(services)
     d.quorum_changed(lost)
     for thread in threading.enumerate():  # its step-down of what was served (nothing here)
         if thread.name == "hafs-quorum-lost":
             thread.join()
     d.membership = type("M", (), {"verdict": lost})()
-    d.tend(VIP)
+    d.tend(VIP, services.look())
     assert services.calls == [] and holds == [("quorum", 240)]
     services.smbd = 4242  # served when quorum went: stepped down at once
     d.release_all()

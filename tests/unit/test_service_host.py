@@ -84,13 +84,31 @@ def test_sockstat_gives_listening_and_connected_ends_of_the_vip() -> None:
     assert host.sockstat_sockets(out, IPv4Address("172.21.0.214")) == []
 
 
-def test_ss_gives_the_clients() -> None:
-    out = (
-        "0      0      172.21.0.211:445     172.21.0.50:50123\n"
-        "0      0      172.21.0.211:445     172.21.0.51:40001\n"
-        "\n"
-    )
-    assert host.ss_clients(out) == [("172.21.0.50", 50123), ("172.21.0.51", 40001)]
+def test_proc_net_tcp_gives_the_clients_of_an_address_and_port() -> None:
+    table = (
+        "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid\n"
+        "   0: D30015AC:01BD 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0\n"
+        "   1: D30015AC:01BD 320015AC:C3CB 01 00000000:00000000 00:00000000 00000000     0\n"
+        "   2: D30015AC:01BD 330015AC:9C41 01 00000000:00000000 00:00000000 00000000     0\n"
+        "   3: D30015AC:01BD 340015AC:9C42 06 00000000:00000000 00:00000000 00000000     0\n"
+        "   4: D40015AC:01BD 350015AC:9C43 01 00000000:00000000 00:00000000 00000000     0\n"
+        "   5: D30015AC:0016 360015AC:9C44 01 00000000:00000000 00:00000000 00000000     0\n"
+    )  # a listener, two clients, one in TIME_WAIT, one of another VIP, one of sshd
+    assert host.proc_net_tcp_clients(table, VIP1) == [
+        ("172.21.0.50", 50123),
+        ("172.21.0.51", 40001),
+    ]
+
+
+def test_proc_net_tcp_clients_of_a_connection_on_this_host() -> None:
+    with socket.socket() as listening, socket.socket() as client:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        client.connect(listening.getsockname())
+        port = listening.getsockname()[1]
+        table = Path("/proc/net/tcp").read_text()
+        found = host.proc_net_tcp_clients(table, IPv4Address("127.0.0.1"), port)
+        assert found == [("127.0.0.1", client.getsockname()[1])]
 
 
 def test_proc_net_tcp_listening_socket_on_this_host() -> None:

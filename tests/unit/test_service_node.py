@@ -30,7 +30,7 @@ from hafs.service import (
 from hafs.service import config as service_config
 from hafs.service.announce import tickle_segment
 from hafs.service.config import ServiceConfig, ServiceConfigError, ShareConfig, VipService
-from hafs.service.node import NodeServices
+from hafs.service.node import Look, NodeServices
 from hafs.service.runtime import ServiceError
 from hafs.service.zfs import Snapshot, Zfs
 from tests.unit.conftest import MakeCluster
@@ -368,8 +368,11 @@ class Streaming(Bases):
     def send_command(self, snapshot: str, base: str | None = None) -> list[str]:
         return ["printf", f"stream {base} {snapshot}"]
 
-    def snapshot(self, name: str) -> None:  # a sync's: named s20 here
-        self.names = (*self.names, "s20")
+    def snapshot(self, snapshot: str) -> None:  # a sync's
+        self.names = (*self.names, snapshot.split("@")[1])
+
+    def unchanged(self, older: str, newer: str) -> bool:
+        return False  # written since s19: the sync's snapshot stays
 
 
 @pytest.mark.parametrize("handover", [True, False])
@@ -401,16 +404,18 @@ def test_a_pull_streams_from_the_snapshot_the_peer_says_it_has(
         replication.serve_pull(node, vip, "n2", since, out, handover)
         out.seek(0)
         header, stream = out.read().split(b"\n", 1)
-    theirs = [f"s{i}" for i in range(int(base[1:]) + 1, 21)]
+    newest = zfs.names[-1]  # s20, or the sync's
+    assert zfs.names[:-1] == tuple(f"s{i}" for i in range(20))
+    theirs = list(zfs.names[int(base[1:]) + 1 :])
     assert json.loads(header) == {
-        "snapshot": "s20",
+        "snapshot": newest,
         "base": base,
         "keep": ["s18"],
         "theirs": theirs,
     }
-    assert stream == f"stream tank/hafs/vip1@{base} tank/hafs/vip1@s20".encode()
+    assert stream == f"stream tank/hafs/vip1@{base} tank/hafs/vip1@{newest}".encode()
     assert node.asked == ["snapshots"] * asked + ["handover"] * handover
-    assert zfs.props == {"hafs:base:n2": "s20"}
+    assert zfs.props == {"hafs:base:n2": newest}
 
 
 PAIR_VIP = VipService(1, "vip1", IPv4Address("10.0.0.100"), "n1", ("n1", "n2"), ())
@@ -578,3 +583,38 @@ def test_a_full_dataset_is_writable_a_read_only_one_is_not(
 
     monkeypatch.setattr(Path, "write_bytes", refuse)
     assert NodeServices(config, zfs=cast(Zfs, Mounted("s1"))).writable(vip) is writable
+
+
+def test_one_look_gives_the_vips_whose_address_is_here_and_those_whose_smbd_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The service daemon looks once a round for all VIPs: one ``ip``, one scan of the
+    processes (not one of each per VIP)."""
+    vips = tuple(
+        VipService(i, f"vip{i}", IPv4Address(f"10.0.0.10{i}"), "n1", ("n1", "n2"), ())
+        for i in (1, 2, 3)
+    )
+    config = ServiceConfig(
+        node="n1", pool="tank", replication_interval=10, vips=vips, users={}, peers={}
+    )
+    conf = "--configfile=/run/zpool/tank/hafs/{}/samba/smb.conf"
+    looked: list[str] = []
+
+    def holding(pairs: Sequence[tuple[IPv4Address, int]]) -> list[tuple[IPv4Address, int]]:
+        looked.append("addresses")
+        return [pair for pair in pairs if pair[1] == 2]
+
+    def processes() -> dict[int, list[str]]:
+        looked.append("processes")
+        return {
+            10: ["smbd", "--daemon", conf.format("vip1")],
+            11: ["smbd", "--daemon", conf.format("vip1")],  # a client's fork
+            12: ["samba-dcerpcd", conf.format("vip3")],  # not an smbd
+            13: ["vi", "/run/zpool/tank/hafs/vip2/samba/smb.conf"],
+        }
+
+    monkeypatch.setattr(host, "holding", holding)
+    monkeypatch.setattr(host, "processes", processes)
+    seen = NodeServices(config).look()
+    assert seen == Look(addressed=frozenset({"vip2"}), smbd=frozenset({"vip1"}))
+    assert looked == ["addresses", "processes"]

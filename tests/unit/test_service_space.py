@@ -42,11 +42,11 @@ class PoolZfs:
             return "-"
         return self.props.get(prop, "/mnt")
 
+    def values(self, name: str, *props: str) -> list[str]:
+        return [self.get(name, prop) for prop in props]
+
     def set(self, name: str, prop: str, value: str) -> None:
         self.sets.append((name, prop, value))
-
-    def exists(self, name: str) -> bool:
-        return True
 
     def list_datasets(self, root: str) -> list[str]:
         return [root, f"{root}/vip1", *self.diverged]

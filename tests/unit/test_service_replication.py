@@ -1,0 +1,144 @@
+"""A replication round of the holder: what was written is sent, an idle VIP costs no ssh.
+
+The pool is a fake whose snapshots remember what the dataset held when they were taken (a
+write is a new generation), and the peers are fakes behind ``ssh``: each login is recorded,
+and a receive reads the stream (a real ``zfs send`` stand-in, ``echo``, piped over).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Sequence
+from ipaddress import IPv4Address
+
+import pytest
+
+from hafs.service import replication
+from hafs.service.config import ServiceConfig, VipService
+from hafs.service.node import NodeServices
+from hafs.service.zfs import Snapshot, Zfs
+
+VIP = VipService(1, "vip1", IPv4Address("10.0.0.100"), "n1", ("n1", "n2", "n3"), ())
+CONFIG = ServiceConfig(
+    node="n1", pool="tank", replication_interval=10, vips=(VIP,), users={},
+    peers={"n2": IPv4Address("10.0.0.2"), "n3": IPv4Address("10.0.0.3")},
+)  # fmt: skip
+
+
+class Pool(Zfs):
+    """vip1's dataset: ``written`` is what it holds now; each snapshot keeps what it held."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = 0
+        self.taken: dict[str, int] = {}  # snapshot -> what the dataset held, oldest first
+        self.props: dict[str, str] = {}
+
+    def snapshot(self, snapshot: str) -> None:
+        self.taken[snapshot.split("@")[1]] = self.written
+
+    def snapshots(self, dataset: str) -> list[Snapshot]:
+        return [Snapshot(dataset, name) for name in self.taken]
+
+    def unchanged(self, older: str, newer: str) -> bool:
+        return self.taken[older.split("@")[1]] == self.taken[newer.split("@")[1]]
+
+    def destroy_snapshot(self, snapshot: str) -> None:
+        del self.taken[snapshot.split("@")[1]]
+
+    def set(self, name: str, prop: str, value: str) -> None:
+        self.props[prop] = value
+
+    def user_properties(self, name: str) -> dict[str, str]:
+        return self.props
+
+    def send_command(
+        self, snapshot: str, incremental_from: str | None = None, *, intermediates: bool = True
+    ) -> list[str]:
+        return ["echo", "a stream"]
+
+
+class Peers:
+    """The peers' ends of ssh: every login is recorded; a peer in ``down`` does not answer."""
+
+    def __init__(self) -> None:
+        self.logins: list[tuple[str, str]] = []  # (peer, operation)
+        self.has: dict[str, list[str]] = {"n2": [], "n3": []}  # what each peer received
+        self.down: set[str] = set()
+
+    def remote_argv(self, peer: str, args: Sequence[str]) -> list[str]:
+        self.logins.append((peer, args[0]))
+        if peer in self.down:
+            return ["sh", "-c", "cat >/dev/null; echo 'ssh: connect timed out' >&2; exit 255"]
+        return ["sh", "-c", "cat >/dev/null"]
+
+    def remote(
+        self, peer: str, args: Sequence[str], timeout: float
+    ) -> subprocess.CompletedProcess[str]:
+        self.logins.append((peer, args[0]))
+        if peer in self.down:
+            return subprocess.CompletedProcess([], 255, "", "ssh: connect timed out")
+        return subprocess.CompletedProcess([], 0, "\n".join(self.has[peer]), "")
+
+
+@pytest.fixture
+def holder(monkeypatch: pytest.MonkeyPatch) -> tuple[NodeServices, Pool, Peers]:
+    peers = Peers()
+    monkeypatch.setattr(NodeServices, "transport", peers)
+    pool = Pool()
+    return NodeServices(CONFIG, zfs=pool), pool, peers
+
+
+def round_(services: NodeServices, peers: Peers) -> dict[str, str]:
+    """One round; per peer, the snapshot it has, or its error. Records what peers received.
+    A peer that has it has every write made before the round, idle round or not."""
+    began = time.time()
+    report = replication.replicate(services, VIP, record_clients=False)
+    assert all(item["as_of"] >= began for item in report.values() if item["ok"])
+    for peer, item in report.items():
+        if item["ok"] and item["snapshot"] not in peers.has[peer]:
+            peers.has[peer].append(item["snapshot"])
+    return {peer: item["snapshot"] if item["ok"] else "failed" for peer, item in report.items()}
+
+
+def test_a_write_is_snapshotted_and_sent_and_an_idle_round_takes_and_sends_nothing(
+    holder: tuple[NodeServices, Pool, Peers],
+) -> None:
+    services, pool, peers = holder
+    pool.written = 1
+    first = round_(services, peers)
+    (s1,) = pool.taken
+    assert first == {"n2": s1, "n3": s1}
+    assert sorted(peers.logins) == [  # asked what they have (nothing yet), then received
+        ("n2", "receive"), ("n2", "snapshots"), ("n3", "receive"), ("n3", "snapshots")
+    ]  # fmt: skip
+
+    peers.logins.clear()
+    assert round_(services, peers) == {"n2": s1, "n3": s1}  # nothing written: up to date
+    assert list(pool.taken) == [s1]  # no new snapshot
+    assert peers.logins == []  # no ssh at all
+
+    pool.written = 2  # a client writes
+    assert round_(services, peers) == {"n2": (s2 := list(pool.taken)[-1]), "n3": s2}
+    assert list(pool.taken) == [s1, s2]
+    assert sorted(peers.logins) == [("n2", "receive"), ("n3", "receive")]  # from s1, known
+
+
+def test_a_peer_behind_gets_its_send_in_a_round_with_nothing_written(
+    holder: tuple[NodeServices, Pool, Peers],
+) -> None:
+    services, pool, peers = holder
+    pool.written = 1
+    round_(services, peers)
+    peers.down.add("n3")  # n3 misses the next write
+    pool.written = 2
+    behind = round_(services, peers)
+    (s1, s2) = pool.taken
+    assert behind == {"n2": s2, "n3": "failed"}
+
+    peers.down.clear()
+    peers.logins.clear()
+    assert round_(services, peers) == {"n2": s2, "n3": s2}  # idle, but n3 lacked s2
+    assert list(pool.taken) == [s1, s2]  # no new snapshot
+    assert sorted(peers.logins) == [("n3", "receive"), ("n3", "snapshots")]  # n2: nothing
