@@ -26,7 +26,8 @@ for the service layer alone (the whole lab less the CARP agents, which the issue
 apart).
 
 Run as root from the repository root: ``sudo python3 bench/idle_cost.py [--vips 4]
-[--seconds 60] [--interval 10] [--prefix hafs-i]``.
+[--seconds 60] [--interval 10] [--prefix P]`` (default prefix: hafs-i and 4 random hex
+digits).
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run by path as well as with -m
 
-import argparse
 import json
 import os
 import resource
@@ -48,11 +48,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import pairwise
 
-from bench.common import table
+from bench.common import bench_parser, table
 from hafs.cluster import Cluster, load
 from hafs.errors import HafsError
 from hafs.lab.cluster import ClusterLab
-from hafs.lab.netns import new_prefix
 from tests.lab.carp_bed import wait_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -111,7 +110,7 @@ def idle_lab(prefix: str, vips: int, interval: float) -> Iterator[tuple[ClusterL
     with tempfile.TemporaryDirectory(prefix="hafs-idle-") as tmp:
         inventory = write_inventory(Path(tmp), vips, interval)
         cluster = load(inventory)
-        lab = ClusterLab(new_prefix(prefix))
+        lab = ClusterLab(prefix)
         log(f"lab {lab.name}: up ({vips} VIPs, replication every {interval:g}s)")
         try:
             lab.up(str(inventory), None)
@@ -305,15 +304,12 @@ def report(window: Window, vips: int, interval: float, taken: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description="CPU of every process of an idle service lab, per VIP (root)"
-    )
+    parser = bench_parser("CPU of every process of an idle service lab, per VIP (root)", "hafs-i")
     parser.add_argument("--vips", type=int, default=4, help="VIPs over the 4 nodes (default 4)")
     parser.add_argument("--seconds", type=float, default=60.0, help="the idle window (default 60)")
     parser.add_argument(
         "--interval", type=float, default=10.0, help="seconds between replications (default 10)"
     )
-    parser.add_argument("--prefix", default="hafs-i", help="lab name prefix, 1-6 characters")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print(
@@ -323,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= args.vips <= 40:
         parser.error(f"--vips {args.vips}: give 1 to 40")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # torn down as on Ctrl-C
-    cgroup = Cgroup(new_prefix(args.prefix))
+    cgroup = Cgroup(args.prefix)  # named as the lab
     try:
         with idle_lab(args.prefix, args.vips, args.interval) as (lab, cluster):
             before = snapshots(lab, cluster)
