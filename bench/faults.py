@@ -31,7 +31,8 @@ the kill. The suite exits 1 if a scenario lost a write that counts, missed its g
 outage after the repair, or could not be judged.
 
 Run as root from the repository root:
-``sudo python3 bench/faults.py [--scenario NAME ...] [--interval 5] [--json FILE] [--prefix P]``.
+``sudo python3 bench/faults.py [--scenario NAME ...] [--interval 5] [--json FILE] [--prefix P]
+[--keep-logs DIR]``.
 """
 
 from __future__ import annotations
@@ -95,9 +96,11 @@ def log(message: str) -> None:
 
 
 @contextmanager
-def service_lab(interval: float, prefix: str) -> Iterator[ServiceLab]:
+def service_lab(
+    interval: float, prefix: str, keep_logs: Path | None = None
+) -> Iterator[ServiceLab]:
     """The example cluster with ``interval`` s between replications, as a lab of its own
-    named ``prefix``."""
+    named ``prefix``; ``keep_logs``: where its nodes' logs are copied before it goes down."""
     with tempfile.TemporaryDirectory(prefix="hafs-faults-") as tmp:
         shutil.copy(REPO / "inventory.py", Path(tmp) / "inventory.py")
         (Path(tmp) / "group_data").mkdir()
@@ -116,8 +119,22 @@ def service_lab(interval: float, prefix: str) -> Iterator[ServiceLab]:
             lab.up(inventory, None, lambda message: log(f"lab {lab.name}: {message}"))
             yield ServiceLab(lab, load(inventory))
         finally:
+            if keep_logs is not None:
+                log(f"lab {lab.name}: its logs kept in {keep(lab, keep_logs)}")
             log(f"lab {lab.name}: down")
             lab.down()
+
+
+def keep(lab: ClusterLab, into: Path) -> Path:
+    """Copy the lab's state.json and its nodes' logs (only those: agent.toml holds the CARP
+    passphrase, the lab directory the replication key) to a new ``into/<time>``, 0700."""
+    kept = into / time.strftime("%Y%m%dT%H%M%S")
+    kept.mkdir(mode=0o700, parents=True)
+    for path in [lab.dir / "state.json", *lab.dir.glob("*/*.log")]:
+        if path.is_file():
+            (kept / path.relative_to(lab.dir)).parent.mkdir(mode=0o700, exist_ok=True)
+            shutil.copy(path, kept / path.relative_to(lab.dir))
+    return kept
 
 
 @dataclass
@@ -560,9 +577,9 @@ def judge(
     )
 
 
-def run(name: str, interval: float, prefix: str) -> Row:
+def run(name: str, interval: float, prefix: str, keep_logs: Path | None = None) -> Row:
     """One scenario on a lab of its own: write, break, repair, settle, judge."""
-    with service_lab(interval, prefix) as s:
+    with service_lab(interval, prefix, keep_logs / name if keep_logs else None) as s:
         s.wait_replicated(VHID, s.cluster.vip(VHID).backups[0], time.time())
         with two_holders(s) as doubled:
             with writer(s, name) as writes:
@@ -600,6 +617,12 @@ def main(argv: list[str] | None = None) -> int:
         help="seconds between replications (default 5)",
     )
     parser.add_argument("--json", metavar="FILE", help="also write the rows to FILE as JSON")
+    parser.add_argument(
+        "--keep-logs",
+        metavar="DIR",
+        type=Path,
+        help="copy every node's logs to DIR/<scenario>/<time> before its lab goes down",
+    )
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("faults: error: needs root (network namespaces): run it with sudo", file=sys.stderr)
@@ -610,7 +633,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name in args.scenario or [n for n in SCENARIOS if n not in LONG]:
         try:
-            rows.append(run(name, args.interval, args.prefix))
+            rows.append(run(name, args.interval, args.prefix, args.keep_logs))
         except (HafsError, AssertionError, subprocess.SubprocessError) as exc:
             log(f"{name}: {exc}")
             rows.append(Row(name, error=str(exc).splitlines()[0], load=os.getloadavg()[0]))
