@@ -292,6 +292,28 @@ def test_resync_pulls_from_the_holder_then_takes_its_vip_back(
     assert services.calls == (["remount", f"{fresh}, fence 10.0.0.2"] if released else [])
 
 
+def test_a_handover_that_failed_is_tried_again_at_once() -> None:
+    """The holder has stopped serving by then: its clients wait for the next try. (A push
+    of its own round, from an older base, can roll this node back past the handover's
+    base: fault suite, cut, 5.3 s until the next round's try.)"""
+    services = FakeServices(start_ok=True)
+    tries: list[bool] = []
+
+    def pull(vip: VipService, holder: str, since: str | None, handover: bool) -> Pulled:
+        tries.append(handover)
+        if tries == [False, True]:
+            raise ServiceError("vip1: handover from n2 failed: no snapshot @s2 here")
+        return Pulled("s3", True, [])
+
+    services.remote = lambda *_: subprocess.CompletedProcess([], 0, "vip1\n", "")  # type: ignore[attr-defined]
+    services.pull = pull  # type: ignore[attr-defined]
+    d, holds = daemon(services)
+    d.resync()
+    assert tries == [False, True, True]
+    assert holds == [("resync", 0)]
+    assert services.calls == ["remount", "takeover, no rollback, fence 10.0.0.2"]
+
+
 THREE = ServiceConfig(
     node="n2", pool="tank", replication_interval=10,
     peers={"n1": IPv4Address("10.0.0.1"), "n3": IPv4Address("10.0.0.3")},
