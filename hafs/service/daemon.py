@@ -339,8 +339,8 @@ class ServiceDaemon:
         for vip, holder in handovers:  # then the short handovers, right before undemoting
             remounted = self.remount(vip)
             moved = self.pull(vip, holder, handover=True)
-            if moved is None:  # the holder's own round may have pushed over the base named
-                moved = self.pull(vip, holder, handover=True)  # (it stopped serving): again
+            if moved is None:  # the holder may have stopped serving already: not a round
+                moved = self.pull(vip, holder, handover=True)  # later, again at once
             ok = ok and moved is not None
             fresh[vip.name] = remounted and moved is not None and moved.received
         if ok:

@@ -204,6 +204,18 @@ class NodeServices:
             yield
 
     @contextlib.contextmanager
+    def sending(self, vip: VipService, peer: str) -> Iterator[None]:
+        """One send of the VIP to ``peer`` at a time on this node, from choosing its base to
+        recording what the peer then has: the daemon's push and a pull that peer asked for
+        (``hafs service sync|handover``, another process) each start where the other ended.
+        Without it, a push from a base older than a pull's rolled the peer back past the
+        snapshot that pull had just named as its base, and the pull's receive failed."""
+        RUN_DIR.mkdir(parents=True, exist_ok=True)
+        with open(RUN_DIR / f"{vip.name}.send.{peer}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
+    @contextlib.contextmanager
     def receiving(self, vip: VipService) -> Iterator[None]:
         """Register this process group as a receive of the VIP, from before it waits for the
         lock until it ends (``hafs service receive`` runs in a group of its own: the one a

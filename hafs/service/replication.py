@@ -79,14 +79,24 @@ def send(services: NodeServices, vip: VipService, peer: str) -> str:
     """Send the newest snapshot to ``peer``: incremental from the newest common one.
 
     The common one is the last snapshot ``peer`` acknowledged, when this process sent it
-    one (one ssh round trip); else, or if that fails, it is looked up on the peer first.
+    one (one ssh round trip; a pull that peer made since, served by another process, moved
+    it on: the dataset's record says so); else, or if that fails, it is looked up on the
+    peer first. One send to a peer at a time (:meth:`NodeServices.sending`).
     """
+    with services.sending(vip, peer):
+        return _send(services, vip, peer)
+
+
+def _send(services: NodeServices, vip: VipService, peer: str) -> str:
     local = services.zfs.snapshots(services.dataset(vip))
     if not local:
         raise ServiceError(f"{vip.name}: nothing to send: no snapshot")
     newest, names = local[-1], [s.name for s in local]
     acked = services.acked.get((vip.name, peer))
+    if acked is not None:
+        acked = bases(services, vip).get(peer, acked)
     if acked == newest.name:
+        services.acked[(vip.name, peer)] = acked
         return acked
     if acked in names:
         try:
@@ -294,7 +304,20 @@ def serve_pull(
     it to ``out``, that peer's ssh: first a JSON line (snapshot, base, keep, theirs; no
     snapshot: this node has no copy), then the zfs stream. ``since``: the newest snapshot
     ``peer`` says it has; the base is settled before a handover's step-down, so the
-    clients wait for the stream alone."""
+    clients wait for the stream alone. Never beside a push of this node's daemon to that
+    peer (:meth:`NodeServices.sending`)."""
+    with services.sending(vip, peer):
+        _serve_pull(services, vip, peer, since, out, handover)
+
+
+def _serve_pull(
+    services: NodeServices,
+    vip: VipService,
+    peer: str,
+    since: str | None,
+    out: IO[bytes],
+    handover: bool,
+) -> None:
     dataset = services.dataset(vip)
     base = None
     if services.zfs.exists(dataset):
@@ -312,14 +335,15 @@ def serve_pull(
         header = {"snapshot": newest, "base": base, "keep": keep, "theirs": ours}
     out.write(json.dumps(header).encode() + b"\n")
     out.flush()
-    if header["snapshot"] in (None, base):
+    if header["snapshot"] is None:
         return
-    stream = services.zfs.send_command(
-        f"{dataset}@{header['snapshot']}", f"{dataset}@{base}" if base else None
-    )
-    sent = subprocess.run(stream, stdout=out, stderr=subprocess.PIPE, text=True, check=False)
-    if sent.returncode != 0:
-        raise ServiceError(f"{vip.name}: zfs send to {peer} failed: {sent.stderr.strip()}")
+    if header["snapshot"] != base:
+        stream = services.zfs.send_command(
+            f"{dataset}@{header['snapshot']}", f"{dataset}@{base}" if base else None
+        )
+        sent = subprocess.run(stream, stdout=out, stderr=subprocess.PIPE, text=True, check=False)
+        if sent.returncode != 0:
+            raise ServiceError(f"{vip.name}: zfs send to {peer} failed: {sent.stderr.strip()}")
     _acked(services, vip, peer, header["snapshot"])  # retention keeps it: the next base
 
 

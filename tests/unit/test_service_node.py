@@ -28,6 +28,7 @@ from hafs.service import (
     users,
 )
 from hafs.service import config as service_config
+from hafs.service import node as node_module
 from hafs.service.announce import tickle_segment
 from hafs.service.config import ServiceConfig, ServiceConfigError, ShareConfig, VipService
 from hafs.service.node import Look, NodeServices
@@ -400,6 +401,7 @@ def test_a_pull_streams_from_the_snapshot_the_peer_says_it_has(
     zfs = Streaming({"hafs:base:n2": "s18"})
     node = HandingOver(config, zfs, {"n2": {"snapshots": "s0\ns1\n"}})
     monkeypatch.setattr(replication, "RUN_DIR", tmp_path)
+    monkeypatch.setattr(node_module, "RUN_DIR", tmp_path)  # the send lock
     with (tmp_path / "out").open("w+b") as out:
         replication.serve_pull(node, vip, "n2", since, out, handover)
         out.seek(0)

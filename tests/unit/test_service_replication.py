@@ -8,13 +8,15 @@ and a receive reads the stream (a real ``zfs send`` stand-in, ``echo``, piped ov
 from __future__ import annotations
 
 import subprocess
+import threading
 import time
 from collections.abc import Sequence
 from ipaddress import IPv4Address
+from pathlib import Path
 
 import pytest
 
-from hafs.service import replication
+from hafs.service import node, replication
 from hafs.service.config import ServiceConfig, VipService
 from hafs.service.node import NodeServices
 from hafs.service.zfs import Snapshot, Zfs
@@ -37,6 +39,9 @@ class Pool(Zfs):
 
     def snapshot(self, snapshot: str) -> None:
         self.taken[snapshot.split("@")[1]] = self.written
+
+    def exists(self, name: str) -> bool:
+        return True
 
     def snapshots(self, dataset: str) -> list[Snapshot]:
         return [Snapshot(dataset, name) for name in self.taken]
@@ -66,9 +71,11 @@ class Peers:
         self.logins: list[tuple[str, str]] = []  # (peer, operation)
         self.has: dict[str, list[str]] = {"n2": [], "n3": []}  # what each peer received
         self.down: set[str] = set()
+        self.bases: list[tuple[str, str | None]] = []  # (peer, base) of every stream sent
 
     def remote_argv(self, peer: str, args: Sequence[str]) -> list[str]:
         self.logins.append((peer, args[0]))
+        self.bases.append((peer, args[args.index("--base") + 1] if "--base" in args else None))
         if peer in self.down:
             return ["sh", "-c", "cat >/dev/null; echo 'ssh: connect timed out' >&2; exit 255"]
         return ["sh", "-c", "cat >/dev/null"]
@@ -83,9 +90,10 @@ class Peers:
 
 
 @pytest.fixture
-def holder(monkeypatch: pytest.MonkeyPatch) -> tuple[NodeServices, Pool, Peers]:
+def holder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> tuple[NodeServices, Pool, Peers]:
     peers = Peers()
     monkeypatch.setattr(NodeServices, "transport", peers)
+    monkeypatch.setattr(node, "RUN_DIR", tmp_path)  # the send locks
     pool = Pool()
     return NodeServices(CONFIG, zfs=pool), pool, peers
 
@@ -142,3 +150,47 @@ def test_a_peer_behind_gets_its_send_in_a_round_with_nothing_written(
     assert round_(services, peers) == {"n2": s2, "n3": s2}  # idle, but n3 lacked s2
     assert list(pool.taken) == [s1, s2]  # no new snapshot
     assert sorted(peers.logins) == [("n3", "receive"), ("n3", "snapshots")]  # n2: nothing
+
+
+def test_a_push_starts_where_a_pull_served_by_another_process_ended(
+    holder: tuple[NodeServices, Pool, Peers], tmp_path: Path
+) -> None:
+    """n2 came back and pulled (``hafs service sync``, a process of its own on this node):
+    the daemon's own record of what n2 has is older than n2's copy now. Its next push
+    starts from the pull's snapshot: from its stale record, n2's receive would roll its
+    copy back past that one, which the handover that follows names as its base."""
+    services, pool, peers = holder
+    pool.written = 1
+    round_(services, peers)
+    (s1,) = pool.taken
+    pool.written = 2
+    pulled = NodeServices(CONFIG, zfs=pool)  # the other process: the same pool and locks
+    with (tmp_path / "out").open("w+b") as out:
+        replication.serve_pull(pulled, VIP, "n2", s1, out)
+    s2 = list(pool.taken)[-1]
+    peers.has["n2"].append(s2)
+    peers.bases.clear()
+
+    pool.written = 3
+    assert round_(services, peers) == {"n2": (s3 := list(pool.taken)[-1]), "n3": s3}
+    assert sorted(peers.bases) == [("n2", s2), ("n3", s1)]
+
+
+def test_a_push_waits_for_a_pull_of_the_same_peer_in_progress(
+    holder: tuple[NodeServices, Pool, Peers],
+) -> None:
+    """A pull being served holds n2's send lock (another process: another open file) from
+    naming its base to recording what it sent: the daemon's push to n2 waits for it, while
+    its push to n3 goes on."""
+    services, pool, peers = holder
+    pool.written = 1
+    pulling = NodeServices(CONFIG, zfs=pool)
+    with pulling.sending(VIP, "n2"):
+        pushing = threading.Thread(target=round_, args=(services, peers))
+        pushing.start()
+        pushing.join(1.0)
+        assert pushing.is_alive()  # waiting for the lock
+        assert [peer for peer, _ in peers.bases] == ["n3"]
+    pushing.join(10)
+    assert not pushing.is_alive()
+    assert sorted(peer for peer, _ in peers.bases) == ["n2", "n3"]
