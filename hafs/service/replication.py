@@ -148,7 +148,7 @@ def _stream(
     nice = ["nice", "-n", str(BACKGROUND_NICE)]
     with subprocess.Popen([*nice, *send], stdout=subprocess.PIPE, stderr=subprocess.PIPE) as sender:
         receiver = subprocess.run(
-            [*nice, *services.transport.remote_argv(peer, args)],
+            [*nice, *services.transport.remote_argv(peer, args, shared=True)],
             stdin=sender.stdout,
             capture_output=True,
             text=True,

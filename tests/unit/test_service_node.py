@@ -494,7 +494,7 @@ class Sending(Bases):
 class Receiver:
     """A peer whose ``hafs service receive`` reads the stream and says what it did."""
 
-    def remote_argv(self, peer: str, args: Sequence[str]) -> list[str]:
+    def remote_argv(self, peer: str, args: Sequence[str], shared: bool = False) -> list[str]:
         said = (
             "2026-12-05 20:00:00,000 INFO hafs.service: vip1: waiting for the operation\n"
             "2026-12-05 20:00:01,000 WARNING hafs.service: vip1: DIVERGED: kept as x\n"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from hafs.service import node, replication
+from hafs.service import node, replication, transport
 from hafs.service.config import ServiceConfig, VipService
 from hafs.service.node import NodeServices
 from hafs.service.zfs import Snapshot, Zfs
@@ -73,7 +73,8 @@ class Peers:
         self.down: set[str] = set()
         self.bases: list[tuple[str, str | None]] = []  # (peer, base) of every stream sent
 
-    def remote_argv(self, peer: str, args: Sequence[str]) -> list[str]:
+    def remote_argv(self, peer: str, args: Sequence[str], shared: bool = False) -> list[str]:
+        assert shared  # a send: over the peer's shared connection
         self.logins.append((peer, args[0]))
         self.bases.append((peer, args[args.index("--base") + 1] if "--base" in args else None))
         if peer in self.down:
@@ -194,3 +195,19 @@ def test_a_push_waits_for_a_pull_of_the_same_peer_in_progress(
     pushing.join(10)
     assert not pushing.is_alive()
     assert sorted(peer for peer, _ in peers.bases) == ["n2", "n3"]
+
+
+def test_sends_share_one_connection_per_peer_and_questions_log_in_afresh(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A send goes over the node's one connection to that peer (no key exchange per round);
+    a question (fence, held) logs in afresh, so its connect timeout holds for a peer that
+    just died. The connections' sockets are root's only."""
+    monkeypatch.setattr(transport, "SHARED_DIR", tmp_path / "ssh")
+    ssh = transport.Transport(CONFIG)
+    send = ssh.remote_argv("n2", ["receive", "vip1"], shared=True)
+    ask = ssh.remote_argv("n2", ["held"])
+    assert {"ControlMaster=auto", f"ControlPath={tmp_path}/ssh/%C"} <= set(send)
+    assert not [option for option in ask if option.startswith("Control")]
+    assert (tmp_path / "ssh").stat().st_mode & 0o777 == 0o700
+    assert send[-1] == ask[-1].replace("held", "receive vip1")  # the same request otherwise
