@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -100,11 +99,6 @@ def median(values: Sequence[float]) -> float:
     ordered = sorted(values)
     middle = len(ordered) // 2
     return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
-
-
-def p90(values: Sequence[float]) -> float:
-    """Nearest-rank 90th percentile: with 10 runs, the second worst."""
-    return sorted(values)[math.ceil(0.9 * len(values)) - 1]
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

@@ -37,12 +37,12 @@ from bench.common import (
     load_average,
     mac_of,
     median,
-    p90,
     probe_argv,
     start_ucarp,
     table,
 )
 from hafs.cluster import derive_layout
+from hafs.drill.report import p90
 from hafs.lab.netns import Lab
 from tests.lab.carp_bed import CarpBed, wait_for
 

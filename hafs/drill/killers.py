@@ -21,6 +21,7 @@ from typing import IO, TYPE_CHECKING, Any, Protocol
 from hafs.cluster import Cluster
 from hafs.drill import DrillError, Progress
 from hafs.errors import HafsError
+from hafs.service.runtime import RUN_DIR
 
 if TYPE_CHECKING:
     from hafs.lab.cluster import ClusterLab
@@ -36,6 +37,11 @@ class Killer(Protocol):
     def kill(self, node: str) -> float: ...
 
     def restore(self, node: str) -> float: ...
+
+    def takeover_record(self, node: str, vip: str) -> dict[str, Any] | None:
+        """What ``node`` wrote down of its last takeover of ``vip``
+        (:func:`hafs.service.takeover.record`), if this killer can read it there."""
+        ...
 
 
 class LabKiller:
@@ -54,6 +60,14 @@ class LabKiller:
         began = time.monotonic()
         self.lab.start(node, self.progress)
         return began
+
+    def takeover_record(self, node: str, vip: str) -> dict[str, Any] | None:
+        text = self.lab.run(node, ["cat", f"{RUN_DIR}/{vip}.takeover.json"], check=False)
+        try:
+            found = json.loads(text)
+        except ValueError:
+            return None
+        return found if isinstance(found, dict) else None
 
 
 @dataclass(frozen=True)
@@ -171,6 +185,9 @@ class CommandKiller:
             )
         return began
 
+    def takeover_record(self, node: str, vip: str) -> dict[str, Any] | None:
+        return None  # the commands reach no node's files: the RTO is not split
+
 
 def _fill(template: str, values: Mapping[str, str | None], where: str) -> str:
     fields = ", ".join("{" + f + "}" for f in TEMPLATE_FIELDS)
@@ -194,8 +211,8 @@ class PipeKiller:
         self.requests = requests
         self.replies = replies
 
-    def _ask(self, op: str, node: str) -> float:
-        self.requests.write(json.dumps({"op": op, "node": node}) + "\n")
+    def _ask(self, op: str, node: str, vip: str | None = None) -> dict[str, Any]:
+        self.requests.write(json.dumps({"op": op, "node": node, "vip": vip}) + "\n")
         self.requests.flush()
         line = self.replies.readline()
         if not line:
@@ -203,13 +220,17 @@ class PipeKiller:
         reply = json.loads(line)
         if not reply.get("ok"):
             raise DrillError(str(reply.get("error", f"{op} {node} failed")))
-        return float(reply["at"])
+        return dict(reply)
 
     def kill(self, node: str) -> float:
-        return self._ask("kill", node)
+        return float(self._ask("kill", node)["at"])
 
     def restore(self, node: str) -> float:
-        return self._ask("restore", node)
+        return float(self._ask("restore", node)["at"])
+
+    def takeover_record(self, node: str, vip: str) -> dict[str, Any] | None:
+        found = self._ask("record", node, vip).get("record")
+        return found if isinstance(found, dict) else None
 
 
 def serve_killer(killer: Killer, requests: IO[str], replies: IO[str]) -> None:
@@ -223,6 +244,8 @@ def serve_killer(killer: Killer, requests: IO[str], replies: IO[str]) -> None:
                 reply = {"ok": True, "at": killer.kill(node)}
             elif op == "restore":
                 reply = {"ok": True, "at": killer.restore(node)}
+            elif op == "record":
+                reply = {"ok": True, "record": killer.takeover_record(node, str(request["vip"]))}
             else:
                 reply = {"ok": False, "error": f"unknown request {op!r}"}
         except HafsError as exc:

@@ -4,7 +4,10 @@ timeline (spans of who answered, kill and restore events), the text report and t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+import os
+import statistics
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -38,11 +41,41 @@ class VipOutcome:
     failback: float | None = None  # restore -> first answer from failback_to, seconds
     failback_data: str | None = None
     failback_outage: float | None = None  # longest time nothing served during the failback
+    # the RTO split, from the new holder's record of its takeover (a lab node's), seconds:
+    detect: float | None = None  # kill -> its agent made it master (CARP's detection)
+    hook: float | None = None  # master -> smbd started and the clients told (the takeover)
+    smb: float | None = None  # -> the first SMB answer (ARP, smbd's first accept, the client)
+    slowest: str | None = None  # the takeover's slowest step before smbd served
     problems: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return not self.problems
+
+    @property
+    def after_move(self) -> float | None:
+        """From the VIP's move (its new master) to the first SMB answer: what hafs adds."""
+        return None if self.hook is None or self.smb is None else self.hook + self.smb
+
+    def split(self, record: Mapping[str, Any], killed: float, answered: float) -> None:
+        """Split the RTO with the new holder's ``record`` of its takeover; ``killed`` and
+        ``answered``: the kill and the first SMB answer, wall clock. An older record (not of
+        this takeover) is ignored. A FreeBSD node's record has no master time: its takeover
+        began is the closest."""
+        try:
+            began, served = float(record["began"]), float(record["served"])
+            moved = float(record["master"]) if record.get("master") is not None else began
+            steps = [(str(name), float(took)) for name, took in record["steps"]]
+        except (KeyError, TypeError, ValueError):
+            return
+        if began < killed:
+            return
+        self.detect = round(moved - killed, 3) if record.get("master") is not None else None
+        self.hook = round(served - moved, 3)
+        self.smb = round(max(0.0, answered - served), 3)  # a poll may see smbd before the tickle
+        if steps:
+            name, took = max(steps, key=lambda step: step[1])
+            self.slowest = f"{name} {took:.2f}s"
 
     def judge_takeover(self) -> list[str]:
         """The takeover's problems: over the RTO goal, an unexpected new holder, bad data."""
@@ -156,8 +189,12 @@ def format_report(report: DrillReport) -> str:
                     v.new_holder or "-",
                     secs(v.rto),
                     secs(v.goal),
+                    secs(v.detect),
+                    secs(v.hook),
+                    secs(v.smb),
                     v.data,
                     failback,
+                    secs(v.failback_outage),
                     v.failback_data or "-",
                     "ok" if v.ok and r.ok else "FAIL",
                 ]
@@ -168,12 +205,44 @@ def format_report(report: DrillReport) -> str:
         "NEW HOLDER",
         "RTO",
         "GOAL",
+        "DETECT",
+        "TAKEOVER",
+        "SMB",
         "DATA",
         "FAILBACK",
+        "OUTAGE",
         "DATA AFTER",
         "RESULT",
     ]
-    return "\n".join([table(headers, rows), *report.all_problems()])
+    return "\n".join([table(headers, rows), *summary(report), *report.all_problems()])
+
+
+def p90(values: Sequence[float]) -> float:
+    """Nearest-rank 90th percentile: of 10 values, the second worst (the benches' too)."""
+    return sorted(values)[math.ceil(0.9 * len(values)) - 1]
+
+
+def summary(report: DrillReport) -> list[str]:
+    """The figures a service layer is judged by, over every VIP of every round: SMB back
+    after the VIP moved (the takeover and the client's reconnect, CARP's detection not
+    counted), and the longest outage of a failback; with the machine's load."""
+    outcomes = [v for r in report.rounds for v in r.vips]
+    lines = []
+    for what, values in (
+        ("SMB answers after the VIP moved", [v.after_move for v in outcomes]),
+        ("failback outage", [v.failback_outage for v in outcomes]),
+    ):
+        known = [value for value in values if value is not None]
+        if known:
+            lines.append(
+                f"{what}: median {statistics.median(known):.2f}s, p90 {p90(known):.2f}s, "
+                f"worst {max(known):.2f}s ({len(known)} VIPs)"
+            )
+    if lines:
+        lines.append(
+            "load average (1, 5, 15 min): " + ", ".join(f"{x:.1f}" for x in os.getloadavg())
+        )
+    return lines
 
 
 def verdict_word(report: DrillReport) -> str:

@@ -34,6 +34,9 @@ class DrillOptions:
     nodes: Sequence[str] = ()  # nodes to kill, in order; empty: every node of the model
 
 
+RECORD_TRIES = 10  # 0.2 s apart: the new holder writes its record as its clients are served
+
+
 class Drill:
     """Runs the rounds; see the theory of operation in :mod:`hafs.drill`."""
 
@@ -153,10 +156,33 @@ class Drill:
             f"{vip.name}: answers from {answer.holder or '?'} after {outcome.rto:.2f}s "
             f"(goal {secs(outcome.goal)}), canary {outcome.data}"
         )
+        if answer.holder is not None:
+            self._split(vip, outcome, answer.holder, killed, served)
         outcome.problems += outcome.judge_takeover()
         error = self._write_canaries(vip, f"round {number} during the outage")
         if error is not None:
             outcome.problems.append(f"{vip.name}: on {answer.holder}: {error}")
+
+    def _split(
+        self, vip: Vip, outcome: VipOutcome, holder: str, killed: float, served: float
+    ) -> None:
+        """Split the RTO with the new holder's record of its takeover, if the killer can
+        read it: it is written as the clients are served, so the first answer may come
+        before it; a few tries then."""
+        wall = time.time() - time.monotonic()  # the record's clock is the wall clock
+        for _ in range(RECORD_TRIES):
+            record = self.killer.takeover_record(holder, vip.name)
+            if record is None:
+                return
+            outcome.split(record, killed + wall, served + wall)
+            if outcome.after_move is not None:
+                self.progress(
+                    f"{vip.name}: CARP detection {secs(outcome.detect)}, takeover "
+                    f"{secs(outcome.hook)} (slowest step: {outcome.slowest or '-'}), then SMB "
+                    f"{secs(outcome.smb)}"
+                )
+                return
+            time.sleep(0.2)
 
     def _failback(self, vip: Vip, outcome: VipOutcome, restored: float, deadline: float) -> None:
         outcome.failback_to = vip.home

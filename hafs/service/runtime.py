@@ -22,8 +22,11 @@ class ServiceError(HafsError):
 
 
 @contextlib.contextmanager
-def step(vip: VipService, action: str, name: str) -> Iterator[None]:
-    """Log one step of a takeover or step-down: what, how long, and whether it failed."""
+def step(
+    vip: VipService, action: str, name: str, times: list[tuple[str, float]] | None = None
+) -> Iterator[None]:
+    """Log one step of a takeover or step-down: what, how long, and whether it failed;
+    ``times``: where the step's name and seconds are added once it is done."""
     began = time.monotonic()
     try:
         yield
@@ -37,7 +40,10 @@ def step(vip: VipService, action: str, name: str) -> Iterator[None]:
             exc,
         )
         raise
-    log.info("%s %s: %s: done in %.2fs", vip.name, action, name, time.monotonic() - began)
+    took = time.monotonic() - began
+    log.info("%s %s: %s: done in %.2fs", vip.name, action, name, took)
+    if times is not None:
+        times.append((name, round(took, 4)))
 
 
 def read_text(path: Path) -> str | None:

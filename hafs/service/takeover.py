@@ -25,10 +25,14 @@ both run under the VIP's lock (one operation of a VIP at a time on a node).
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any
 
+from hafs.carp import control
 from hafs.holds import RESYNC_HOLD
 from hafs.service import (
     announce,
@@ -70,11 +74,12 @@ def takeover(
             log.info("%s takeover: the VIP is no longer here: nothing to do", vip.name)
             return
         log.info("%s takeover: begins on %s", vip.name, node)
+        began, times = time.time(), list[tuple[str, float]]()  # for the record (:func:`record`)
         verdict = membership.read_verdict()
         if verdict is not None and not verdict["quorate"]:
             raise ServiceError(f"{vip.name}: not serving: no quorum ({verdict['reason']})")
         if resyncing(services):  # came back (boot, link, stall): the newest copy serves
-            with step(vip, "takeover", "check that no reachable carrier has newer data"):
+            with step(vip, "takeover", "check that no reachable carrier has newer data", times):
                 newer = newer_elsewhere(services, vip)
             if newer is not None:
                 raise ServiceError(
@@ -88,26 +93,57 @@ def takeover(
             if fresh:  # its newest snapshot, received by this node's daemon, nothing cached
                 log.info("%s takeover: received into a remounted replica: no rollback", vip.name)
             else:
-                with step(vip, "takeover", "roll back to the newest snapshot"):
+                with step(vip, "takeover", "roll back to the newest snapshot", times):
                     rollback_or_provision(services, vip)
-            with step(vip, "takeover", "check that the dataset is mounted"):
+            with step(vip, "takeover", "check that the dataset is mounted", times):
                 mounts.ensure_mounted(services, vip)
-            with step(vip, "takeover", "make the dataset writable"):
+            with step(vip, "takeover", "make the dataset writable", times):
                 services.zfs.set(services.dataset(vip), "readonly", "off")
                 divergence.mark_served(services, vip)
-            with step(vip, "takeover", "start smbd"):
+            with step(vip, "takeover", "start smbd", times):
                 services.start_smbd(vip)
-            with step(vip, "takeover", "announce (tickle ACKs)"):
+            with step(vip, "takeover", "announce (tickle ACKs)", times):
                 services.tickle(vip)
+            served, serving = time.time(), len(times)
+            record(services, vip, began, served, times, [])  # the drill reads it from now on
             if fresh:  # after the clients' return: retention runs no sooner than the next round
-                with step(vip, "takeover", "keep a base for every carrier"):
+                with step(vip, "takeover", "keep a base for every carrier", times):
                     replication.keep_bases_at_takeover(services, vip)
-            with step(vip, "takeover", "limit the shares to their part of the pool"):
+            with step(vip, "takeover", "limit the shares to their part of the pool", times):
                 services.limit(vip)
-            with step(vip, "takeover", "fence the other carriers"):
+            with step(vip, "takeover", "fence the other carriers", times):
                 fenced(vip, fencing)
         (RUN_DIR / f"{vip.name}.handover").unlink(missing_ok=True)
         log.info("%s takeover: serving on %s", vip.name, node)
+        record(services, vip, began, served, times[:serving], times[serving:])
+
+
+def record(
+    services: NodeServices,
+    vip: VipService,
+    began: float,
+    served: float,
+    steps: list[tuple[str, float]],
+    after: list[tuple[str, float]],
+) -> None:
+    """Write down where the takeover's time went, for ``hafs verify --failover`` (the drill
+    splits its RTO with it): when the agent made this node master (None under FreeBSD's
+    kernel CARP, which does not say), when the takeover began and when smbd served and the
+    clients were told (wall clock), the seconds of its steps until then and of those
+    ``after``. Written when the clients are served, and again at its end; never fails the
+    takeover."""
+    master = None
+    if services.config.agent_socket is not None:
+        with contextlib.suppress(control.ControlError, KeyError, TypeError):
+            status = control.request(services.config.agent_socket, {"op": "status"})
+            master = next(v["since"] for v in status["vhids"] if v["vhid"] == vip.vhid)
+    done = {"node": services.config.node, "master": master, "began": began, "served": served}
+    done["steps"] = [[name, seconds] for name, seconds in steps]
+    done["after"] = [[name, seconds] for name, seconds in after]
+    path = RUN_DIR / f"{vip.name}.takeover.json"
+    with contextlib.suppress(OSError):
+        path.with_suffix(".tmp").write_text(json.dumps(done))
+        path.with_suffix(".tmp").replace(path)
 
 
 def resyncing(services: NodeServices) -> bool:

@@ -344,6 +344,19 @@ def test_a_handback_received_into_a_remounted_replica_serves_before_anything_els
         if fresh
         else ["smbd, rolled back ['s19']", "tickle, base s19", "limit, base s19"]
     )
+    # where its time went, for the drill: the steps until the clients were told, then the rest
+    written = json.loads((tmp_path / "vip1.takeover.json").read_text())
+    assert written["node"] == "n1" and written["master"] is None  # no agent to ask
+    assert written["began"] <= written["served"]
+    assert [name for name, _ in written["steps"]] == [
+        *([] if fresh else ["roll back to the newest snapshot"]),
+        "check that the dataset is mounted", "make the dataset writable", "start smbd",
+        "announce (tickle ACKs)",
+    ]  # fmt: skip
+    assert [name for name, _ in written["after"]] == [
+        *(["keep a base for every carrier"] if fresh else []),
+        "limit the shares to their part of the pool", "fence the other carriers",
+    ]  # fmt: skip
 
 
 class HandingOver(AnsweringNode):

@@ -12,6 +12,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -155,6 +156,7 @@ class FakeKiller:
         self.world, self.delay, self.sync, self.winner = world, delay, sync, winner
         self.calls: list[tuple[str, str]] = []
         self.timers: list[threading.Timer] = []
+        self.records: dict[tuple[str, str], dict[str, Any]] = {}  # (node, VIP) -> its record
 
     def _later(self, action: Any) -> None:
         timer = threading.Timer(self.delay, action)
@@ -176,7 +178,12 @@ class FakeKiller:
                 for vhid in moved:
                     vip = world.cluster.vip(vhid)
                     alive = [n for n in vip.carriers if n not in world.dead]
-                    world.holder[vhid] = self.winner or alive[0]
+                    holder = world.holder[vhid] = self.winner or alive[0]
+                    now = time.time()  # master now; smbd serves 20 ms later
+                    self.records[(holder, vip.name)] = {
+                        "node": holder, "master": now, "began": now + 0.005,
+                        "served": now + 0.02, "steps": [["start smbd", 0.01], ["announce", 0.005]],
+                    }  # fmt: skip
 
         self._later(take_over)
         return began
@@ -202,6 +209,9 @@ class FakeKiller:
 
         self._later(fail_back)
         return began
+
+    def takeover_record(self, node: str, vip: str) -> dict[str, Any] | None:
+        return self.records.get((node, vip))
 
     def join(self) -> None:
         for timer in self.timers:
@@ -691,10 +701,15 @@ def test_pipe_killer_forwards_requests_and_errors() -> None:
             self.calls.append(("restore", node))
             return 20.25
 
+        def takeover_record(self, node: str, vip: str) -> dict[str, Any] | None:
+            return {"node": node, "vip": vip} if node == "n2" else None
+
     recorder = Recorder()
     with pipe_pair(recorder) as killer:
         assert killer.kill("n1") == 12.5  # when, as the other side saw it
         assert killer.restore("n1") == 20.25
+        assert killer.takeover_record("n2", "vip1") == {"node": "n2", "vip": "vip1"}
+        assert killer.takeover_record("n3", "vip1") is None
         with pytest.raises(DrillError, match=r"^bad: power-on failed$"):
             killer.restore("bad")
         with pytest.raises(DrillError, match=r"^unknown request 'reboot'$"):
@@ -721,6 +736,9 @@ def test_serve_killer_answers_a_bad_request() -> None:
             raise AssertionError("not reached")
 
         restore = kill
+
+        def takeover_record(self, node: str, vip: str) -> dict[str, Any] | None:
+            raise AssertionError("not reached")
 
     replies = io.StringIO()
     serve_killer(Never(), io.StringIO('{"op": "kill"}\nnot json\n'), replies)
@@ -801,13 +819,29 @@ def test_drill_over_four_nodes_reports_every_takeover_and_failback(
         assert vip.backups[0] in holders
         assert any(not s.served for s in timeline)
 
+    # the RTO split from the new holder's record: the fake's CARP takes the delay (50 ms)
+    for round_ in report.rounds:
+        [outcome] = round_.vips
+        assert outcome.detect is not None and 0.04 < outcome.detect < HUNG
+        assert outcome.hook == pytest.approx(0.02, abs=0.001)
+        assert outcome.smb is not None and 0 <= outcome.smb < HUNG
+        assert outcome.after_move == outcome.hook + outcome.smb
+        assert outcome.slowest == "start smbd 0.01s"
+    assert any(line.startswith("vip1: CARP detection ") for line in said)
+
     lines = format_report(report).splitlines()
     assert lines[0].split() == [
-        "KILLED", "VIP", "NEW", "HOLDER", "RTO", "GOAL", "DATA", "FAILBACK", "DATA", "AFTER",
-        "RESULT",
+        "KILLED", "VIP", "NEW", "HOLDER", "RTO", "GOAL", "DETECT", "TAKEOVER", "SMB", "DATA",
+        "FAILBACK", "OUTAGE", "DATA", "AFTER", "RESULT",
     ]  # fmt: skip
     assert lines[1].split()[:3] == ["n1", "vip1", "n2"] and lines[1].endswith("ok")
-    assert len(lines) == 5
+    assert re.fullmatch(
+        r"SMB answers after the VIP moved: median [\d.]+s, p90 [\d.]+s, worst [\d.]+s \(4 VIPs\)",
+        lines[5],
+    )
+    assert lines[6].startswith("failback outage: median ")
+    assert lines[7].startswith("load average (1, 5, 15 min): ")
+    assert len(lines) == 8
     assert drill_verdict(report).startswith(
         "verdict: PASS: 4 node(s) killed, 4 VIP takeover(s) within goal with data intact, "
         "worst RTO "
