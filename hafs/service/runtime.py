@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,6 +45,28 @@ def step(
     log.info("%s %s: %s: done in %.2fs", vip.name, action, name, took)
     if times is not None:
         times.append((name, round(took, 4)))
+
+
+TAKEOVER_NICE = -5  # above the node's other work; replication runs at +10
+
+
+@contextlib.contextmanager
+def urgent() -> Iterator[None]:
+    """Run the enclosed (a takeover: the clients wait) at :data:`TAKEOVER_NICE`, and what it
+    starts too: smbd keeps it, so the clients come before replication and the rest. On
+    Linux only the calling thread (the service daemon's handback runs in one of its
+    threads); on FreeBSD the process. A node that refuses it (not root) takes over as is."""
+    try:
+        before = os.getpriority(os.PRIO_PROCESS, 0)
+        os.setpriority(os.PRIO_PROCESS, 0, TAKEOVER_NICE)
+    except OSError as exc:
+        log.debug("takeover at the usual CPU priority: %s", exc)
+        yield
+        return
+    try:
+        yield
+    finally:
+        os.setpriority(os.PRIO_PROCESS, 0, before)
 
 
 def read_text(path: Path) -> str | None:

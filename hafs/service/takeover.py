@@ -14,7 +14,8 @@ it is mounted (:mod:`hafs.service.mounts`: never serve the directory underneath)
 writable and mark it served, start smbd, announce (tickle ACKs to the old holder's clients,
 so they reconnect at once), limit the shares to their part of the pool
 (:mod:`hafs.service.space`: a full share never stops replication), then wait for the fence
-answers.
+answers. A takeover runs at a higher CPU priority (:func:`~hafs.service.runtime.urgent`,
+nice -5, and smbd with it) than the node's other work; replication runs at nice 10.
 
 Step-down: stop smbd and its samba-dcerpcd (when the address is already gone, a split
 brain's loser, tickle the clients it had: the winner never knew them), seal what was served
@@ -45,7 +46,7 @@ from hafs.service import (
     space,
 )
 from hafs.service.config import VipService
-from hafs.service.runtime import RUN_DIR, ServiceError, step
+from hafs.service.runtime import RUN_DIR, ServiceError, step, urgent
 
 if TYPE_CHECKING:
     from hafs.service.node import NodeServices
@@ -66,7 +67,7 @@ def takeover(
     :meth:`ServiceDaemon.resync`): no rollback is needed to drop cached pages, and no look at
     how it was left (an interrupted keep-aside, served here last) while the clients wait."""
     node = services.config.node
-    with services.locked(vip, abort_receive=True):
+    with urgent(), services.locked(vip, abort_receive=True):
         if services.smbd_pid(vip) is not None and services.writable(vip):
             log.info("%s takeover: already serving", vip.name)
             return

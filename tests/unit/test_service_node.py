@@ -24,6 +24,7 @@ from hafs.service import (
     membership,
     mounts,
     replication,
+    runtime,
     takeover,
     users,
 )
@@ -312,6 +313,7 @@ class TakingOver(NodeServices):
 
     def start_smbd(self, vip: VipService) -> None:
         self.steps.append(f"smbd, rolled back {self.rolling_back.rolled_back}")
+        self.smbd_nice = os.getpriority(os.PRIO_PROCESS, 0)  # what smbd inherits
 
     def tickle(self, vip: VipService) -> None:
         self.steps.append(f"tickle, base {self.rolling_back.props.get('hafs:base:n2')}")
@@ -337,8 +339,12 @@ def test_a_handback_received_into_a_remounted_replica_serves_before_anything_els
     monkeypatch.setattr(takeover, "RUN_DIR", tmp_path)
     monkeypatch.setattr(mounts, "ensure_mounted", lambda *_: False)
     monkeypatch.setattr(membership, "read_verdict", lambda: None)
+    nice = {"now": 0}  # this thread's CPU priority, as the kernel would keep it
+    monkeypatch.setattr(os, "getpriority", lambda which, who: nice["now"])
+    monkeypatch.setattr(os, "setpriority", lambda which, who, value: nice.update(now=value))
     node = TakingOver(config, RollingBack())
     takeover.takeover(node, vip, fresh=fresh)
+    assert (node.smbd_nice, nice["now"]) == (runtime.TAKEOVER_NICE, 0)  # urgent, then as before
     assert node.steps == (
         ["smbd, rolled back []", "tickle, base None", "limit, base s19"]
         if fresh
