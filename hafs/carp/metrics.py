@@ -20,9 +20,15 @@ class AgentCollector:
         return self.agent.status()  # read on the loop's thread, never while it changes
 
     def collect(self) -> Iterator[Any]:
+        status = asyncio.run_coroutine_threadsafe(self._status(), self.agent.loop).result(5)
+        yield from self.families(status)
+
+    @staticmethod
+    def families(status: dict[str, Any]) -> Iterator[Any]:
+        """The metric families of one status (a CARP vhid has a skew, a VRRPv3 one a
+        priority)."""
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-        status = asyncio.run_coroutine_threadsafe(self._status(), self.agent.loop).result(5)
         labels = ["vhid", "interface"]
         state = GaugeMetricFamily(
             "hafs_carp_state", "1 for the vhid's current state", labels=[*labels, "state"]

@@ -24,6 +24,7 @@ from hafs.carp.agent import Agent, Demotion, held_back
 from hafs.carp.commands import demote_request, format_status, ucarp_config
 from hafs.carp.control import answer
 from hafs.carp.machine import LinkUp
+from hafs.carp.metrics import AgentCollector
 from hafs.carp.vrrp import VrrpAdvert
 from hafs.carp.wire import Advert, encode, encode_ipv4, make_key
 from hafs.cli import main
@@ -392,3 +393,11 @@ def test_a_held_back_peer_is_carps_skew_240_or_vrrps_priority_1() -> None:
     assert not held_back(VrrpAdvert(1, 2, 100, (VIP,)))
     assert held_back(Advert(1, 240, 1, 0, bytes(20)))
     assert not held_back(Advert(1, 239, 1, 0, bytes(20)))
+
+
+def test_vrrp_metrics_report_the_priority(vrrp_agent: Agent) -> None:
+    vrrp_agent.change_demotion(lambda d: d.adjust(30))
+    families = {f.name: f for f in AgentCollector.families(vrrp_agent.status())}
+    [sample] = families["hafs_vrrp_priority"].samples
+    assert (sample.labels, sample.value) == ({"vhid": "1", "interface": "eth0"}, 70)
+    assert families["hafs_carp_advskew"].samples == []

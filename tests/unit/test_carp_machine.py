@@ -797,3 +797,12 @@ def test_vrrp_the_highest_priority_then_address_ends_up_master(
     best = max(range(len(priorities)), key=lambda i: (priorities[i], i))
     states = [m.state for m in link.machines.values()]
     assert states == [MASTER if i == best else BACKUP for i in range(len(priorities))]
+
+
+def test_an_advert_of_the_other_protocol_is_a_bug_of_the_caller() -> None:
+    carp, vrrp3 = backup(), vrrp_machine()
+    vrrp3.handle(0.0, LinkUp())
+    with pytest.raises(TypeError, match=r"^a CARP machine was given VrrpAdvert"):
+        carp.handle(1.0, vrrp_heard())
+    with pytest.raises(TypeError, match=r"^a VRRPv3 machine was given Advert"):
+        vrrp3.handle(1.0, heard())
