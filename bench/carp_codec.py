@@ -95,7 +95,7 @@ def backup_round() -> None:
     """Every backup receives its master's advert: decode, verify, and the machine's reaction."""
     for m, header in zip(BACKUPS, HEADERS, strict=True):
         advert = wire.decode(header)
-        assert isinstance(advert, wire.Advert)
+        assert isinstance(advert, wire.Advert) and isinstance(m.config, VhidConfig)
         assert wire.verify(advert, m.config.key, m.config.addresses)
         m.handle(1.0, AdvertReceived(advert, SOURCE))
 

@@ -29,11 +29,19 @@ CARP node, ``hafs ucarp``) nobody would release the hold, so the agent raises no
     addresses = ["172.21.0.211"]
     advbase = 1
     advskew = 4
+
+``protocol = "vrrp3"`` speaks VRRPv3 (RFC 5798) instead of CARP, as keepalived and FreeBSD
+14.1+'s ``carpver 3`` do: each ``[[vhid]]`` (the VRID) then takes ``priority`` (1..255, higher
+wins, 255 owns the addresses; default 100) and ``interval`` (seconds in 0.01 steps,
+0.01..40.95; default 1) instead of ``advbase``/``advskew``. VRRPv3 has no authentication, so
+no ``pass``; it needs ``srcip``, which goes into every advert's checksum and breaks ties
+between equal priorities.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -42,6 +50,7 @@ from ipaddress import IPv4Address, ip_address
 from pathlib import Path
 from typing import Any, Literal, cast
 
+from hafs.carp.vrrp import MAX_INTERVAL
 from hafs.cluster import Cluster, LinkMode, Node
 from hafs.errors import HafsError
 from hafs.secretfile import check_private
@@ -52,6 +61,12 @@ DEFAULT_CONTROL_SOCKET = "/run/hafs/agent.sock"
 # address of the master this node took over from, when it heard one (the node to fence)
 AGENT_SOCKET_ENV = "HAFS_AGENT_SOCKET"
 PREVIOUS_MASTER_ENV = "HAFS_PREVIOUS_MASTER"
+
+
+Protocol = Literal["carp", "vrrp3"]
+PROTOCOLS: tuple[Protocol, ...] = ("carp", "vrrp3")
+CARP_ONLY = ("advbase", "advskew")
+VRRP_ONLY = ("priority", "interval")
 
 
 class AgentConfigError(HafsError):
@@ -66,6 +81,8 @@ class VhidEntry:
     advskew: int = 0
     interface: str | None = None
     link_mode: LinkMode | None = None
+    priority: int = 100  # VRRPv3
+    interval: int = 100  # VRRPv3, centiseconds
 
 
 @dataclass(frozen=True)
@@ -85,6 +102,7 @@ class AgentConfig:
     # whenever this node may have missed changes: link lost, agent stalled, peers silent
     start_demoted: bool = False
     resync_holds: bool = False
+    protocol: Protocol = "carp"
 
     def interface_of(self, entry: VhidEntry) -> str:
         return entry.interface or self.interface
@@ -152,9 +170,10 @@ TOP_KEYS = {
     "metrics",
     "start_demoted",
     "resync_holds",
+    "protocol",
     "vhid",
 }
-VHID_KEYS = {"vhid", "addresses", "advbase", "advskew", "interface", "link_mode"}
+VHID_KEYS = {"vhid", "addresses", *CARP_ONLY, *VRRP_ONLY, "interface", "link_mode"}
 
 
 def load(path: str | os.PathLike[str]) -> AgentConfig:
@@ -177,11 +196,20 @@ def parse(data: Mapping[str, Any], path: Path) -> AgentConfig:
         raise AgentConfigError(
             f"{where}: unknown key {unknown[0]!r}: allowed are {sorted(TOP_KEYS)}"
         )
-    passphrase = _passphrase(data, path)
+    protocol = data.get("protocol", "carp")
+    if protocol not in PROTOCOLS:
+        raise AgentConfigError(f"{where}: protocol: must be 'carp' or 'vrrp3', got {protocol!r}")
+    if protocol == "vrrp3":
+        _refuse_pass(data, where)
+        if "srcip" not in data:
+            raise AgentConfigError(
+                f'{where}: srcip: VRRPv3 needs it (it is in every checksum): set srcip = "..."'
+            )
+    passphrase = "" if protocol == "vrrp3" else _passphrase(data, path)
     entries = data.get("vhid")
     if not isinstance(entries, list) or not entries:
         raise AgentConfigError(f"{where}: vhid: add at least one [[vhid]] table")
-    vhids = tuple(_entry(e, f"{where}: vhid[{i}]") for i, e in enumerate(entries))
+    vhids = tuple(_entry(e, f"{where}: vhid[{i}]", protocol) for i, e in enumerate(entries))
     seen: set[int] = set()
     for entry in vhids:
         if entry.vhid in seen:
@@ -207,7 +235,16 @@ def parse(data: Mapping[str, Any], path: Path) -> AgentConfig:
         metrics=_typed(data, "metrics", str, where, None),
         start_demoted=_typed(data, "start_demoted", bool, where, False),
         resync_holds=_typed(data, "resync_holds", bool, where, False),
+        protocol=cast(Protocol, protocol),
     )
+
+
+def _refuse_pass(data: Mapping[str, Any], where: str) -> None:
+    for key in ("pass", "pass_file"):
+        if key in data:
+            raise AgentConfigError(
+                f"{where}: {key}: VRRPv3 has no authentication (RFC 5798): remove {key}"
+            )
 
 
 def _passphrase(data: Mapping[str, Any], path: Path) -> str:
@@ -228,7 +265,7 @@ def _passphrase(data: Mapping[str, Any], path: Path) -> str:
     return value
 
 
-def _entry(raw: Any, where: str) -> VhidEntry:
+def _entry(raw: Any, where: str, protocol: str) -> VhidEntry:
     if not isinstance(raw, dict):
         raise AgentConfigError(f"{where}: must be a [[vhid]] table")
     unknown = sorted(set(raw) - VHID_KEYS)
@@ -243,12 +280,22 @@ def _entry(raw: Any, where: str) -> VhidEntry:
     addresses = raw.get("addresses")
     if not isinstance(addresses, list) or not addresses:
         raise AgentConfigError(f"{where}: addresses: must be a non-empty list of IPv4 addresses")
+    other, instead = (VRRP_ONLY, CARP_ONLY) if protocol == "carp" else (CARP_ONLY, VRRP_ONLY)
+    for key in other:
+        if key in raw:
+            raise AgentConfigError(
+                f"{where}: {key}: not a {protocol} setting: with protocol = {protocol!r} set "
+                f"{' and '.join(instead)}"
+            )
     advbase = _typed(raw, "advbase", int, where, 1)
     if not 1 <= advbase <= 254:
         raise AgentConfigError(f"{where}: advbase: must be 1..254, got {advbase}")
     advskew = _typed(raw, "advskew", int, where, 0)
     if not 0 <= advskew <= 254:
         raise AgentConfigError(f"{where}: advskew: must be 0..254, got {advskew}")
+    priority = _typed(raw, "priority", int, where, 100)
+    if not 1 <= priority <= 255:
+        raise AgentConfigError(f"{where}: priority: must be 1..255, got {priority}")
     mode = raw.get("link_mode")
     return VhidEntry(
         vhid=vhid,
@@ -257,7 +304,19 @@ def _entry(raw: Any, where: str) -> VhidEntry:
         advskew=advskew,
         interface=_typed(raw, "interface", str, where, None),
         link_mode=None if mode is None else _link_mode(mode, where),
+        priority=priority,
+        interval=_interval(_typed(raw, "interval", (int, float), where, 1), where),
     )
+
+
+def _interval(seconds: float, where: str) -> int:
+    """VRRPv3's interval in centiseconds, from seconds in 0.01 steps (the wire's unit)."""
+    centiseconds = round(seconds * 100) if math.isfinite(seconds) else 0
+    if not 1 <= centiseconds <= MAX_INTERVAL or abs(seconds * 100 - centiseconds) > 1e-6:
+        raise AgentConfigError(
+            f"{where}: interval: must be seconds in 0.01 steps, 0.01..40.95, got {seconds}"
+        )
+    return centiseconds
 
 
 def _link_mode(value: Any, where: str) -> LinkMode:

@@ -14,10 +14,14 @@ say, in the order they say it, and feeds them what happens:
 - hooks: ``Transition`` actions queue hook commands (:mod:`hafs.carp.hooks`); they never block
   the loop.
 - control: a unix socket answers ``hafs status`` and ``hafs demote``.
-- SIGTERM/SIGINT: each master bows out (advbase 255, advskew 255) so backups take over at
-  once, VIPs are removed, hooks run, then the agent exits 0.
-- a tick every advbase/4 (:meth:`Agent._tick`) notices stalls and lost peers even when
-  nothing else happens, and feeds systemd's watchdog (``WATCHDOG=1``) when it asks for it.
+- SIGTERM/SIGINT: each master bows out (advbase 255, advskew 255; VRRPv3: priority 0) so
+  backups take over at once, VIPs are removed, hooks run, then the agent exits 0.
+- ``protocol = "vrrp3"`` (agent.toml): the same shell around VRRPv3 machines; only the
+  decoder (:mod:`hafs.carp.vrrp`), the machines' config and the authentication (none) change:
+  the raw socket, group, TTL and virtual MAC are CARP's.
+- a tick every advbase/4 (VRRPv3: interval/4) (:meth:`Agent._tick`) notices stalls and lost
+  peers even when nothing else happens, and feeds systemd's watchdog (``WATCHDOG=1``) when
+  it asks for it.
 - :func:`cleanup` (``hafs agent --cleanup``, systemd's ExecStopPost) stands in for a dead
   agent: no VIP of it stays up, and its services step down.
 
@@ -73,7 +77,7 @@ from typing import Any
 from pyroute2.netlink.exceptions import NetlinkError
 
 from hafs.agentconf import AGENT_SOCKET_ENV, PREVIOUS_MASTER_ENV, AgentConfig, VhidEntry
-from hafs.carp import linux
+from hafs.carp import linux, vrrp
 from hafs.carp.hooks import Command, HookRunner, Result
 from hafs.carp.machine import (
     Action,
@@ -94,8 +98,18 @@ from hafs.carp.machine import (
     Transition,
     VhidConfig,
     VhidMachine,
+    VrrpConfig,
 )
-from hafs.carp.wire import MAX_SKEW, Drop, Rejected, decode_ipv4, encode_ipv4, verify
+from hafs.carp.vrrp import VrrpAdvert
+from hafs.carp.wire import (
+    MAX_SKEW,
+    Advert,
+    Drop,
+    Rejected,
+    decode_ipv4,
+    encode_ipv4,
+    verify,
+)
 from hafs.errors import HafsError
 from hafs.holds import HOLD_DEMOTION, RESYNC_HOLD
 
@@ -270,14 +284,7 @@ class Agent:
         self.vhids: dict[tuple[str, int], Vhid] = {}
         for entry in config.vhids:
             ifname = config.interface_of(entry)
-            vhid_config = VhidConfig(
-                vhid=entry.vhid,
-                advbase=entry.advbase,
-                advskew=entry.advskew,
-                addresses=entry.addresses,
-                passphrase=config.passphrase,
-                preempt=config.preempt,
-            )
+            vhid_config = machine_config(config, entry)
             vmac = config.link_mode_of(entry) == "vmac"
             self.vhids[(ifname, entry.vhid)] = Vhid(
                 entry=entry,
@@ -287,7 +294,9 @@ class Agent:
             )
         masters_down = [v.machine.config.master_down for v in self.vhids.values()]
         self.liveness = Liveness(stall_after=min(masters_down), silence_after=max(masters_down))
-        self.tick = min(entry.advbase for entry in config.vhids) / TICKS_PER_ADVBASE
+        intervals = [v.machine.config.base_interval for v in self.vhids.values()]
+        self.tick = min(intervals) / TICKS_PER_ADVBASE
+        self._decode = vrrp.decode_ipv4 if config.protocol == "vrrp3" else decode_ipv4
         self._ticker: asyncio.TimerHandle | None = None
         self._watchdog: float | None = None  # seconds between WATCHDOG=1, if systemd asks
         self._watchdog_sent = -math.inf
@@ -408,7 +417,7 @@ class Agent:
 
     def receive(self, ifname: str, packet: bytes) -> None:
         """Check one IPv4 packet from ``ifname``; drop it with a reason or feed its vhid."""
-        decoded = decode_ipv4(packet)
+        decoded = self._decode(packet)
         if isinstance(decoded, Rejected):
             self.drops[decoded.reason.value] += 1
             return
@@ -420,12 +429,11 @@ class Agent:
         if source in self.interfaces[ifname].own:
             vhid.drops[Drop.OURS.value] += 1
             return
-        config = vhid.machine.config
-        if not verify(advert, config.key, config.addresses):
+        if not authentic(vhid.machine.config, advert):
             vhid.drops[Drop.DIGEST.value] += 1
             return
         now = self.loop.time()
-        if self._silence_hold and advert.advskew >= MAX_SKEW:  # before its advert is judged
+        if self._silence_hold and held_back(advert):  # before its advert is judged
             self._silence_hold = False
             if RESYNC_HOLD in self.demotion.holds:
                 log.warning("resync hold released: %s is back, demoted itself", source)
@@ -434,12 +442,12 @@ class Agent:
         seen = vhid.machine.foreign_masters_seen
         self._handle(vhid, AdvertReceived(advert, source))
         if vhid.machine.foreign_masters_seen != seen:
-            self._foreign_master(vhid, str(source), advert.advskew)
+            self._foreign_master(vhid, str(source), advert)
         else:  # a master to follow or yield to; a worse one is about to fall silent
             self.liveness.heard(now)
             self._silence_hold = False
 
-    def _foreign_master(self, vhid: Vhid, source: str, advskew: int) -> None:
+    def _foreign_master(self, vhid: Vhid, source: str, advert: Advert | VrrpAdvert) -> None:
         """A worse master keeps advertising while we are master: warn once it persists.
 
         During an election a node may hear one stale advert of a master that is about to
@@ -454,11 +462,11 @@ class Agent:
         vhid.foreign_masters[source] = (first, now)
         if now - first >= window and last - first < window:
             log.warning(
-                "vhid %s: split brain: %s also claims to be master (advskew %d) and has not "
+                "vhid %s: split brain: %s also claims to be master (%s) and has not "
                 "stepped down for %.1fs",
                 vhid.name,
                 source,
-                advskew,
+                ", ".join(f"{k} {v}" for k, v in _heard(advert).items()),
                 now - first,
             )
 
@@ -685,20 +693,17 @@ class Agent:
                 "state": m.state.value,
                 "since": None if m.since is None else wall - (now - m.since),
                 "reason": m.reason,
-                "advbase": m.config.advbase,
-                "advskew": m.config.advskew,
-                "advertised_skew": m.advertised_skew,
+                **_timings(m.config, m.advertised),
                 "master": None,
                 "adverts_sent": m.adverts_sent,
                 "adverts_received": m.adverts_received,
                 "drops": dict(vhid.drops),
                 "split_brain": [],
             }
-            if m.master_source is not None:
+            if m.master_source is not None and m.master_advert is not None:
                 item["master"] = {
                     "source": str(m.master_source),
-                    "advskew": m.master_advskew,
-                    "advbase": m.master_advbase,
+                    **_heard(m.master_advert),
                 }
             item["split_brain"] = self.split_brain(vhid)
             vhids.append(item)
@@ -715,6 +720,57 @@ class Agent:
             },
             "vhids": vhids,
         }
+
+
+def machine_config(config: AgentConfig, entry: VhidEntry) -> VhidConfig | VrrpConfig:
+    """The machine's configuration of ``entry``, in the agent's protocol."""
+    common: dict[str, Any] = {
+        "vhid": entry.vhid,
+        "addresses": entry.addresses,
+        "preempt": config.preempt,
+    }
+    if config.protocol == "vrrp3":
+        if config.srcip is None:
+            raise HafsError("srcip: VRRPv3 needs it (it is in every checksum): set srcip")
+        return VrrpConfig(
+            primary=config.srcip, priority=entry.priority, interval=entry.interval, **common
+        )
+    return VhidConfig(
+        advbase=entry.advbase, advskew=entry.advskew, passphrase=config.passphrase, **common
+    )
+
+
+def authentic(config: VhidConfig | VrrpConfig, advert: Advert | VrrpAdvert) -> bool:
+    """CARP's digest matches; VRRPv3 has no authentication (RFC 5798 section 9), but an
+    advert of the other protocol never reaches a machine."""
+    if isinstance(config, VhidConfig):
+        return isinstance(advert, Advert) and verify(advert, config.key, config.addresses)
+    return isinstance(advert, VrrpAdvert)
+
+
+def held_back(advert: Advert | VrrpAdvert) -> bool:
+    """Does the sender hold itself back (a resync hold: CARP skew 240, VRRPv3 priority 1)?"""
+    if isinstance(advert, VrrpAdvert):
+        return advert.priority == 1
+    return advert.advskew >= MAX_SKEW
+
+
+def _timings(config: VhidConfig | VrrpConfig, advertised: int) -> dict[str, Any]:
+    """A vhid's timing settings in status, in its protocol's words."""
+    if isinstance(config, VrrpConfig):
+        return {
+            "priority": config.priority,
+            "interval": config.interval / 100,
+            "advertised_priority": advertised,
+        }
+    return {"advbase": config.advbase, "advskew": config.advskew, "advertised_skew": advertised}
+
+
+def _heard(advert: Advert | VrrpAdvert) -> dict[str, Any]:
+    """What status shows of the master's advert, in its protocol's words."""
+    if isinstance(advert, VrrpAdvert):
+        return {"priority": advert.priority, "interval": advert.interval / 100}
+    return {"advskew": advert.advskew, "advbase": advert.advbase}
 
 
 def event_command(

@@ -226,11 +226,15 @@ def format_demotion(demotion: dict[str, Any]) -> str:
 
 def format_status(status: dict[str, Any]) -> str:
     lines = [f"node {status['node']} (pid {status['pid']}): {format_demotion(status['demotion'])}"]
-    header = ("VHID", "IF", "STATE", "SINCE", "REASON", "MASTER", "SKEW", "SENT", "RECV", "DROPS")
+    vrrp = any("priority" in v for v in status["vhids"])
+    rank = "PRIO" if vrrp else "SKEW"
+    header = ("VHID", "IF", "STATE", "SINCE", "REASON", "MASTER", rank, "SENT", "RECV", "DROPS")
     rows = []
     for v in status["vhids"]:
         master = v["master"]
         drops = ",".join(f"{k}={n}" for k, n in sorted(v["drops"].items())) or "0"
+        key = "priority" if vrrp else "advskew"
+        configured, advertised = v[key], v[f"advertised_{'priority' if vrrp else 'skew'}"]
         rows.append(
             (
                 str(v["vhid"]),
@@ -238,9 +242,8 @@ def format_status(status: dict[str, Any]) -> str:
                 v["state"],
                 _ago(v["since"]),
                 v["reason"] or "-",
-                f"{master['source']}/{master['advskew']}" if master else "-",
-                f"{v['advskew']}"
-                + (f"->{v['advertised_skew']}" if v["advertised_skew"] != v["advskew"] else ""),
+                f"{master['source']}/{master[key]}" if master else "-",
+                f"{configured}" + (f"->{advertised}" if advertised != configured else ""),
                 str(v["adverts_sent"]),
                 str(v["adverts_received"]),
                 drops,

@@ -1,4 +1,4 @@
-"""The CARP state machine for one vhid: (now, event) in, a list of actions out.
+"""The CARP (and VRRPv3) state machine for one vhid: (now, event) in, a list of actions out.
 
 Rule 1: everything that decides a vhid's state lives in this file, as much as possible in the
 tables below (``_TRANSITIONS`` and ``_IN_STATE``); the code around them only classifies inputs
@@ -11,6 +11,11 @@ applies the actions in order and may not reorder them.
 Rule 3: the semantics are FreeBSD's ``ip_carp.c`` (carp_input_c, carp_master_down,
 carp_setrun, carp_sc_state) as pinned down by CARP-SPEC.md section 4; transition reasons are
 its log words, so an operator who knows CARP can read the agent's log.
+
+Rule 4: the protocol is the config. ``VhidConfig`` (CARP) and ``VrrpConfig`` (VRRPv3, RFC
+5798) answer the same few questions: how an advert ranks, our own rank, how long a backup
+waits after an advert, what to send. The states, tables and timers are one for both, because
+the two protocols differ only in those answers (see "VRRPv3" below).
 
 Theory of operation
 ===================
@@ -74,6 +79,34 @@ means none); the agent sends ``Timeout()`` once ``now >= at``. A Timeout before 
 deadline, or with none set, is stale (e.g. it raced with an advert that restarted the timer)
 and is ignored. A master schedules its next advert from the previous deadline, not from
 ``now``, so a late wake-up does not make the advert rhythm drift.
+
+VRRPv3
+======
+
+With a ``VrrpConfig`` the same machine speaks RFC 5798 section 6.4, as keepalived and FreeBSD
+14.1+'s ``carpver 3`` do. What changes is only what the config answers:
+
+* Rank: a higher priority is better, equal priorities are broken by the higher source
+  address (our own is ``primary``), so two masters never both step down. The priority on
+  the wire is the configured one minus the demotion, at least 1 (0 is the bow-out); so the
+  resync hold and the link-down demotion keep a VRRP node from preempting as they do a CARP
+  one. An address owner (255) becomes MASTER at link-up ("address owner"), unless demoted.
+* A master advertises every ``interval`` centiseconds, without skew.
+* A backup's timer is Master_Down_Interval = 3 * Master_Adver_Interval + Skew_Time, with
+  Skew_Time = (256 - priority) * Master_Adver_Interval / 256, where Master_Adver_Interval is
+  the interval of the last advert heard (our own before any): a backup learns its master's
+  rhythm. Skew_Time uses the priority we advertise, so a demoted backup waits longer.
+* A master that shuts down sends priority 0. A backup that hears it waits Skew_Time only
+  (``HEARD_RESIGNED``): the best backup's timer runs out first, its advert silences the
+  others, so only one takes the addresses. A master that hears it re-advertises at once.
+* There is no counter and no "master will time out" (``doomed``) case.
+
+Here hafs diverges from RFC 5798 as it does from FreeBSD for CARP: a backup with preempt on
+that hears a lower-priority master takes over at once ("preempting a slower master"); the
+RFC discards the advert and lets the master-down timer run out. The outcome is the same
+(the old master steps down on our advert, section 6.4.3), a Master_Down_Interval sooner.
+The master's answer to a worse master (``REASSERT``) holds for VRRPv3 too; keepalived and
+FreeBSD ignore the extra advert.
 """
 
 from __future__ import annotations
@@ -83,6 +116,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
 
+from hafs.carp import vrrp
+from hafs.carp.vrrp import PRIORITY_BOWOUT, PRIORITY_OWNER, VrrpAdvert
 from hafs.carp.wire import (
     BOWOUT_ADVBASE,
     BOWOUT_ADVSKEW,
@@ -142,6 +177,157 @@ class VhidConfig:
         """Seconds a backup waits for the master: 3*advbase + advskew/256 (raw advskew)."""
         return 3 * self.advbase + self.advskew / 256
 
+    # The protocol, as the machine asks it (VrrpConfig answers the same questions).
+
+    @property
+    def base_interval(self) -> float:
+        """advbase: what a foreign master is answered at most once per."""
+        return float(self.advbase)
+
+    def advertised(self, demotion: int) -> int:
+        """S = min(advskew + demotion, 240): the skew this vhid puts on the wire."""
+        return min(self.advskew + demotion, MAX_SKEW)
+
+    def advert_interval(self, demotion: int) -> float:
+        """Seconds between a master's adverts: advbase + S/256."""
+        return self.advbase + self.advertised(demotion) / 256
+
+    def own_rank(self, demotion: int) -> tuple[int, ...]:
+        return timing(self.advbase, self.advertised(demotion))
+
+    def rank(self, advert: Advert | VrrpAdvert, source: Address) -> tuple[int, ...]:
+        """The advert's place in the election; smaller is better, equal steps both down."""
+        advert = _carp(advert)
+        return timing(advert.advbase, advert.advskew)
+
+    def doomed(self, advert: Advert | VrrpAdvert, demotion: int) -> bool:
+        """A master slower than our master-down: it will time out (a bow-out is)."""
+        advert = _carp(advert)
+        ours = timing(3 * self.advbase, self.advertised(demotion))
+        return ours < timing(advert.advbase, advert.advskew)
+
+    def resigned(self, advert: Advert | VrrpAdvert) -> bool:
+        """CARP's bow-out is ranked like any slow advert (``doomed``)."""
+        return False
+
+    def owner(self, demotion: int) -> bool:
+        """CARP has no address owner."""
+        return False
+
+    def master_down_after(self, advert: Advert | VrrpAdvert | None, demotion: int) -> float:
+        """FreeBSD's master-down does not depend on the master heard, nor on demotion."""
+        return self.master_down
+
+    def packet(self, demotion: int, bowout: bool, counter: Callable[[], int]) -> bytes:
+        """The CARP header to send: our skew, or the bow-out advbase 255 / advskew 255."""
+        skew, base = (
+            (BOWOUT_ADVSKEW, BOWOUT_ADVBASE)
+            if bowout
+            else (
+                self.advertised(demotion),
+                self.advbase,
+            )
+        )
+        return encode(self.vhid, skew, base, counter(), self.key, self.addresses)
+
+
+@dataclass(frozen=True)
+class VrrpConfig:
+    """One VRRPv3 virtual router (RFC 5798) as configured; invalid values raise ValueError.
+
+    ``primary`` is this node's source address on the link: it goes into the checksum and
+    breaks a tie between equal priorities (the higher address wins, section 6.4.3).
+    ``interval`` is the Advertisement_Interval in centiseconds. Preempt defaults on, as in the
+    RFC and keepalived.
+    """
+
+    vhid: int
+    primary: IPv4Address
+    priority: int = 100
+    interval: int = 100
+    addresses: tuple[IPv4Address, ...] = ()
+    preempt: bool = True
+
+    def __post_init__(self) -> None:
+        check_range("vhid", self.vhid, 1, 255)
+        check_range("priority", self.priority, 1, 255)
+        check_range("interval", self.interval, 1, vrrp.MAX_INTERVAL)
+        if not isinstance(self.primary, IPv4Address):
+            raise TypeError(f"primary: {self.primary!r} is not an IPv4Address")
+        addresses = tuple(self.addresses)
+        for addr in addresses:
+            if not isinstance(addr, IPv4Address):
+                raise TypeError(f"addresses: {addr!r} is not an IPv4Address")
+            if addresses.count(addr) > 1:
+                raise ValueError(f"addresses: {addr} is listed twice")
+        object.__setattr__(self, "addresses", addresses)
+
+    @property
+    def master_down(self) -> float:
+        """Master_Down_Interval before any master was heard: 3 * interval + Skew_Time."""
+        return self.master_down_after(None, 0)
+
+    @property
+    def base_interval(self) -> float:
+        return self.interval / 100
+
+    def advertised(self, demotion: int) -> int:
+        """The priority on the wire: demotion subtracts, down to 1 (0 is the bow-out)."""
+        return max(self.priority - demotion, 1)
+
+    def advert_interval(self, demotion: int) -> float:
+        return self.interval / 100
+
+    def own_rank(self, demotion: int) -> tuple[int, ...]:
+        return -self.advertised(demotion), -int(self.primary)
+
+    def rank(self, advert: Advert | VrrpAdvert, source: Address) -> tuple[int, ...]:
+        """Higher priority is better, then the higher source address (section 6.4.3)."""
+        return -_vrrp(advert).priority, -int(source)
+
+    def doomed(self, advert: Advert | VrrpAdvert, demotion: int) -> bool:
+        """VRRP has no slower-than-master-down case: a master that stops says so (priority 0)."""
+        return False
+
+    def resigned(self, advert: Advert | VrrpAdvert) -> bool:
+        return _vrrp(advert).priority == PRIORITY_BOWOUT
+
+    def owner(self, demotion: int) -> bool:
+        """The address owner (255, not demoted) is master at once (section 6.4.1)."""
+        return self.advertised(demotion) == PRIORITY_OWNER
+
+    def master_down_after(self, advert: Advert | VrrpAdvert | None, demotion: int) -> float:
+        """Seconds a backup waits after ``advert`` (section 6.4.2): it learns the master's
+        interval as Master_Adver_Interval, and waits 3 of them plus Skew_Time; after a
+        bow-out (priority 0) only Skew_Time, so the best backup speaks first. Skew_Time uses
+        the priority we advertise: a demoted backup waits longer, as it should."""
+        heard = None if advert is None else _vrrp(advert)
+        interval = self.interval if heard is None else heard.interval
+        skew = (256 - self.advertised(demotion)) * interval / 256
+        if heard is not None and heard.priority == PRIORITY_BOWOUT:
+            return skew / 100
+        return (3 * interval + skew) / 100
+
+    def packet(self, demotion: int, bowout: bool, counter: Callable[[], int]) -> bytes:
+        """The VRRP message to send (VRRP has no counter): our priority, or 0 to bow out."""
+        priority = PRIORITY_BOWOUT if bowout else self.advertised(demotion)
+        return vrrp.encode(self.vhid, priority, self.interval, self.addresses, self.primary)
+
+
+Config = VhidConfig | VrrpConfig
+
+
+def _carp(advert: Advert | VrrpAdvert) -> Advert:
+    if not isinstance(advert, Advert):
+        raise TypeError(f"a CARP machine was given {advert!r}")
+    return advert
+
+
+def _vrrp(advert: Advert | VrrpAdvert) -> VrrpAdvert:
+    if not isinstance(advert, VrrpAdvert):
+        raise TypeError(f"a VRRPv3 machine was given {advert!r}")
+    return advert
+
 
 # Events: what the agent tells the machine.
 
@@ -158,9 +344,10 @@ class LinkDown:
 
 @dataclass(frozen=True)
 class AdvertReceived:
-    """A valid advert for this vhid (TTL, checksum, vhid, source and digest already checked)."""
+    """A valid advert for this vhid (TTL, checksum, vhid, source and digest already checked),
+    of the machine's protocol."""
 
-    advert: Advert
+    advert: Advert | VrrpAdvert
     source: Address
 
 
@@ -193,12 +380,9 @@ Event = LinkUp | LinkDown | AdvertReceived | Timeout | DemotionChanged | Shutdow
 
 @dataclass(frozen=True)
 class SendAdvert:
-    """Send ``packet`` (a 36-byte CARP header) to the CARP group."""
+    """Send ``packet`` (a CARP header, or a VRRP message) to the group."""
 
     packet: bytes
-    advskew: int
-    advbase: int
-    counter: int
 
 
 @dataclass(frozen=True)
@@ -249,6 +433,7 @@ class _Input(enum.Enum):
     """An event as the tables see it, after classification against the current config."""
 
     LINK_UP = enum.auto()  # link up and the vhid has addresses
+    LINK_UP_OWNER = enum.auto()  # the same, and we own the addresses (VRRP priority 255)
     LINK_DOWN = enum.auto()
     TIMER = enum.auto()  # the current deadline has passed
     DEMOTION = enum.auto()  # the demotion total changed
@@ -258,6 +443,7 @@ class _Input(enum.Enum):
     HEARD_PREEMPTABLE = enum.auto()  # slower than us, preempt on
     HEARD_DOOMED = enum.auto()  # slower than T(3*advbase, S), preempt off: it will time out
     HEARD_BYSTANDER = enum.auto()  # slower than us, from a second master while we follow a better
+    HEARD_RESIGNED = enum.auto()  # a VRRP master bows out (priority 0)
 
 
 class _Effect(enum.Enum):
@@ -271,6 +457,7 @@ class _Effect(enum.Enum):
 
 _TRANSITIONS: dict[tuple[State, _Input], tuple[State, str]] = {
     (INIT, _Input.LINK_UP): (BACKUP, "initialization complete"),
+    (INIT, _Input.LINK_UP_OWNER): (MASTER, "address owner"),
     (BACKUP, _Input.LINK_DOWN): (INIT, "hardware interface down"),
     (BACKUP, _Input.TIMER): (MASTER, "master timed out"),
     (BACKUP, _Input.HEARD_PREEMPTABLE): (MASTER, "preempting a slower master"),
@@ -284,11 +471,13 @@ _TRANSITIONS: dict[tuple[State, _Input], tuple[State, str]] = {
 _IN_STATE: dict[tuple[State, _Input], _Effect] = {
     (BACKUP, _Input.HEARD_BETTER): _Effect.WAIT,
     (BACKUP, _Input.HEARD_WORSE): _Effect.WAIT,
+    (BACKUP, _Input.HEARD_RESIGNED): _Effect.WAIT,  # for Skew_Time only
     (MASTER, _Input.TIMER): _Effect.ADVERTISE,
     (MASTER, _Input.DEMOTION): _Effect.READVERTISE,
     (MASTER, _Input.HEARD_WORSE): _Effect.REASSERT,
     (MASTER, _Input.HEARD_PREEMPTABLE): _Effect.REASSERT,
     (MASTER, _Input.HEARD_DOOMED): _Effect.REASSERT,
+    (MASTER, _Input.HEARD_RESIGNED): _Effect.READVERTISE,
 }
 # Every (state, input) pair in neither table is ignored: it produces no actions.
 
@@ -299,9 +488,10 @@ def timing(advbase: int, skew: int) -> tuple[int, int]:
 
 
 class VhidMachine:
-    """One vhid's CARP state machine. Feed it ``handle(now, event)``; apply what it returns."""
+    """One vhid's CARP or VRRPv3 state machine, as ``config`` says. Feed it
+    ``handle(now, event)``; apply what it returns."""
 
-    def __init__(self, config: VhidConfig, random64: Callable[[], int]) -> None:
+    def __init__(self, config: Config, random64: Callable[[], int]) -> None:
         self._config = config
         self._random64 = random64
         self._state = INIT
@@ -311,7 +501,8 @@ class VhidMachine:
         self._stopped = False
         self._demotion = 0
         self._last_counter: int | None = None
-        self._master: tuple[Address, int, int] | None = None
+        # the master we back up: its source, its advert and that advert's rank
+        self._master: tuple[Address, Advert | VrrpAdvert, tuple[int, ...]] | None = None
         self._adverts_sent = 0
         self._adverts_received = 0
         self._foreign_masters_seen = 0
@@ -320,7 +511,7 @@ class VhidMachine:
     # Read-only status.
 
     @property
-    def config(self) -> VhidConfig:
+    def config(self) -> Config:
         return self._config
 
     @property
@@ -348,12 +539,9 @@ class VhidMachine:
         return self._master[0] if self._master else None
 
     @property
-    def master_advskew(self) -> int | None:
+    def master_advert(self) -> Advert | VrrpAdvert | None:
+        """The last advert of the master we back up."""
         return self._master[1] if self._master else None
-
-    @property
-    def master_advbase(self) -> int | None:
-        return self._master[2] if self._master else None
 
     @property
     def adverts_sent(self) -> int:
@@ -373,14 +561,14 @@ class VhidMachine:
         return self._demotion
 
     @property
-    def advertised_skew(self) -> int:
-        """S = min(advskew + demotion, 240): the skew this vhid puts on the wire."""
-        return min(self._config.advskew + self._demotion, MAX_SKEW)
+    def advertised(self) -> int:
+        """What this vhid puts on the wire: CARP's skew S, or VRRP's (demoted) priority."""
+        return self._config.advertised(self._demotion)
 
     @property
     def advert_interval(self) -> float:
-        """Seconds between a master's adverts: advbase + S/256."""
-        return self._config.advbase + self.advertised_skew / 256
+        """Seconds between a master's adverts."""
+        return self._config.advert_interval(self._demotion)
 
     # The machine.
 
@@ -395,16 +583,17 @@ class VhidMachine:
             return []
         heard = None
         if isinstance(event, AdvertReceived):
-            heard = (event.source, event.advert.advskew, event.advert.advbase)
+            heard = (event.source, event.advert, self._config.rank(event.advert, event.source))
         was = self._state
         if heard and was is BACKUP and kind is not _Input.HEARD_BYSTANDER:
             self._master = heard  # before a change: a preempted master is "previous"
+        advert = event.advert if isinstance(event, AdvertReceived) else None
         target = _TRANSITIONS.get((was, kind))
         if target is not None:
-            actions = self._change(now, kind, *target)
+            actions = self._change(now, kind, *target, advert)
         else:
             source = event.source if isinstance(event, AdvertReceived) else None
-            actions = self._stay(now, _IN_STATE.get((was, kind)), source)
+            actions = self._stay(now, _IN_STATE.get((was, kind)), source, advert)
         if heard and was is not BACKUP and self._state is BACKUP:  # stepped down to its sender
             self._master = heard
         return actions
@@ -413,7 +602,10 @@ class VhidMachine:
         """Turn an event into a table input (None: nothing to do), updating counters."""
         match event:
             case LinkUp():
-                return _Input.LINK_UP if self._config.addresses else None
+                if not self._config.addresses:
+                    return None
+                owner = self._config.owner(self._demotion)
+                return _Input.LINK_UP_OWNER if owner else _Input.LINK_UP
             case LinkDown():
                 return _Input.LINK_DOWN
             case Timeout():
@@ -429,18 +621,21 @@ class VhidMachine:
                 return _Input.SHUTDOWN
             case AdvertReceived(advert=advert):
                 self._adverts_received += 1
-                self._last_counter = advert.counter
+                if isinstance(advert, Advert):  # only CARP counts adverts
+                    self._last_counter = advert.counter
                 return self._rank(advert, event.source)
 
-    def _rank(self, advert: Advert, source: Address) -> _Input:
-        theirs = timing(advert.advbase, advert.advskew)
-        if theirs <= timing(self._config.advbase, self.advertised_skew):
+    def _rank(self, advert: Advert | VrrpAdvert, source: Address) -> _Input:
+        config = self._config
+        if config.resigned(advert):
+            return _Input.HEARD_RESIGNED
+        if config.rank(advert, source) <= config.own_rank(self._demotion):
             return _Input.HEARD_BETTER
         if self._state is BACKUP and self._follows_another(source):
             return _Input.HEARD_BYSTANDER
-        if self._config.preempt:
+        if config.preempt:
             return _Input.HEARD_PREEMPTABLE
-        if timing(3 * self._config.advbase, self.advertised_skew) < theirs:
+        if config.doomed(advert, self._demotion):
             return _Input.HEARD_DOOMED
         return _Input.HEARD_WORSE
 
@@ -449,74 +644,88 @@ class VhidMachine:
         (heard within its master-down time: the timer says so)?"""
         if self._master is None or self._master[0] == source:
             return False
-        _, advskew, advbase = self._master
-        return timing(advbase, advskew) <= timing(self._config.advbase, self.advertised_skew)
+        return self._master[2] <= self._config.own_rank(self._demotion)
 
     def _outranks_master(self) -> bool:
-        """Would the master this backup last heard be preempted, at our skew of now?"""
+        """Would the master this backup last heard be preempted, at our rank of now?"""
         if not self._config.preempt or self._master is None:
             return False
-        _, advskew, advbase = self._master
-        return timing(advbase, advskew) > timing(self._config.advbase, self.advertised_skew)
+        return self._master[2] > self._config.own_rank(self._demotion)
 
-    def _change(self, now: float, kind: _Input, new: State, reason: str) -> list[Action]:
+    def _change(
+        self,
+        now: float,
+        kind: _Input,
+        new: State,
+        reason: str,
+        heard: Advert | VrrpAdvert | None,
+    ) -> list[Action]:
         addresses = self._config.addresses
         previous = self._master[0] if self._master and new is MASTER else None
         actions: list[Action] = [Transition(self._state, new, reason, previous)]
         if self._state is MASTER:
             if kind is _Input.SHUTDOWN:
-                actions.append(self._advert(BOWOUT_ADVSKEW, BOWOUT_ADVBASE))
+                actions.append(self._advert(bowout=True))
             actions.append(RemoveVips(addresses))
         self._state, self._since, self._reason = new, now, reason
         self._master = None
         if new is MASTER:
-            actions.append(self._advert(self.advertised_skew, self._config.advbase))
+            actions.append(self._advert())
             actions += [AddVips(addresses), Announce(addresses)]
             actions.append(self._set_timer(now + self.advert_interval))
         elif new is BACKUP:
-            actions.append(self._set_timer(now + self._config.master_down))
+            actions.append(self._set_timer(now + self._master_down(heard)))
         else:
             actions.append(self._set_timer(None))
         return actions
 
-    def _stay(self, now: float, effect: _Effect | None, source: Address | None) -> list[Action]:
+    def _stay(
+        self,
+        now: float,
+        effect: _Effect | None,
+        source: Address | None,
+        heard: Advert | VrrpAdvert | None,
+    ) -> list[Action]:
         match effect:
             case _Effect.ADVERTISE:
                 last = now if self._deadline is None else self._deadline
                 due = last + self.advert_interval
                 nxt = due if due > now else now + self.advert_interval
-                advert = self._advert(self.advertised_skew, self._config.advbase)
-                return [advert, self._set_timer(nxt)]
+                return [self._advert(), self._set_timer(nxt)]
             case _Effect.READVERTISE:
-                advert = self._advert(self.advertised_skew, self._config.advbase)
-                return [advert, self._set_timer(now + self.advert_interval)]
+                return [self._advert(), self._set_timer(now + self.advert_interval)]
             case _Effect.WAIT:
-                return [self._set_timer(now + self._config.master_down)]
+                return [self._set_timer(now + self._master_down(heard))]
             case _Effect.REASSERT:
                 self._foreign_masters_seen += 1
                 if source is not None and self._may_answer(now, source):
-                    advert = self._advert(self.advertised_skew, self._config.advbase)
-                    return [advert, Announce(self._config.addresses)]
+                    return [self._advert(), Announce(self._config.addresses)]
         return []
+
+    def _master_down(self, heard: Advert | VrrpAdvert | None) -> float:
+        return self._config.master_down_after(heard, self._demotion)
 
     def _may_answer(self, now: float, source: Address) -> bool:
         """Answer a foreign master at most once per advbase (and remember only recent ones)."""
-        advbase = self._config.advbase
-        self._answered = {s: t for s, t in self._answered.items() if now - t < advbase}
+        window = self._config.base_interval
+        self._answered = {s: t for s, t in self._answered.items() if now - t < window}
         if source in self._answered:
             return False
         self._answered[source] = now
         return True
 
-    def _advert(self, advskew: int, advbase: int) -> SendAdvert:
-        if self._last_counter is None:
-            counter = self._random64() & COUNTER_MAX
-        else:
-            counter = self._last_counter = (self._last_counter + 1) & COUNTER_MAX
-        config = self._config
-        packet = encode(config.vhid, advskew, advbase, counter, config.key, config.addresses)
+    def _advert(self, bowout: bool = False) -> SendAdvert:
+        packet = self._config.packet(self._demotion, bowout, self._counter)
         self._adverts_sent += 1
-        return SendAdvert(packet, advskew, advbase, counter)
+        return SendAdvert(packet)
+
+    def _counter(self) -> int:
+        """CARP's counter for the next advert: random until one was heard, then the last
+        heard one plus one per advert sent."""
+        if self._last_counter is None:
+            return self._random64() & COUNTER_MAX
+        self._last_counter = (self._last_counter + 1) & COUNTER_MAX
+        return self._last_counter
 
     def _set_timer(self, at: float | None) -> SetTimer:
         self._deadline = at

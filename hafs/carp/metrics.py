@@ -20,9 +20,15 @@ class AgentCollector:
         return self.agent.status()  # read on the loop's thread, never while it changes
 
     def collect(self) -> Iterator[Any]:
+        status = asyncio.run_coroutine_threadsafe(self._status(), self.agent.loop).result(5)
+        yield from self.families(status)
+
+    @staticmethod
+    def families(status: dict[str, Any]) -> Iterator[Any]:
+        """The metric families of one status (a CARP vhid has a skew, a VRRPv3 one a
+        priority)."""
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-        status = asyncio.run_coroutine_threadsafe(self._status(), self.agent.loop).result(5)
         labels = ["vhid", "interface"]
         state = GaugeMetricFamily(
             "hafs_carp_state", "1 for the vhid's current state", labels=[*labels, "state"]
@@ -35,20 +41,26 @@ class AgentCollector:
             "hafs_carp_drops", "packets dropped, by reason", labels=["vhid", "reason"]
         )
         skew = GaugeMetricFamily("hafs_carp_advskew", "advertised skew", labels=labels)
+        priority = GaugeMetricFamily(
+            "hafs_vrrp_priority", "advertised VRRPv3 priority", labels=labels
+        )
         for v in status["vhids"]:
             key = [str(v["vhid"]), v["interface"]]
             for name in ("INIT", "BACKUP", "MASTER"):
                 state.add_metric([*key, name], 1.0 if v["state"] == name else 0.0)
             sent.add_metric(key, v["adverts_sent"])
             received.add_metric(key, v["adverts_received"])
-            skew.add_metric(key, v["advertised_skew"])
+            if "advertised_priority" in v:
+                priority.add_metric(key, v["advertised_priority"])
+            else:
+                skew.add_metric(key, v["advertised_skew"])
             for reason, count in v["drops"].items():
                 drops.add_metric([str(v["vhid"]), reason], count)
         for reason, count in status["drops"].items():
             drops.add_metric(["", reason], count)
         demotion = GaugeMetricFamily("hafs_carp_demotion", "host-wide demotion")
         demotion.add_metric([], status["demotion"]["total"])
-        yield from (state, sent, received, drops, skew, demotion)
+        yield from (state, sent, received, drops, skew, priority, demotion)
 
 
 def serve_metrics(agent: Agent, address: str) -> None:

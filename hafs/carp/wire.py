@@ -78,6 +78,8 @@ class Drop(enum.Enum):
     TTL = "bad ttl"
     CHECKSUM = "bad checksum"
     VERSION = "bad version"
+    TYPE = "bad type"
+    INTERVAL = "bad interval"
     VHID = "unknown vhid"
     OURS = "sent by us"
     DIGEST = "bad digest"
@@ -212,11 +214,17 @@ def verify(advert: Advert, key: bytes, addrs: Sequence[Address]) -> bool:
     return hmac.compare_digest(expected, advert.digest)
 
 
-def decode_ipv4(packet: bytes) -> tuple[IPv4Address, Advert] | Rejected:
-    """Parse a whole IPv4 packet as a raw socket returns it: source address and advert."""
+def ipv4_payload(
+    packet: bytes, header_len: int
+) -> tuple[IPv4Address, IPv4Address, bytes] | Rejected:
+    """Source, destination and payload of an IPv4 packet of protocol 112 and TTL 255.
+
+    ``header_len`` is the shortest payload the protocol accepts (CARP's header, VRRP's); IP
+    options are skipped and link-layer padding past the total length is cut off.
+    """
     if len(packet) < IPV4_HEADER_LEN:
         return Rejected(Drop.SHORT, f"{len(packet)} bytes, an IPv4 header needs 20")
-    vihl, _tos, total, _id, _frag, ttl, proto, _sum, src, _dst = _IPV4.unpack_from(packet)
+    vihl, _tos, total, _id, _frag, ttl, proto, _sum, src, dst = _IPV4.unpack_from(packet)
     ihl = (vihl & 0x0F) * 4
     if vihl >> 4 != 4 or ihl < IPV4_HEADER_LEN:
         return Rejected(Drop.BAD_IP, f"version {vihl >> 4}, header length {ihl}")
@@ -224,14 +232,23 @@ def decode_ipv4(packet: bytes) -> tuple[IPv4Address, Advert] | Rejected:
         return Rejected(Drop.NOT_CARP, f"protocol {proto}")
     if ttl != TTL:
         return Rejected(Drop.TTL, f"ttl {ttl}")
-    if total < ihl + HEADER_LEN:
-        return Rejected(Drop.SHORT, f"total length {total}, needs {ihl + HEADER_LEN}")
+    if total < ihl + header_len:
+        return Rejected(Drop.SHORT, f"total length {total}, needs {ihl + header_len}")
     if len(packet) < total:
         return Rejected(Drop.SHORT, f"{len(packet)} bytes, total length says {total}")
-    advert = decode(packet[ihl:total])
+    return IPv4Address(src), IPv4Address(dst), bytes(packet[ihl:total])
+
+
+def decode_ipv4(packet: bytes) -> tuple[IPv4Address, Advert] | Rejected:
+    """Parse a whole IPv4 packet as a raw socket returns it: source address and advert."""
+    parts = ipv4_payload(packet, HEADER_LEN)
+    if isinstance(parts, Rejected):
+        return parts
+    src, _dst, payload = parts
+    advert = decode(payload)
     if isinstance(advert, Rejected):
         return advert
-    return IPv4Address(src), advert
+    return src, advert
 
 
 def encode_ipv4(src: IPv4Address, carp: bytes, tos: int = 0x10) -> bytes:

@@ -6,6 +6,7 @@ through netlink (``ip -n``) and the agents' control sockets.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -17,10 +18,27 @@ from pathlib import Path
 from typing import Any
 
 from hafs.carp import control
-from hafs.lab.netns import Lab, Netns, Port
+from hafs.lab.netns import Lab, Netns, Port, new_prefix
 
 UP_SCRIPT = '#!/bin/sh\nip addr add "$2/32" dev "$1" label "$1:$3"\n'
 DOWN_SCRIPT = '#!/bin/sh\nip addr del "$2/32" dev "$1" 2>/dev/null || true\n'
+# VRRP only, no vrrp_strict (it would add firewall rules), no scripts; preempt is the default
+KEEPALIVED_CONF = """\
+global_defs {{
+    router_id {name}
+    vrrp_version 3
+}}
+vrrp_instance hafs_test {{
+    state BACKUP
+    interface eth0
+    virtual_router_id {vhid}
+    priority {priority}
+    advert_int {interval}
+    virtual_ipaddress {{
+        {vip}/32 dev eth0
+    }}
+}}
+"""
 
 
 @dataclass
@@ -85,25 +103,60 @@ class CarpBed:
         extra: str = "",
     ) -> Peer:
         """Start `hafs agent` on ``peer`` for (vhid, vip, advskew) entries."""
+        tables = [
+            ["[[vhid]]", f"vhid = {vhid}", f'addresses = ["{vip}"]', f"advskew = {skew}"]
+            for vhid, vip, skew in vhids
+        ]
+        return self._agent(peer, [f'pass = "{passphrase}"', extra], tables, preempt)
+
+    def hafs_vrrp(self, peer: Peer, vhid: int, vip: str, priority: int, interval: float) -> Peer:
+        """Start `hafs agent` speaking VRRPv3 on ``peer``: one vhid, ``interval`` seconds."""
+        table = [
+            "[[vhid]]",
+            f"vhid = {vhid}",
+            f'addresses = ["{vip}"]',
+            f"priority = {priority}",
+            f"interval = {interval}",
+        ]
+        return self._agent(peer, ['protocol = "vrrp3"'], [table], preempt=True)
+
+    def _agent(
+        self, peer: Peer, settings: list[str], tables: list[list[str]], preempt: bool
+    ) -> Peer:
         peer.socket = str(self.tmp / f"{peer.name}.sock")
         lines = [
             f'node = "{peer.name}"',
             'interface = "eth0"',
             f'srcip = "{peer.address}"',
-            f'pass = "{passphrase}"',
             f"preempt = {'true' if preempt else 'false'}",
             "event_command = []",
             f'control_socket = "{peer.socket}"',
-            extra,
+            *settings,
         ]
-        for vhid, vip, skew in vhids:
-            lines += ["[[vhid]]", f"vhid = {vhid}", f'addresses = ["{vip}"]', f"advskew = {skew}"]
+        for table in tables:
+            lines += table
         config = self.tmp / f"{peer.name}.toml"
         config.write_text("\n".join(lines) + "\n")
         os.chmod(config, 0o600)
         argv = [sys.executable, "-m", "hafs", "agent", "--config", str(config)]
         self._start(peer, argv, "hafs")
         wait_for(lambda: Path(peer.socket or "").exists(), 10, f"{peer.name}'s control socket")
+        return peer
+
+    def keepalived(self, peer: Peer, vhid: int, vip: str, priority: int, interval: float) -> Peer:
+        """Start keepalived (VRRP only, VRRPv3, preempt) on ``peer`` in the foreground, its
+        config and pid files in this bed's directory; stopped by its pid like the others."""
+        config = self.tmp / f"{peer.name}-keepalived.conf"
+        config.write_text(
+            KEEPALIVED_CONF.format(
+                name=peer.name, vhid=vhid, vip=vip, priority=priority, interval=interval
+            )
+        )
+        argv = ["keepalived", "--dont-fork", "--log-console", "--log-detail", "--vrrp"]
+        argv += ["--use-file", str(config)]
+        for flag, suffix in (("--pid", "main"), ("--vrrp_pid", "vrrp")):
+            argv += [flag, str(self.tmp / f"{peer.name}-keepalived-{suffix}.pid")]
+        self._start(peer, argv, "keepalived")
         return peer
 
     def ucarp(
@@ -157,6 +210,17 @@ class CarpBed:
                 peer.stop()
             except subprocess.TimeoutExpired:
                 peer.stop(signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def running_bed(tmp: Path) -> Iterator[CarpBed]:
+    """A bed in a fresh lab; every process it started is stopped, every namespace removed."""
+    with Lab(new_prefix()) as lab:
+        bed = CarpBed(lab, tmp)
+        try:
+            yield bed
+        finally:
+            bed.stop_all()
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, what: str, step: float = 0.02) -> float:

@@ -21,9 +21,8 @@ import pytest
 
 from hafs.carp import control
 from hafs.cluster import derive_layout
-from hafs.lab.netns import Lab, new_prefix
 from hafs.lab.supervise import supervised_agent
-from tests.lab.carp_bed import CarpBed, Peer, sample, wait_for
+from tests.lab.carp_bed import CarpBed, Peer, running_bed, sample, wait_for
 
 VIP = "10.77.0.100"
 TAKEOVER = 3 + 10 / 256  # master-down of a backup with advskew 10
@@ -32,12 +31,8 @@ UCARP_SLACK = 2.0
 
 @pytest.fixture
 def bed(require_lab: None, tmp_path: Path) -> Iterator[CarpBed]:
-    with Lab(new_prefix()) as lab:
-        bed = CarpBed(lab, tmp_path)
-        try:
-            yield bed
-        finally:
-            bed.stop_all()
+    with running_bed(tmp_path) as bed:
+        yield bed
 
 
 def test_ucarp_master_hafs_backup(bed: CarpBed) -> None:

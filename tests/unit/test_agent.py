@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from ipaddress import IPv4Address
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,12 +19,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hafs.agentconf import AgentConfig, VhidEntry
-from hafs.carp import control
-from hafs.carp.agent import Agent, Demotion
+from hafs.carp import control, vrrp
+from hafs.carp.agent import Agent, Demotion, held_back
 from hafs.carp.commands import demote_request, format_status, ucarp_config
 from hafs.carp.control import answer
 from hafs.carp.machine import LinkUp
-from hafs.carp.wire import encode, encode_ipv4, make_key
+from hafs.carp.metrics import AgentCollector
+from hafs.carp.vrrp import VrrpAdvert
+from hafs.carp.wire import Advert, encode, encode_ipv4, make_key
 from hafs.cli import main
 from hafs.errors import HafsError
 from hafs.service import daemon
@@ -33,27 +36,33 @@ PEER = IPv4Address("10.0.0.2")
 OWN = IPv4Address("10.0.0.1")
 
 
-@pytest.fixture
-def agent() -> Iterator[Agent]:
-    config = AgentConfig(
-        node="n1",
-        interface="eth0",
-        srcip=OWN,
-        passphrase="testok",
-        vhids=(VhidEntry(1, (VIP,), advskew=10),),
-        event_command=(),
-    )
+def packet_path(config: AgentConfig) -> Iterator[Agent]:
+    """An agent whose vhid is BACKUP, fed packets by hand: no sockets, no I/O in BACKUP."""
     agent = Agent(config)
     loop = asyncio.new_event_loop()
-    agent._loop = loop  # the packet path without sockets: no I/O is reached in BACKUP
+    agent._loop = loop
     agent.interfaces["eth0"] = SimpleNamespace(  # type: ignore[assignment]
         own={OWN}, running=True, srcip=OWN, sock=SimpleNamespace(recv=lambda: None)
     )
     agent.hooks.submit = lambda vhid, commands: None  # type: ignore[method-assign]
-    vhid = agent.vhids[("eth0", 1)]
-    agent._handle(vhid, LinkUp())
+    agent._handle(agent.vhids[("eth0", 1)], LinkUp())
     yield agent
     loop.close()
+
+
+CONFIG = AgentConfig(
+    node="n1",
+    interface="eth0",
+    srcip=OWN,
+    passphrase="testok",
+    vhids=(VhidEntry(1, (VIP,), advskew=10),),
+    event_command=(),
+)
+
+
+@pytest.fixture
+def agent() -> Iterator[Agent]:
+    yield from packet_path(CONFIG)
 
 
 def advert(
@@ -69,19 +78,29 @@ def test_valid_advert_reaches_the_machine(agent: Agent) -> None:
     assert vhid["master"] == {"source": str(PEER), "advskew": 0, "advbase": 1}
 
 
+def vrrp_advert(priority: int = 200, source: IPv4Address = PEER, vhid: int = 1) -> bytes:
+    return encode_ipv4(source, vrrp.encode(vhid, priority, 10, [VIP], source))
+
+
 @pytest.mark.parametrize(
-    ("packet", "where", "reason"),
+    ("speaker", "packet", "where", "reason"),
     [
-        (advert()[:30], "agent", "too short"),
-        (advert(vhid=7), "agent", "unknown vhid"),
-        (advert(passphrase="nope"), "vhid", "bad digest"),
-        (advert(source=OWN), "vhid", "sent by us"),
-        (b"\x45" + bytes(60), "agent", "not carp"),
+        ("agent", advert()[:30], "agent", "too short"),
+        ("agent", advert(vhid=7), "agent", "unknown vhid"),
+        ("agent", advert(passphrase="nope"), "vhid", "bad digest"),
+        ("agent", advert(source=OWN), "vhid", "sent by us"),
+        ("agent", b"\x45" + bytes(60), "agent", "not carp"),
+        ("agent", vrrp_advert(), "agent", "too short"),  # 12 bytes: FreeBSD checks length first
+        ("vrrp_agent", advert(), "agent", "bad version"),  # a CARP advert on a VRRP link
+        ("vrrp_agent", vrrp_advert(vhid=7), "agent", "unknown vhid"),
+        ("vrrp_agent", vrrp_advert(source=OWN), "vhid", "sent by us"),
+        ("vrrp_agent", vrrp_advert()[:27], "agent", "too short"),
     ],
 )
 def test_bad_packets_are_counted_by_reason(
-    agent: Agent, packet: bytes, where: str, reason: str
+    request: pytest.FixtureRequest, speaker: str, packet: bytes, where: str, reason: str
 ) -> None:
+    agent: Agent = request.getfixturevalue(speaker)
     agent.receive("eth0", packet)
     status = agent.status()
     drops = status["drops"] if where == "agent" else status["vhids"][0]["drops"]
@@ -330,14 +349,55 @@ def test_split_brain_is_reported_only_when_it_persists(
     agent.loop.time = lambda: clock[0]  # type: ignore[method-assign]
     vhid = agent.vhids[("eth0", 1)]
     window = vhid.machine.config.master_down  # 3 + 10/256 s
-    agent._foreign_master(vhid, "10.0.0.9", 50)  # one stale advert during an election
+    worse = Advert(1, 50, 1, 0, bytes(20))
+    agent._foreign_master(vhid, "10.0.0.9", worse)  # one stale advert during an election
     clock[0] += 1
     assert agent.split_brain(vhid) == [] and "split brain" not in caplog.text
     clock[0] += window + 1  # silence: the episode is over
     for _ in range(5):  # a master that keeps advertising beside us
-        agent._foreign_master(vhid, "10.0.0.9", 50)
+        agent._foreign_master(vhid, "10.0.0.9", worse)
         clock[0] += 1
     assert agent.split_brain(vhid) == ["10.0.0.9"]
     assert caplog.text.count("split brain: 10.0.0.9") == 1  # warned once per episode
+    assert "(advskew 50, advbase 1)" in caplog.text
     clock[0] += window + 1
     assert agent.split_brain(vhid) == []
+
+
+@pytest.fixture
+def vrrp_agent() -> Iterator[Agent]:
+    """The same packet path, speaking VRRPv3 at priority 100."""
+    vhids = (VhidEntry(1, (VIP,), priority=100, interval=10),)
+    yield from packet_path(replace(CONFIG, passphrase="", vhids=vhids, protocol="vrrp3"))
+
+
+def test_vrrp_advert_reaches_the_machine(vrrp_agent: Agent) -> None:
+    vrrp_agent.receive("eth0", vrrp_advert())
+    vhid = vrrp_agent.status()["vhids"][0]
+    assert (vhid["state"], vhid["adverts_received"]) == ("BACKUP", 1)
+    assert vhid["master"] == {"source": str(PEER), "priority": 200, "interval": 0.1}
+    assert (vhid["priority"], vhid["interval"], vhid["advertised_priority"]) == (100, 0.1, 100)
+    assert vrrp_agent.tick == 0.1 / 4
+
+
+def test_vrrp_status_table_shows_priorities(vrrp_agent: Agent) -> None:
+    vrrp_agent.change_demotion(lambda d: d.hold("resync", 240))
+    vrrp_agent.receive("eth0", vrrp_advert())
+    lines = format_status(vrrp_agent.status()).splitlines()
+    assert lines[1].split()[6] == "PRIO"
+    assert "10.0.0.2/200" in lines[2] and "100->1" in lines[2]
+
+
+def test_a_held_back_peer_is_carps_skew_240_or_vrrps_priority_1() -> None:
+    assert held_back(VrrpAdvert(1, 1, 100, (VIP,)))
+    assert not held_back(VrrpAdvert(1, 2, 100, (VIP,)))
+    assert held_back(Advert(1, 240, 1, 0, bytes(20)))
+    assert not held_back(Advert(1, 239, 1, 0, bytes(20)))
+
+
+def test_vrrp_metrics_report_the_priority(vrrp_agent: Agent) -> None:
+    vrrp_agent.change_demotion(lambda d: d.adjust(30))
+    families = {f.name: f for f in AgentCollector.families(vrrp_agent.status())}
+    [sample] = families["hafs_vrrp_priority"].samples
+    assert (sample.labels, sample.value) == ({"vhid": "1", "interface": "eth0"}, 70)
+    assert families["hafs_carp_advskew"].samples == []

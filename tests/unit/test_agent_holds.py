@@ -118,7 +118,7 @@ def test_the_hold_is_raised_at_start_only_with_start_demoted() -> None:
     held, bare = make_bed(), make_bed(start_demoted=False)
     assert held.agent.demotion.holds == {"resync": 240}
     assert held.cause() == "agent started"
-    assert held.vhid.machine.advertised_skew == 240
+    assert held.vhid.machine.advertised == 240
     assert bare.agent.demotion.holds == {}
     for b in (held, bare):
         b.agent.loop.close()

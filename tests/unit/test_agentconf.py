@@ -98,3 +98,69 @@ def test_duplicate_vhid(tmp_path: Path) -> None:
     text = GOOD + '\n[[vhid]]\nvhid = 1\naddresses = ["10.0.0.102"]\n'
     with pytest.raises(AgentConfigError, match="vhid 1: configured twice"):
         agentconf.load(write(tmp_path, text))
+
+
+VRRP = """
+node = "n4"
+interface = "ens36"
+srcip = "10.0.0.4"
+protocol = "vrrp3"
+
+[[vhid]]
+vhid = 1
+addresses = ["10.0.0.101"]
+priority = 200
+interval = 0.1
+"""
+
+
+def test_vrrp3(tmp_path: Path) -> None:
+    config = agentconf.load(write(tmp_path, VRRP))
+    entry = config.vhids[0]
+    assert (config.protocol, config.passphrase, config.preempt) == ("vrrp3", "", True)
+    assert (entry.priority, entry.interval) == (200, 10)
+
+
+def test_carp_is_the_default_and_vrrp_defaults_are_keepaliveds(tmp_path: Path) -> None:
+    assert agentconf.load(write(tmp_path, GOOD)).protocol == "carp"
+    text = VRRP.replace("priority = 200\ninterval = 0.1\n", "")
+    entry = agentconf.load(write(tmp_path, text)).vhids[0]
+    assert (entry.priority, entry.interval) == (100, 100)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "centiseconds"), [("0.01", 1), ("1", 100), ("2.5", 250), ("40.95", 4095)]
+)
+def test_vrrp_interval_in_centiseconds(tmp_path: Path, seconds: str, centiseconds: int) -> None:
+    text = VRRP.replace("interval = 0.1", f"interval = {seconds}")
+    assert agentconf.load(write(tmp_path, text)).vhids[0].interval == centiseconds
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "words"),
+    [
+        ('protocol = "vrrp3"', 'protocol = "vrrp2"', "protocol: must be 'carp' or 'vrrp3'"),
+        ('srcip = "10.0.0.4"', 'pass = "x"', "pass: VRRPv3 has no authentication"),
+        ('srcip = "10.0.0.4"', 'srcip = "10.0.0.4"\npass_file = "/x"', "pass_file: VRRPv3"),
+        ('srcip = "10.0.0.4"\n', "", "srcip: VRRPv3 needs it"),
+        ("priority = 200", "priority = 0", "(vhid 1): priority: must be 1..255, got 0"),
+        ("priority = 200", "priority = 256", "priority: must be 1..255, got 256"),
+        ("priority = 200", "priority = 2.5", "priority: must be an integer, got 2.5"),
+        ("interval = 0.1", "interval = 0", "interval: must be seconds in 0.01 steps"),
+        ("interval = 0.1", "interval = 0.015", "0.01..40.95, got 0.015"),
+        ("interval = 0.1", "interval = 41", "interval: must be seconds in 0.01 steps"),
+        ("interval = 0.1", "interval = nan", "interval: must be seconds in 0.01 steps"),
+        ("interval = 0.1", 'interval = "1"', "interval: must be a number"),
+        ("priority = 200", "advskew = 10", "advskew: not a vrrp3 setting: with protocol = "),
+    ],
+)
+def test_bad_vrrp_config_is_one_line(tmp_path: Path, old: str, new: str, words: str) -> None:
+    assert old in VRRP
+    with pytest.raises(AgentConfigError) as info:
+        agentconf.load(write(tmp_path, VRRP.replace(old, new, 1)))
+    assert words in str(info.value) and "\n" not in str(info.value)
+
+
+def test_carp_refuses_vrrp_settings(tmp_path: Path) -> None:
+    with pytest.raises(AgentConfigError, match=r"priority: not a carp setting: .* advbase and"):
+        agentconf.load(write(tmp_path, GOOD + "priority = 100\n"))

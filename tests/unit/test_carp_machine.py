@@ -9,8 +9,10 @@ from itertools import count
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from hafs.carp import wire
+from hafs.carp import vrrp, wire
 from hafs.carp.machine import (
     Action,
     AddVips,
@@ -29,7 +31,9 @@ from hafs.carp.machine import (
     Transition,
     VhidConfig,
     VhidMachine,
+    VrrpConfig,
 )
+from hafs.carp.vrrp import VrrpAdvert
 from hafs.carp.wire import Advert
 
 VIPS: tuple[wire.Address, ...] = (IPv4Address("10.0.0.101"), IPv6Address("2001:db8::101"))
@@ -71,8 +75,7 @@ def heard(advbase: int = 1, advskew: int = 0, counter: int = 7) -> AdvertReceive
 
 def advert(skew: int, counter: int, advbase: int = 1) -> SendAdvert:
     """The SendAdvert the machine under test must emit."""
-    packet = wire.encode(1, skew, advbase, counter, KEY, VIPS)
-    return SendAdvert(packet, skew, advbase, counter)
+    return SendAdvert(wire.encode(1, skew, advbase, counter, KEY, VIPS))
 
 
 # Construction and configuration.
@@ -83,7 +86,7 @@ def test_starts_in_init_with_no_timer() -> None:
     assert (m.state, m.deadline, m.since, m.reason) == (INIT, None, None, None)
     assert (m.adverts_sent, m.adverts_received, m.foreign_masters_seen) == (0, 0, 0)
     assert m.master_source is None
-    assert m.advertised_skew == 0
+    assert m.advertised == 0
 
 
 def test_state_values_are_devd_words() -> None:
@@ -190,7 +193,7 @@ def test_every_advert_restarts_master_down() -> None:
     assert m.handle(4.0, Timeout()) == []  # the old deadline 3.0 is gone
     assert m.handle(4.5, heard()) == [SetTimer(7.5)]
     assert m.state is BACKUP
-    assert (m.master_source, m.master_advbase, m.master_advskew) == (PEER, 1, 0)
+    assert (m.master_source, m.master_advert) == (PEER, heard().advert)
     assert m.adverts_received == 2
 
 
@@ -239,7 +242,7 @@ def test_backup_hears_an_advert(
     if reason is None:
         assert actions == [SetTimer(1.0 + 3 + advskew / 256)]
         assert m.master_source == PEER
-        assert (m.master_advbase, m.master_advskew) == (their_base, their_skew)
+        assert m.master_advert == heard(their_base, their_skew, counter=41).advert
     else:
         skew = min(advskew + demotion, 240)
         assert actions == [
@@ -256,7 +259,7 @@ def test_backup_demotion_change_sends_nothing_and_keeps_its_timer() -> None:
     m = backup(advskew=5)
     assert m.handle(1.0, DemotionChanged(240)) == []
     assert m.deadline == 3 + 5 / 256  # master-down uses the raw advskew
-    assert (m.demotion, m.advertised_skew) == (240, 240)
+    assert (m.demotion, m.advertised) == (240, 240)
 
 
 @pytest.mark.parametrize(
@@ -452,7 +455,12 @@ class Link:
 
     def __init__(self, **machines: VhidMachine) -> None:
         self.machines = machines
-        self.sources = {name: IPv4Address(f"10.0.0.{i + 1}") for i, name in enumerate(machines)}
+        self.sources = {
+            name: m.config.primary
+            if isinstance(m.config, VrrpConfig)
+            else IPv4Address(f"10.0.0.{i + 1}")
+            for i, (name, m) in enumerate(machines.items())
+        }
         self.log: list[tuple[float, str, Action]] = []
 
     def send(self, now: float, name: str, event: LinkUp | Shutdown | DemotionChanged) -> None:
@@ -466,11 +474,20 @@ class Link:
             for other, m in self.machines.items():
                 if other == name or m.state is INIT:
                     continue
-                decoded = wire.decode(action.packet)
-                assert isinstance(decoded, Advert)
-                assert wire.verify(decoded, m.config.key, m.config.addresses)
-                received = AdvertReceived(decoded, self.sources[name])
+                received = AdvertReceived(self.decode(m, action.packet, name), self.sources[name])
                 self.apply(now, other, m.handle(now, received))
+
+    def decode(self, receiver: VhidMachine, packet: bytes, sender: str) -> Advert | VrrpAdvert:
+        """The advert as the agent would hand it over: decoded and authenticated."""
+        config = receiver.config
+        if isinstance(config, VrrpConfig):
+            heard = vrrp.decode(packet, self.sources[sender], wire.CARP_GROUP_V4)
+            assert isinstance(heard, VrrpAdvert)
+            return heard
+        decoded = wire.decode(packet)
+        assert isinstance(decoded, Advert)
+        assert wire.verify(decoded, config.key, config.addresses)
+        return decoded
 
     def run(self, until: float) -> None:
         while True:
@@ -574,3 +591,218 @@ def test_demoted_master_loses_to_a_preempting_backup() -> None:
     link.send(12.0, "a", DemotionChanged(0))
     link.run(until=14.0)  # b's next advert (skew 100) lets a preempt back
     assert (link.machines["a"].state, link.machines["b"].state) == (MASTER, BACKUP)
+
+
+# VRRPv3 (RFC 5798): the same machine, asked by a VrrpConfig.
+
+VRRP_VIPS = (IPv4Address("10.0.0.101"),)
+ME = IPv4Address("10.0.0.1")
+
+
+def vrrp_machine(**config: Any) -> VhidMachine:
+    settings: dict[str, Any] = {"vhid": 1, "primary": ME, "addresses": VRRP_VIPS} | config
+    return VhidMachine(VrrpConfig(**settings), randoms())
+
+
+def vrrp_heard(
+    priority: int = 100, interval: int = 100, source: IPv4Address = PEER
+) -> AdvertReceived:
+    return AdvertReceived(VrrpAdvert(1, priority, interval, VRRP_VIPS), source)
+
+
+def vrrp_sent(priority: int, interval: int = 100) -> SendAdvert:
+    return SendAdvert(vrrp.encode(1, priority, interval, VRRP_VIPS, ME))
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"priority": 0}, "priority: must be 1..255, got 0"),
+        ({"priority": 256}, "priority: must be 1..255, got 256"),
+        ({"interval": 0}, "interval: must be 1..4095, got 0"),
+        ({"interval": 4096}, "interval: must be 1..4095, got 4096"),
+        ({"addresses": (ME, ME)}, "addresses: 10.0.0.1 is listed twice"),
+    ],
+)
+def test_vrrp_config_validation_names_the_field(config: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError) as excinfo:
+        VrrpConfig(**({"vhid": 1, "primary": ME} | config))  # type: ignore[arg-type]
+    assert str(excinfo.value) == message
+
+
+def test_vrrp_config_takes_ipv4_only() -> None:
+    with pytest.raises(TypeError, match=r"^addresses: IPv6Address\('2001:db8::1'\) is not"):
+        VrrpConfig(1, ME, addresses=(IPv6Address("2001:db8::1"),))  # type: ignore[arg-type]
+
+
+def test_vrrp_master_down_is_three_intervals_and_the_skew_time() -> None:
+    """Skew_Time = (256 - 100) * 1 s / 256 = 0.609375 s; Master_Down = 3 s + Skew_Time."""
+    m = vrrp_machine(priority=100, interval=100)
+    assert m.config.master_down == 3.609375
+    assert m.handle(10.0, LinkUp()) == [
+        Transition(INIT, BACKUP, "initialization complete"),
+        SetTimer(13.609375),
+    ]
+    assert m.handle(13.609375, Timeout()) == [
+        Transition(BACKUP, MASTER, "master timed out"),
+        vrrp_sent(100),
+        AddVips(VRRP_VIPS),
+        Announce(VRRP_VIPS),
+        SetTimer(14.609375),  # the interval has no skew in VRRPv3
+    ]
+
+
+def test_vrrp_backup_learns_the_masters_interval() -> None:
+    """A 1 s backup behind a 0.1 s master waits 3 * 0.1 s + (256 - 50) * 0.1 s / 256."""
+    m = vrrp_machine(priority=50, interval=100)
+    m.handle(0.0, LinkUp())
+    assert m.handle(1.0, vrrp_heard(priority=200, interval=10)) == [
+        SetTimer(1.0 + (30 + 206 * 10 / 256) / 100)
+    ]
+    assert m.master_advert == vrrp_heard(priority=200, interval=10).advert
+
+
+def test_vrrp_bow_out_leaves_the_backup_its_skew_time_only() -> None:
+    """Priority 0: the backup with the highest priority has the shortest skew and speaks
+    first, instead of every backup taking over at once."""
+    m = vrrp_machine(priority=200)
+    m.handle(0.0, LinkUp())
+    m.handle(1.0, vrrp_heard(priority=250, interval=10))
+    assert m.handle(1.2, vrrp_heard(priority=0, interval=10)) == [
+        SetTimer(1.2 + 56 * 10 / 256 / 100)
+    ]
+    [transition, *_] = m.handle(1.2 + 56 * 10 / 256 / 100, Timeout())
+    assert transition == Transition(BACKUP, MASTER, "master timed out", PEER)
+
+
+def test_vrrp_master_answers_a_bow_out_with_an_advert() -> None:
+    m = vrrp_machine()
+    m.handle(0.0, LinkUp())
+    m.handle(3.609375, Timeout())
+    assert m.handle(4.0, vrrp_heard(priority=0)) == [vrrp_sent(100), SetTimer(5.0)]
+    assert m.state is MASTER
+
+
+def test_vrrp_shutdown_bows_out_with_priority_zero() -> None:
+    m = vrrp_machine()
+    m.handle(0.0, LinkUp())
+    m.handle(3.609375, Timeout())
+    assert m.handle(4.0, Shutdown()) == [
+        Transition(MASTER, INIT, "shutdown"),
+        vrrp_sent(0),
+        RemoveVips(VRRP_VIPS),
+        SetTimer(None),
+    ]
+
+
+def test_vrrp_address_owner_is_master_at_once_unless_demoted() -> None:
+    owner = vrrp_machine(priority=255)
+    [transition, sent, *_] = owner.handle(0.0, LinkUp())
+    assert (transition, sent) == (Transition(INIT, MASTER, "address owner"), vrrp_sent(255))
+    held = vrrp_machine(priority=255)
+    held.handle(0.0, DemotionChanged(240))
+    assert held.handle(0.0, LinkUp())[0] == Transition(INIT, BACKUP, "initialization complete")
+    assert held.advertised == 15
+
+
+# (our priority, demotion, preempt, their priority, their source) -> state after their advert
+VRRP_BACKUP_HEARS = [
+    (100, 0, True, 200, PEER, BACKUP),
+    (100, 0, True, 50, PEER, MASTER),  # preempt: at once (the RFC waits for master-down)
+    (100, 0, False, 50, PEER, BACKUP),
+    (100, 0, True, 100, IPv4Address("10.0.0.2"), BACKUP),  # tie: the higher address wins
+    (100, 0, True, 100, IPv4Address("10.0.0.0"), MASTER),
+    (100, 60, True, 50, PEER, BACKUP),  # demoted to 40
+    (30, 240, True, 1, IPv4Address("10.0.0.0"), MASTER),  # both at 1: our address is higher
+]
+
+
+@pytest.mark.parametrize(
+    ("priority", "demotion", "preempt", "theirs", "source", "state"), VRRP_BACKUP_HEARS
+)
+def test_vrrp_backup_hears_an_advert(
+    priority: int, demotion: int, preempt: bool, theirs: int, source: IPv4Address, state: State
+) -> None:
+    m = vrrp_machine(priority=priority, preempt=preempt)
+    m.handle(0.0, LinkUp())
+    m.handle(0.5, DemotionChanged(demotion))
+    m.handle(1.0, vrrp_heard(priority=theirs, source=source))
+    assert m.state is state
+
+
+@pytest.mark.parametrize(
+    ("theirs", "source", "steps_down"),
+    [
+        (101, PEER, True),
+        (99, PEER, False),
+        (100, IPv4Address("10.0.0.2"), True),
+        (100, IPv4Address("10.0.0.0"), False),
+    ],
+)
+def test_vrrp_master_yields_to_a_higher_priority_or_address(
+    theirs: int, source: IPv4Address, steps_down: bool
+) -> None:
+    m = vrrp_machine(priority=100)
+    m.handle(0.0, LinkUp())
+    m.handle(3.609375, Timeout())
+    actions = m.handle(4.5, vrrp_heard(priority=theirs, interval=50, source=source))
+    assert m.state is (BACKUP if steps_down else MASTER)
+    if steps_down:  # the master's interval learned at once
+        assert actions[-1] == SetTimer(4.5 + (150 + 156 * 50 / 256) / 100)
+
+
+def vrrp_link(*priorities: int, preempt: bool = True) -> Link:
+    return Link(
+        **{
+            f"n{i}": vrrp_machine(
+                priority=p, primary=IPv4Address(f"10.0.0.{i + 1}"), preempt=preempt
+            )
+            for i, p in enumerate(priorities)
+        }
+    )
+
+
+def test_vrrp_bow_out_hands_over_to_the_best_backup_after_its_skew() -> None:
+    link = vrrp_link(200, 100, 150)
+    for name in link.machines:
+        link.send(0.0, name, LinkUp())
+    link.run(until=10.0)
+    assert [m.state for m in link.machines.values()] == [MASTER, BACKUP, BACKUP]
+    link.send(10.05, "n0", Shutdown())
+    link.run(until=20.0)
+    skew = (256 - 150) / 256  # n2's Skew_Time at 1 s
+    assert link.transitions()[-2:] == [
+        (10.05, "n0", INIT, "shutdown"),
+        (10.05 + skew, "n2", MASTER, "master timed out"),
+    ]
+    assert link.machines["n1"].state is BACKUP
+
+
+@given(
+    priorities=st.lists(st.integers(1, 254), min_size=2, max_size=4),
+    starts=st.lists(st.floats(0, 10), min_size=4, max_size=4),
+)
+def test_vrrp_the_highest_priority_then_address_ends_up_master(
+    priorities: list[int], starts: list[float]
+) -> None:
+    """Whatever order the nodes come up in, with preempt on exactly one is master: the
+    highest priority, ties to the highest address; nobody else ever stays master."""
+    link = vrrp_link(*priorities)
+    for name, start in sorted(
+        zip(link.machines, starts[: len(priorities)], strict=True), key=lambda x: x[1]
+    ):
+        link.run(until=start)
+        link.send(start, name, LinkUp())
+    link.run(until=40.0)
+    best = max(range(len(priorities)), key=lambda i: (priorities[i], i))
+    states = [m.state for m in link.machines.values()]
+    assert states == [MASTER if i == best else BACKUP for i in range(len(priorities))]
+
+
+def test_an_advert_of_the_other_protocol_is_a_bug_of_the_caller() -> None:
+    carp, vrrp3 = backup(), vrrp_machine()
+    vrrp3.handle(0.0, LinkUp())
+    with pytest.raises(TypeError, match=r"^a CARP machine was given VrrpAdvert"):
+        carp.handle(1.0, vrrp_heard())
+    with pytest.raises(TypeError, match=r"^a VRRPv3 machine was given Advert"):
+        vrrp3.handle(1.0, heard())
