@@ -27,7 +27,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from hafs import commands, status, verify_cli
+    from hafs import cluster_status, commands, status, verify_cli
     from hafs.carp import cli as carp_cli
     from hafs.carp import commands as agent_commands
     from hafs.lab import cli as lab_cli
@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     carp_cli.register(sub)
     agent_commands.register(sub)
     status.register(sub)
+    cluster_status.register(sub)
     lab_cli.register(sub)
     service_cli.register(sub)
     verify_cli.register(sub)

@@ -77,6 +77,14 @@ def cmd_held(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """Print what this node says of itself, as JSON (``hafs cluster status`` asks)."""
+    from hafs.cluster_status import node_report
+
+    print(json.dumps(node_report(_services(args))))
+    return 0
+
+
 def _hold_value(text: str) -> int:
     if not text.isdigit() or int(text) > HOLD_DEMOTION:
         raise argparse.ArgumentTypeError(f"{text!r}: give 0 (release) to {HOLD_DEMOTION}")
@@ -184,7 +192,7 @@ def _size(used: int) -> str:
     return f"{used / 2**20:.1f} MiB"
 
 
-PEER_OPERATIONS = ("fence", "snapshots", "receive", "sync", "handover", "held")
+PEER_OPERATIONS = ("fence", "snapshots", "receive", "sync", "handover", "held", "report")
 
 
 def cmd_ssh_command(args: argparse.Namespace) -> int:
@@ -314,6 +322,7 @@ def register(sub: Any) -> None:
         p.add_argument("--to", required=True, metavar="NODE", help="the peer that asked")
         p.add_argument("--since", metavar="SNAP", help="the newest snapshot the peer has")
     parser("held", "list the VIPs this node holds now, one name per line", cmd_held, vip=False)
+    parser("report", "this node's held VIPs, holds and replication, as JSON", cmd_report, vip=False)
     p = parser(
         "hold",
         "set a demotion hold of this node's CARP daemon (FreeBSD: net.inet.carp.demotion)",

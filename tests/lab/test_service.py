@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
@@ -561,3 +561,33 @@ def test_two_nodes_killed_one_after_the_other(service_lab: ServiceLab) -> None:
     wait_for(on_survivors, 8, "every VIP on a surviving node")
     for vhid in (1, 2, 3, 4):
         assert s.get(vhid, f"data-{vhid}.txt") == f"vip {vhid}"
+
+
+def test_cluster_status_from_a_node_names_every_holder_and_a_dead_node(
+    service_lab: ServiceLab,
+) -> None:
+    """`hafs cluster status --json`, run on one node, asks every peer over the replication
+    key: it names each VIP's holder; once a node lost power it says so and exits 1."""
+    s = service_lab
+
+    def status(node: str) -> tuple[int, dict[str, Any]]:
+        argv = [sys.executable, "-m", "hafs", "cluster", "status", "--json"]
+        proc = subprocess.run(
+            [*s.lab.enter(node), *argv], capture_output=True, text=True, check=False, cwd=REPO
+        )
+        assert proc.returncode in (0, 1), proc.stderr
+        return proc.returncode, json.loads(proc.stdout)
+
+    code, found = status("ha-file-server-4")
+    held = {
+        vip.name: [n for n, r in sorted(found["nodes"].items()) if vip.name in r.get("held", ())]
+        for vip in s.cluster.vips
+    }
+    assert held == {vip.name: [vip.home] for vip in s.cluster.vips}, found
+    assert code == (1 if found["problems"] else 0)
+    print(f"problems of the healthy lab: {found['problems'] or 'none'}")
+
+    s.lab.kill("ha-file-server-1")
+    code, found = status("ha-file-server-4")
+    assert code == 1 and "error" in found["nodes"]["ha-file-server-1"], found
+    assert any(p.startswith("ha-file-server-1: no answer: ") for p in found["problems"])
