@@ -273,10 +273,16 @@ def _import_pyinfra_loader() -> Any:
 
 
 def read_pyinfra_inventory(path: Path) -> Any:
-    from pyinfra.api.state import State
-    from pyinfra.context import ctx_state
+    try:  # a node's install has no pyinfra: it reads cluster.json and agent.toml, never this
+        from pyinfra.api.state import State
+        from pyinfra.context import ctx_state
 
-    make_inventory_from_files = _import_pyinfra_loader()
+        make_inventory_from_files = _import_pyinfra_loader()
+    except ImportError as exc:
+        raise InventoryError(
+            f"{path}: reading an inventory needs pyinfra ({exc}): "
+            "python3 -m pip install 'hafs[deploy]'"
+        ) from None
 
     try:
         with ctx_state.use(State()):

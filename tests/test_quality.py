@@ -63,3 +63,39 @@ def test_the_service_layer_loads_no_pyroute2(module: str) -> None:
     code = f"import {module}, sys; print('pyroute2' in sys.modules)"
     result = run(sys.executable, "-c", code)
     assert result.stdout.strip() == "False", result.stdout + result.stderr
+
+
+# What a node runs: the CLI with every command group, the agent, the service daemon and its
+# hooks, `hafs cluster status`. A node installs `hafs` without extras (pyproject.toml): none
+# of these may need the deploy host's pyinfra, the drill's matplotlib or the tests' scapy.
+NODE_CODE = (
+    "import sys\n"
+    "from hafs import cli, cluster_status, status\n"
+    "from hafs.carp import agent\n"
+    "from hafs.service import daemon, cli as service_cli\n"
+    "for argv in (['--help'], ['service', 'run', '--help'], ['agent', '--help']):\n"
+    "    try:\n"
+    "        cli.main(argv)\n"
+    "    except SystemExit:\n"
+    "        pass\n"
+    "print(sorted(m for m in ('pyinfra', 'matplotlib', 'scapy', 'gevent') if m in sys.modules))\n"
+)
+
+
+def test_what_a_node_runs_needs_no_extra() -> None:
+    result = run(sys.executable, "-c", NODE_CODE)
+    assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout + result.stderr
+
+
+def test_an_inventory_without_pyinfra_is_one_line_naming_the_extra() -> None:
+    code = (
+        "import sys\n"
+        "sys.modules['pyinfra'] = None  # as on a node: not installed\n"
+        "from hafs.cli import main\n"
+        "sys.exit(main(['check', '-i', 'inventory.py']))\n"
+    )
+    result = run(sys.executable, "-c", code)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "reading an inventory needs pyinfra" in result.stderr
+    assert "pip install 'hafs[deploy]'" in result.stderr
+    assert "Traceback" not in result.stderr
