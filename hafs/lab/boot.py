@@ -33,6 +33,30 @@ from hafs.lab.supervise import HAFS, NodeProcesses
 from hafs.service import config as service_config
 from hafs.service.transport import peer_key_options
 
+# What a node of the lab runs, and the Debian package that has it.
+PROGRAMS = {
+    "zfs-fuse": "zfs-fuse", "zfs": "zfs-fuse", "zpool": "zfs-fuse", "smbd": "samba",
+    "sshd": "openssh-server", "ssh": "openssh-client", "ip": "iproute2",
+    "nsenter": "util-linux", "unshare": "util-linux",
+}  # fmt: skip
+SBIN = "/usr/local/sbin:/usr/sbin:/sbin"  # root's programs, on a PATH that may lack them
+
+
+def check_programs(foreign: str | None) -> None:
+    """Every program a lab node runs is installed, else one line naming each missing one
+    and its package (without sshd, say, replication fails silently and the drill waits)."""
+    needed = {**PROGRAMS, **({"ucarp": "ucarp"} if foreign == "ucarp" else {})}
+    path = f"{os.environ.get('PATH', '')}:{SBIN}"
+    missing = {
+        name: package for name, package in needed.items() if not shutil.which(name, path=path)
+    }
+    if missing:
+        packages = " ".join(sorted(set(missing.values())))
+        raise LabError(
+            f"the lab needs {', '.join(missing)}, not installed here: apt-get install {packages}"
+        )
+
+
 POOL_SIZE = "512M"
 ZFS_MOUNT_ROOT = "/run/zpool"  # pools mount inside the node's private /run
 

@@ -39,7 +39,7 @@ from pathlib import Path
 
 from hafs.check import check
 from hafs.cluster import Cluster, load
-from hafs.lab.boot import NodeBoot, Progress
+from hafs.lab.boot import NodeBoot, Progress, check_programs
 from hafs.lab.netns import Lab, LabError, Netns, cleanup, list_namespaces
 from hafs.lab.status import LabStatus
 
@@ -58,6 +58,7 @@ class ClusterLab(NodeBoot, LabStatus):
         began = time.monotonic()
         if self.exists:
             raise LabError(f"lab {self.name!r} already exists: hafs lab down --name {self.name}")
+        check_programs(foreign)
         cluster = self._cluster = load(inventory)
         errors = [str(p) for p in check(cluster) if p.level == "error"]
         if errors:

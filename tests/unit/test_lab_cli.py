@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import shlex
+import shutil
 import stat
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from hafs.lab import boot
 from hafs.lab.cli import format_status
 from hafs.lab.cluster import ClusterLab
+from hafs.lab.netns import LabError
 from hafs.lab.supervise import HAFS
 from tests.unit.conftest import MakeCluster
 
@@ -58,3 +63,23 @@ def test_a_nodes_peer_keys_are_restricted_like_a_deployed_nodes(
     ]
     for secret in ("replication_key", "ssh_host_ed25519_key", "cluster.json"):
         assert stat.S_IMODE((etc / secret).stat().st_mode) == 0o600, secret
+
+
+def test_lab_up_names_each_missing_program_and_its_package(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Without sshd the lab came up "up" and replication failed silently: now `lab up`
+    stops first, in one line, before it creates anything."""
+    absent = {"ucarp"}
+    monkeypatch.setattr(
+        shutil, "which", lambda name, path=None: None if name in absent else f"/x/{name}"
+    )
+    boot.check_programs(None)  # ucarp only for --foreign ucarp
+    absent.add("sshd")
+    with pytest.raises(LabError, match=r"^the lab needs sshd, ucarp, not installed here: "
+                       r"apt-get install openssh-server ucarp$"):  # fmt: skip
+        boot.check_programs("ucarp")
+    lab = ClusterLab(f"t{tmp_path.name[-6:]}")
+    with pytest.raises(LabError, match="the lab needs sshd"):
+        lab.up("no-such-inventory.py", "ucarp")
+    assert not lab.exists
