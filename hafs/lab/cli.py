@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from hafs.commands import add_inventory_option
@@ -91,7 +92,10 @@ def cmd_exec(args: argparse.Namespace) -> int:
     command = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     if not command:
         raise HafsError("exec: give a command after --, e.g. hafs lab exec client -- ip addr")
-    return subprocess.run([*_lab(args).enter(args.node), *command], check=False).returncode
+    # `hafs` in the node is this one, also from a venv that sudo's PATH does not name
+    here = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": os.pathsep.join([here, os.environ.get("PATH", "")])}
+    return subprocess.run([*_lab(args).enter(args.node), *command], check=False, env=env).returncode
 
 
 def _node_action(action: str) -> Any:

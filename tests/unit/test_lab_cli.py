@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import shlex
 import shutil
 import stat
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -83,3 +86,28 @@ def test_lab_up_names_each_missing_program_and_its_package(
     with pytest.raises(LabError, match="the lab needs sshd"):
         lab.up("no-such-inventory.py", "ucarp")
     assert not lab.exists
+
+
+def test_lab_exec_finds_this_hafs_in_a_node_from_a_venv(monkeypatch: pytest.MonkeyPatch) -> None:
+    """sudo's PATH lacks a venv's bin: `hafs lab exec NODE -- hafs status` failed with
+    "nsenter: failed to execute hafs"; the node's PATH now starts with this hafs's bin."""
+    from hafs.lab import cli
+
+    class Lab:
+        def enter(self, node: str) -> list[str]:
+            return ["nsenter", f"--{node}"]
+
+    ran: list[tuple[list[str], dict[str, str]]] = []
+
+    def run(argv: list[str], check: bool, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        ran.append((argv, env))
+        return subprocess.CompletedProcess(argv, 0)
+
+    monkeypatch.setattr(cli, "_lab", lambda args: Lab())
+    monkeypatch.setattr(subprocess, "run", run)
+    monkeypatch.setenv("PATH", "/usr/sbin:/usr/bin")
+    args = argparse.Namespace(node="n1", cmd=["--", "hafs", "status"])
+    assert cli.cmd_exec(args) == 0
+    [(argv, env)] = ran
+    assert argv == ["nsenter", "--n1", "hafs", "status"]
+    assert env["PATH"] == f"{Path(sys.executable).parent}:/usr/sbin:/usr/bin"

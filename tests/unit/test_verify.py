@@ -1086,6 +1086,25 @@ def test_a_lab_inventory_is_refused_outside_the_lab(tmp_path: Path) -> None:
     verify_cli.refuse_lab_inventory(inventory, tmp_path / "no-labs")
 
 
+def test_a_lab_inventory_is_used_inside_one_of_its_labs_beside_the_others(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`hafs verify --lab --name second` runs in the client namespace of lab "second"; lab
+    "demo" of the same inventory runs too: that is not a reason to refuse."""
+    inventory = tmp_path / "inventory.py"
+    inventory.write_text("")
+    for name in ("demo", "second"):
+        (tmp_path / "labs" / name).mkdir(parents=True)
+        state = {"inventory": str(inventory), "client": {"ns": f"{name}-client"}}
+        (tmp_path / "labs" / name / "state.json").write_text(json.dumps(state))
+    inside = {"/proc/self/ns/net", os.path.join(verify_cli.NETNS_DIR, "second-client")}
+    monkeypatch.setattr(verify_cli, "_netns_inode", lambda path: 1 if path in inside else path)
+    verify_cli.refuse_lab_inventory(inventory, tmp_path / "labs")
+    inside.discard(os.path.join(verify_cli.NETNS_DIR, "second-client"))
+    with pytest.raises(HafsError, match=r"--lab --name demo$"):
+        verify_cli.refuse_lab_inventory(inventory, tmp_path / "labs")
+
+
 def test_the_lab_child_gets_the_same_command_without_lab() -> None:
     parser_args = verify_cli_args(
         "verify", "--lab", "--json", "--failover", "--node", "n2", "--settle", "0",
