@@ -30,7 +30,7 @@ from typing import Any
 from hafs.errors import HafsError
 from hafs.holds import HOLD_DEMOTION, POOL_HOLD, QUORUM_HOLD, RESYNC_HOLD, smbd_hold
 from hafs.service import config as service_config
-from hafs.service import demotion, divergence, health, metrics, space
+from hafs.service import demotion, divergence, health, metrics, space, takeover
 from hafs.service.config import VipService
 from hafs.service.membership import PORT, Membership
 from hafs.service.node import Look, NodeServices
@@ -255,6 +255,7 @@ class ServiceDaemon:
             log.error("kept-aside copies not listed: %s", exc)
             diverged = []
         pool = self.pool_space() if self.pool_ok else None
+        holds = self.demotion.holds() if self.demotion else None
         report = {
             "node": self.config.node,
             "at": time.time(),
@@ -265,7 +266,17 @@ class ServiceDaemon:
         RUN_DIR.mkdir(parents=True, exist_ok=True)
         for path, text in (
             (STATUS_FILE, json.dumps(report)),
-            (metrics.METRICS_FILE, metrics.render(self.config.vips, self.report, diverged, pool)),
+            (
+                metrics.METRICS_FILE,
+                metrics.render(
+                    self.config.vips,
+                    self.report,
+                    diverged,
+                    pool,
+                    holds,
+                    takeover.records(self.config.vips),
+                ),
+            ),
         ):
             tmp = path.with_suffix(".tmp")
             tmp.write_text(text)

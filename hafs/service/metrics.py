@@ -11,7 +11,14 @@ atomically): point ``node_exporter --collector.textfile.directory`` at ``/var/ru
   headroom; ``hafs_service_diverged_budget_bytes``: alert when the copies near it.
 - ``hafs_service_replication_ok{vip,peer}``: 1 if, at the last round, the peer had the newest
   snapshot of a VIP held here (sent then, or before: a VIP with nothing written sends
-  nothing); ``hafs_service_replication_last_success_timestamp_seconds{vip,peer}``: when.
+  nothing); ``hafs_service_replication_last_success_timestamp_seconds{vip,peer}``: when;
+  ``hafs_service_replication_as_of_timestamp_seconds{vip,peer}``: the peer has every write made
+  before then (alert on ``time() -`` it above a few replication intervals: the lag).
+- ``hafs_service_demotion_hold{name}``: this node's demotion holds (the agent's on Linux, the
+  kernel's on FreeBSD), the advskew each adds: a node held back does not preempt.
+- ``hafs_service_takeover_seconds{vip}``, ``hafs_service_takeover_step_seconds{vip,step}``:
+  this node's last takeover of the VIP, from its CARP master to smbd serving and the clients
+  told (:func:`hafs.service.takeover.record`), and each step's share.
 """
 
 from __future__ import annotations
@@ -39,11 +46,14 @@ def render(
     report: Mapping[str, Mapping[str, Any]],
     diverged: list[dict[str, Any]],
     pool: Space | None = None,
+    holds: Mapping[str, int] | None = None,
+    takeovers: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> str:
     """The metrics text: the ``vips`` this node carries, the round's replication ``report``
-    (VIP -> peer -> outcome), the kept-aside copies (``DivergedCopy.as_dict()``) and the
-    pool's space (None: not read this round)."""
-    lines = []
+    (VIP -> peer -> outcome), the kept-aside copies (``DivergedCopy.as_dict()``), the
+    pool's space (None: not read this round), the demotion ``holds`` (None: not known) and
+    the last takeover record per VIP."""
+    lines = _holds(holds) + _takeovers(takeovers or {})
     if pool is not None:
         for metric, value, text in (
             ("pool_size_bytes", pool.size, "The pool's size (used and available)."),
@@ -76,7 +86,7 @@ def render(
         "last round.",
         "# TYPE hafs_service_replication_ok gauge",
     ]
-    stamps = []
+    stamps, as_of = [], []
     for vip, peers in sorted(report.items()):
         for peer, item in sorted(peers.items()):
             lines.append(
@@ -84,10 +94,53 @@ def render(
             )
             if item["ok"]:
                 stamps.append(f"{_labels(vip=vip, peer=peer)} {item['at']:.3f}")
+            if item["ok"] and "as_of" in item:
+                as_of.append(f"{_labels(vip=vip, peer=peer)} {item['as_of']:.3f}")
     lines += [
         "# HELP hafs_service_replication_last_success_timestamp_seconds When the peer last had "
         "the VIP's newest snapshot.",
         "# TYPE hafs_service_replication_last_success_timestamp_seconds gauge",
         *(f"hafs_service_replication_last_success_timestamp_seconds{s}" for s in stamps),
+        "# HELP hafs_service_replication_as_of_timestamp_seconds The peer has every write of "
+        "the VIP made before this.",
+        "# TYPE hafs_service_replication_as_of_timestamp_seconds gauge",
+        *(f"hafs_service_replication_as_of_timestamp_seconds{s}" for s in as_of),
     ]
     return "\n".join(lines) + "\n"
+
+
+def _holds(holds: Mapping[str, int] | None) -> list[str]:
+    if holds is None:
+        return []
+    return [
+        "# HELP hafs_service_demotion_hold A demotion hold of this node: the advskew it adds.",
+        "# TYPE hafs_service_demotion_hold gauge",
+        *(f"hafs_service_demotion_hold{_labels(name=n)} {v}" for n, v in sorted(holds.items())),
+    ]
+
+
+def _takeovers(takeovers: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Each VIP's last takeover here: master (or the takeover's start) to serving, and the
+    steps until then. A record this code cannot read is left out."""
+    totals, steps = [], []
+    for vip, record in sorted(takeovers.items()):
+        try:
+            began = record["master"] if record.get("master") is not None else record["began"]
+            totals.append(f"{_labels(vip=vip)} {float(record['served']) - float(began):.4f}")
+            steps += [
+                f"{_labels(vip=vip, step=str(name))} {float(took):.4f}"
+                for name, took in record["steps"]
+            ]
+        except (KeyError, TypeError, ValueError):
+            continue
+    if not totals:
+        return []
+    return [
+        "# HELP hafs_service_takeover_seconds This node's last takeover of the VIP: from its "
+        "CARP master to smbd serving.",
+        "# TYPE hafs_service_takeover_seconds gauge",
+        *(f"hafs_service_takeover_seconds{t}" for t in totals),
+        "# HELP hafs_service_takeover_step_seconds The seconds of each step of that takeover.",
+        "# TYPE hafs_service_takeover_step_seconds gauge",
+        *(f"hafs_service_takeover_step_seconds{s}" for s in steps),
+    ]

@@ -30,6 +30,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any
 
@@ -145,6 +146,15 @@ def record(
     with contextlib.suppress(OSError):
         path.with_suffix(".tmp").write_text(json.dumps(done))
         path.with_suffix(".tmp").replace(path)
+
+
+def records(vips: Sequence[VipService]) -> dict[str, dict[str, Any]]:
+    """The last takeover record (:func:`record`) of each of ``vips`` this node has."""
+    found = {}
+    for vip in vips:
+        with contextlib.suppress(OSError, ValueError):
+            found[vip.name] = json.loads((RUN_DIR / f"{vip.name}.takeover.json").read_text())
+    return found
 
 
 def resyncing(services: NodeServices) -> bool:

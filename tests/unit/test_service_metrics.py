@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from ipaddress import IPv4Address
+from typing import Any
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from hafs.service.config import VipService
@@ -64,3 +66,23 @@ def test_the_pools_space_when_it_was_read() -> None:
     assert got[("hafs_service_pool_headroom_bytes", ())] == 50 << 20
     assert got[("hafs_service_diverged_budget_bytes", ())] == 200 << 20
     assert ("hafs_service_pool_free_bytes", ()) not in samples(render(VIPS, {}, []))
+
+
+def test_holds_lag_and_the_last_takeover_with_its_steps() -> None:
+    report = {"vip1": {"n2": {"ok": True, "at": 1700000000.5, "as_of": 1700000000.0}}}
+    takeovers: dict[str, dict[str, Any]] = {
+        "vip1": {"master": 100.0, "began": 100.1, "served": 100.6,
+                 "steps": [["roll back to the newest snapshot", 0.25], ["start smbd", 0.2]]},
+        "vip2": {"master": None, "began": 200.0, "served": 200.3, "steps": []},  # FreeBSD's
+        "vip3": {"began": "garbled"},
+    }  # fmt: skip
+    got = samples(render(VIPS, report, [], holds={"resync": 240}, takeovers=takeovers))
+    as_of = ("hafs_service_replication_as_of_timestamp_seconds", (("peer", "n2"), ("vip", "vip1")))
+    assert got[as_of] == 1700000000.0
+    assert got[("hafs_service_demotion_hold", (("name", "resync"),))] == 240
+    assert got[("hafs_service_takeover_seconds", (("vip", "vip1"),))] == pytest.approx(0.6)
+    assert got[("hafs_service_takeover_seconds", (("vip", "vip2"),))] == pytest.approx(0.3)
+    step = ("hafs_service_takeover_step_seconds", (("step", "start smbd"), ("vip", "vip1")))
+    assert got[step] == 0.2
+    assert not [k for k in got if ("vip", "vip3") in k[1]]
+    assert ("hafs_service_demotion_hold", ()) not in samples(render(VIPS, {}, []))
