@@ -40,7 +40,7 @@ class Killer(Protocol):
 
     def takeover_record(self, node: str, vip: str) -> dict[str, Any] | None:
         """What ``node`` wrote down of its last takeover of ``vip``
-        (:func:`hafs.service.takeover.record`), if this killer can read it there."""
+        (:class:`hafs.service.takeover.Record`), if this killer can read it there."""
         ...
 
 

@@ -5,6 +5,7 @@ a :class:`~hafs.drill.monitor.Monitor` watches every VIP.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ class DrillOptions:
 
 
 RECORD_TRIES = 10  # 0.2 s apart: the new holder writes its record as its clients are served
+WATCH_INTERVAL = 1.0  # how often the drill reads the expected holder's record while it waits
 
 
 class Drill:
@@ -136,12 +138,23 @@ class Drill:
     def _takeover(
         self, vip: Vip, outcome: VipOutcome, node: str, killed: float, deadline: float, number: int
     ) -> None:
-        answer = self.monitor.wait_for(
-            vip.vhid, killed, lambda s: s.answered and s.holder != node, deadline
+        failed: list[str] = []  # what the expected holder's record says, if its takeover failed
+        stop = threading.Event()
+        watching = threading.Thread(
+            target=self._watch_takeover, args=(vip, outcome, killed, stop, failed), daemon=True
         )
+        watching.start()
+        try:
+            answer = self.monitor.wait_for(
+                vip.vhid, killed, lambda s: s.answered and s.holder != node, deadline
+            )
+        finally:
+            stop.set()
+            watching.join()
         if answer is None:
             last = self.monitor.latest(vip.vhid)
             why = f"; last poll: {last.error}" if last is not None and last.error else ""
+            why += f"; {failed[0]}" if failed else ""
             outcome.problems.append(
                 f"{vip.name}: no SMB answer from another node within "
                 f"{self.options.timeout:g}s of killing {node}{why}"
@@ -162,6 +175,27 @@ class Drill:
         error = self._write_canaries(vip, f"round {number} during the outage")
         if error is not None:
             outcome.problems.append(f"{vip.name}: on {answer.holder}: {error}")
+
+    def _watch_takeover(
+        self,
+        vip: Vip,
+        outcome: VipOutcome,
+        killed: float,
+        stop: threading.Event,
+        failed: list[str],
+    ) -> None:
+        """While the drill waits for an SMB answer: if the expected holder's takeover failed
+        (its record says why), say so at once rather than at the end of the wait."""
+        holder, wall = outcome.expected_holder, time.time() - time.monotonic()
+        while holder is not None and not stop.wait(WATCH_INTERVAL):
+            record = self.killer.takeover_record(holder, vip.name)
+            if record is None:
+                return  # this killer cannot read records
+            error, began = record.get("error"), record.get("began")
+            if error and isinstance(began, (int, float)) and began >= killed + wall:
+                failed.append(f"the takeover on {holder} failed: {error}")
+                self.progress(f"{vip.name}: {failed[0]}")
+                return
 
     def _split(
         self, vip: Vip, outcome: VipOutcome, holder: str, killed: float, served: float

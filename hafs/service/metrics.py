@@ -18,7 +18,7 @@ atomically): point ``node_exporter --collector.textfile.directory`` at ``/var/ru
   kernel's on FreeBSD), the advskew each adds: a node held back does not preempt.
 - ``hafs_service_takeover_seconds{vip}``, ``hafs_service_takeover_step_seconds{vip,step}``:
   this node's last takeover of the VIP, from its CARP master to smbd serving and the clients
-  told (:func:`hafs.service.takeover.record`), and each step's share.
+  told (:class:`hafs.service.takeover.Record`), and each step's share.
 """
 
 from __future__ import annotations

@@ -32,6 +32,7 @@ import logging
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from hafs.carp import control
@@ -76,80 +77,101 @@ def takeover(
             log.info("%s takeover: the VIP is no longer here: nothing to do", vip.name)
             return
         log.info("%s takeover: begins on %s", vip.name, node)
-        began, times = time.time(), list[tuple[str, float]]()  # for the record (:func:`record`)
-        verdict = membership.read_verdict()
-        if verdict is not None and not verdict["quorate"]:
-            raise ServiceError(f"{vip.name}: not serving: no quorum ({verdict['reason']})")
-        if resyncing(services):  # came back (boot, link, stall): the newest copy serves
-            with step(vip, "takeover", "check that no reachable carrier has newer data", times):
-                newer = newer_elsewhere(services, vip)
-            if newer is not None:
-                raise ServiceError(
-                    f"{vip.name}: not serving: {newer}; this node keeps its resync hold, "
-                    "steps down and pulls the delta first"
-                )
-        with ThreadPoolExecutor(max(1, len(vip.carriers))) as pool:
-            # fencing starts first and never delays service: the old holder lost the VIP
-            # (its smbd is bound to an address it no longer has); fencing stops its writes
-            fencing = fence_peers(services, vip, previous_master, pool)
-            if fresh:  # its newest snapshot, received by this node's daemon, nothing cached
-                log.info("%s takeover: received into a remounted replica: no rollback", vip.name)
-            else:
-                with step(vip, "takeover", "roll back to the newest snapshot", times):
-                    rollback_or_provision(services, vip)
-            with step(vip, "takeover", "check that the dataset is mounted", times):
-                mounts.ensure_mounted(services, vip)
-            with step(vip, "takeover", "make the dataset writable", times):
-                services.zfs.set(services.dataset(vip), "readonly", "off")
-                divergence.mark_served(services, vip)
-            with step(vip, "takeover", "start smbd", times):
-                services.start_smbd(vip)
-            with step(vip, "takeover", "announce (tickle ACKs)", times):
-                services.tickle(vip)
-            served, serving = time.time(), len(times)
-            record(services, vip, began, served, times, [])  # the drill reads it from now on
-            if fresh:  # after the clients' return: retention runs no sooner than the next round
-                with step(vip, "takeover", "keep a base for every carrier", times):
-                    replication.keep_bases_at_takeover(services, vip)
-            with step(vip, "takeover", "limit the shares to their part of the pool", times):
-                services.limit(vip)
-            with step(vip, "takeover", "fence the other carriers", times):
-                fenced(vip, fencing)
+        rec = Record()
+        try:
+            serve(services, vip, previous_master, fresh, rec)
+        except Exception as exc:  # said by the hook's caller; recorded for the drill
+            rec.error = str(exc) or type(exc).__name__
+            rec.write(services, vip)
+            raise
         (RUN_DIR / f"{vip.name}.handover").unlink(missing_ok=True)
         log.info("%s takeover: serving on %s", vip.name, node)
-        record(services, vip, began, served, times[:serving], times[serving:])
+        rec.write(services, vip)
 
 
-def record(
-    services: NodeServices,
-    vip: VipService,
-    began: float,
-    served: float,
-    steps: list[tuple[str, float]],
-    after: list[tuple[str, float]],
+def serve(
+    services: NodeServices, vip: VipService, previous_master: str | None, fresh: bool, rec: Record
 ) -> None:
-    """Write down where the takeover's time went, for ``hafs verify --failover`` (the drill
-    splits its RTO with it): when the agent made this node master (None under FreeBSD's
-    kernel CARP, which does not say), when the takeover began and when smbd served and the
-    clients were told (wall clock), the seconds of its steps until then and of those
-    ``after``. Written when the clients are served, and again at its end; never fails the
-    takeover."""
-    master = None
-    if services.config.agent_socket is not None:
-        with contextlib.suppress(control.ControlError, KeyError, TypeError):
-            status = control.request(services.config.agent_socket, {"op": "status"})
-            master = next(v["since"] for v in status["vhids"] if v["vhid"] == vip.vhid)
-    done = {"node": services.config.node, "master": master, "began": began, "served": served}
-    done["steps"] = [[name, seconds] for name, seconds in steps]
-    done["after"] = [[name, seconds] for name, seconds in after]
-    path = RUN_DIR / f"{vip.name}.takeover.json"
-    with contextlib.suppress(OSError):
-        path.with_suffix(".tmp").write_text(json.dumps(done))
-        path.with_suffix(".tmp").replace(path)
+    """The takeover's steps, under the VIP's lock, each timed into ``rec``."""
+    times = rec.steps
+    verdict = membership.read_verdict()
+    if verdict is not None and not verdict["quorate"]:
+        raise ServiceError(f"{vip.name}: not serving: no quorum ({verdict['reason']})")
+    if resyncing(services):  # came back (boot, link, stall): the newest copy serves
+        with step(vip, "takeover", "check that no reachable carrier has newer data", times):
+            newer = newer_elsewhere(services, vip)
+        if newer is not None:
+            raise ServiceError(
+                f"{vip.name}: not serving: {newer}; this node keeps its resync hold, "
+                "steps down and pulls the delta first"
+            )
+    with ThreadPoolExecutor(max(1, len(vip.carriers))) as pool:
+        # fencing starts first and never delays service: the old holder lost the VIP
+        # (its smbd is bound to an address it no longer has); fencing stops its writes
+        fencing = fence_peers(services, vip, previous_master, pool)
+        if fresh:  # its newest snapshot, received by this node's daemon, nothing cached
+            log.info("%s takeover: received into a remounted replica: no rollback", vip.name)
+        else:
+            with step(vip, "takeover", "roll back to the newest snapshot", times):
+                rollback_or_provision(services, vip)
+        with step(vip, "takeover", "check that the dataset is mounted", times):
+            mounts.ensure_mounted(services, vip)
+        with step(vip, "takeover", "make the dataset writable", times):
+            services.zfs.set(services.dataset(vip), "readonly", "off")
+            divergence.mark_served(services, vip)
+        with step(vip, "takeover", "start smbd", times):
+            services.start_smbd(vip)
+        with step(vip, "takeover", "announce (tickle ACKs)", times):
+            services.tickle(vip)
+        rec.served, rec.serving = time.time(), len(times)
+        rec.write(services, vip)  # the drill reads it from now on
+        if fresh:  # after the clients' return: retention runs no sooner than the next round
+            with step(vip, "takeover", "keep a base for every carrier", times):
+                replication.keep_bases_at_takeover(services, vip)
+        with step(vip, "takeover", "limit the shares to their part of the pool", times):
+            services.limit(vip)
+        with step(vip, "takeover", "fence the other carriers", times):
+            fenced(vip, fencing)
+
+
+@dataclass
+class Record:
+    """Where a takeover's time went, for ``hafs verify --failover`` (the drill splits its RTO
+    with it) and the metrics: written to ``<vip>.takeover.json`` when the clients are served,
+    at the end, and when it fails (``error``); never fails the takeover itself."""
+
+    began: float = field(default_factory=time.time)  # wall clock, as the agent's "since"
+    steps: list[tuple[str, float]] = field(default_factory=list)  # each step's seconds
+    served: float | None = None  # smbd started and the clients told
+    serving: int = 0  # how many of the steps came before that
+    error: str | None = None
+
+    def write(self, services: NodeServices, vip: VipService) -> None:
+        """Also asks the agent when it made this node master (None under FreeBSD's kernel
+        CARP, which does not say)."""
+        master = None
+        if services.config.agent_socket is not None:
+            with contextlib.suppress(control.ControlError, KeyError, TypeError, StopIteration):
+                status = control.request(services.config.agent_socket, {"op": "status"})
+                master = next(v["since"] for v in status["vhids"] if v["vhid"] == vip.vhid)
+        before = self.serving if self.served is not None else len(self.steps)
+        done = {
+            "node": services.config.node,
+            "master": master,
+            "began": self.began,
+            "served": self.served,
+            "steps": [[name, seconds] for name, seconds in self.steps[:before]],
+            "after": [[name, seconds] for name, seconds in self.steps[before:]],
+            "error": self.error,
+        }
+        path = RUN_DIR / f"{vip.name}.takeover.json"
+        with contextlib.suppress(OSError):
+            path.with_suffix(".tmp").write_text(json.dumps(done))
+            path.with_suffix(".tmp").replace(path)
 
 
 def records(vips: Sequence[VipService]) -> dict[str, dict[str, Any]]:
-    """The last takeover record (:func:`record`) of each of ``vips`` this node has."""
+    """The last takeover record (:class:`Record`) of each of ``vips`` this node has."""
     found = {}
     for vip in vips:
         with contextlib.suppress(OSError, ValueError):

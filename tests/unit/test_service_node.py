@@ -323,7 +323,23 @@ class TakingOver(NodeServices):
         return 0
 
 
+ALONE_VIP = VipService(1, "vip1", IPv4Address("10.0.0.100"), "n1", ("n1", "n2"), ())
+ALONE = ServiceConfig(
+    node="n1", pool="tank", replication_interval=10, vips=(ALONE_VIP,), users={}, peers={},
+    agent_socket=None,
+)  # fmt: skip
+
+
+@pytest.fixture
+def taking_over(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A takeover of ALONE_VIP: its record goes to ``tmp_path``; mounted, quorate."""
+    monkeypatch.setattr(takeover, "RUN_DIR", tmp_path)
+    monkeypatch.setattr(mounts, "ensure_mounted", lambda *_: False)
+    monkeypatch.setattr(membership, "read_verdict", lambda: None)
+
+
 @pytest.mark.parametrize("fresh", [False, True])
+@pytest.mark.usefixtures("taking_over")
 def test_a_handback_received_into_a_remounted_replica_serves_before_anything_else(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fresh: bool
 ) -> None:
@@ -331,14 +347,7 @@ def test_a_handback_received_into_a_remounted_replica_serves_before_anything_els
     and records a base for every carrier first; after a handback (``fresh``: the daemon
     just received into a remounted replica) smbd starts at once, and the bases come after
     the clients were tickled (retention runs no sooner than the next round)."""
-    vip = VipService(1, "vip1", IPv4Address("10.0.0.100"), "n1", ("n1", "n2"), ())
-    config = ServiceConfig(
-        node="n1", pool="tank", replication_interval=10, vips=(vip,), users={}, peers={},
-        agent_socket=None,
-    )  # fmt: skip
-    monkeypatch.setattr(takeover, "RUN_DIR", tmp_path)
-    monkeypatch.setattr(mounts, "ensure_mounted", lambda *_: False)
-    monkeypatch.setattr(membership, "read_verdict", lambda: None)
+    vip, config = ALONE_VIP, ALONE
     nice = {"now": 0}  # this thread's CPU priority, as the kernel would keep it
     monkeypatch.setattr(os, "getpriority", lambda which, who: nice["now"])
     monkeypatch.setattr(os, "setpriority", lambda which, who, value: nice.update(now=value))
@@ -363,6 +372,23 @@ def test_a_handback_received_into_a_remounted_replica_serves_before_anything_els
         *(["keep a base for every carrier"] if fresh else []),
         "limit the shares to their part of the pool", "fence the other carriers",
     ]  # fmt: skip
+
+
+class SmbdFails(TakingOver):
+    def start_smbd(self, vip: VipService) -> None:
+        raise ServiceError("vip1: smbd did not start: port 445 in use")
+
+
+@pytest.mark.usefixtures("taking_over")
+def test_a_failed_takeover_is_recorded_with_its_error(tmp_path: Path) -> None:
+    """The drill says at once that a takeover failed: the record carries why."""
+    vip, config = ALONE_VIP, ALONE
+    with pytest.raises(ServiceError, match="port 445 in use"):
+        takeover.takeover(SmbdFails(config, RollingBack()), vip)
+    written = json.loads((tmp_path / "vip1.takeover.json").read_text())
+    assert written["error"] == "vip1: smbd did not start: port 445 in use"
+    assert written["served"] is None and written["after"] == []
+    assert [name for name, _ in written["steps"]][-1] == "make the dataset writable"
 
 
 class HandingOver(AnsweringNode):

@@ -25,6 +25,7 @@ from hafs import verify as verify_mod
 from hafs import verify_cli
 from hafs.cluster import Cluster, Vip
 from hafs.drill import DrillError
+from hafs.drill import run as drill_run
 from hafs.drill.killers import CommandKiller, CommandOutcome, PipeKiller, run_shell, serve_killer
 from hafs.drill.monitor import Monitor, Sample, data_status
 from hafs.drill.plot import plot_timeline
@@ -885,6 +886,39 @@ def test_a_failback_that_loses_the_outage_writes_fails(cluster: Cluster) -> None
     assert outcome.problems == [
         "vip2: canary written during the outage, after the failback: differs: data"
     ]
+
+
+def test_a_failed_takeover_is_said_at_once_not_at_the_end_of_the_wait(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Failing(FakeKiller):
+        """n2's takeover of vip1 fails right after the kill; nobody else takes over."""
+
+        def takeover_record(self, node: str, vip: str) -> dict[str, Any] | None:
+            error: dict[str, Any] = {
+                "began": time.time(),
+                "served": None,
+                "steps": [],
+                "error": "no replica",
+            }
+            return error if (node, vip) == ("n2", "vip1") else None
+
+    monkeypatch.setattr(drill_run, "WATCH_INTERVAL", 0.02)
+    world = FakeWorld(cluster)
+    killer = Failing(world, delay=10)  # longer than the drill waits
+    said: list[str] = []
+    report = run_drill(
+        cluster, world.connect, world.connect, killer,
+        DrillOptions(settle=0, timeout=HUNG, nodes=["n1"]), said.append, "tok", interval=0.01,
+    )  # fmt: skip
+    for timer in killer.timers:
+        timer.cancel()
+    failed = "vip1: the takeover on n2 failed: no replica"
+    kill = said.index("kill n1")
+    assert failed in said[kill:]  # said while the drill waited: before the wait's end
+    assert said.index(failed) < next(i for i, line in enumerate(said) if "no SMB answer" in line)
+    [outcome] = report.rounds[0].vips
+    assert outcome.problems[0].endswith("; the takeover on n2 failed: no replica")
 
 
 def test_the_drill_polls_only_what_the_check_user_may_use(make_cluster: MakeCluster) -> None:
