@@ -143,6 +143,8 @@ def render(
         f"start_demoted = {_toml(start_demoted)}",
         "resync_holds = true",
     ]
+    if node.metrics is not None:
+        lines.append(f"metrics = {_toml(node.metrics)}")
     for vip in cluster.vips_of(node.name):
         lines += [
             "",

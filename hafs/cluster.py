@@ -134,6 +134,7 @@ class Node:
     sysctl: Mapping[str, str] = field(default_factory=dict)
     drill_kill: str | None = None  # hafs verify --failover on a real cluster: how to kill
     drill_restore: str | None = None  # ... and how to bring the node back
+    metrics: str | None = None  # a Linux node's agent serves Prometheus metrics here (ip:port)
 
 
 @dataclass(frozen=True)
@@ -489,7 +490,32 @@ def _node(name: str, data: dict[str, Any], failback: bool) -> Node:
         sysctl=_str_map(data, "sysctl", where),
         drill_kill=_optional_str(data, "drill_kill", where),
         drill_restore=_optional_str(data, "drill_restore", where),
+        metrics=_metrics(data, os_name, where),
     )
+
+
+def _metrics(data: Mapping[str, Any], os_name: str, where: str) -> str | None:
+    """Where the node's hafs agent serves its metrics: ``ADDRESS:PORT`` (rendered into
+    agent.toml, which a deploy rewrites: set here, it survives the next deploy)."""
+    value = data.get("metrics")
+    if value is None:
+        return None
+    fix = "write ADDRESS:PORT, e.g. '127.0.0.1:9612'"
+    if not isinstance(value, str):
+        raise InventoryError(f"{where}: metrics: {value!r}: {fix}")
+    host, _, port = value.rpartition(":")
+    try:
+        ip_address(host.strip("[]"))
+    except ValueError:
+        raise InventoryError(f"{where}: metrics: {value!r}: {fix}") from None
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise InventoryError(f"{where}: metrics: {value!r}: port 1..65535; {fix}")
+    if os_name != "linux":
+        raise InventoryError(
+            f"{where}: metrics: only hafs agent (Linux) serves them; a FreeBSD node's service "
+            "metrics are in /var/run/hafs/hafs_service.prom for node_exporter: remove it"
+        )
+    return value
 
 
 def _vip(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from ipaddress import IPv4Address
 from pathlib import Path
 
@@ -10,7 +11,8 @@ import pytest
 
 from hafs import agentconf
 from hafs.agentconf import AgentConfigError
-from tests.unit.conftest import MakeCluster
+from hafs.cluster import InventoryError
+from tests.unit.conftest import MakeCluster, four_nodes
 
 GOOD = """
 node = "n4"
@@ -39,6 +41,33 @@ def test_render_then_load_round_trip(make_cluster: MakeCluster, tmp_path: Path) 
     assert config.passphrase == "secret" and config.preempt is True
     assert [(e.vhid, e.advskew) for e in config.vhids] == [(1, 20), (2, 30), (3, 10), (4, 0)]
     assert config.event_command == ("hafs", "event")
+
+
+def test_the_inventory_sets_where_the_agent_serves_metrics(
+    make_cluster: MakeCluster, tmp_path: Path
+) -> None:
+    """A deploy rewrites agent.toml: the metrics address lives in the inventory."""
+    cluster = make_cluster(four_nodes(n4={"metrics": "10.0.0.4:9612"}))
+    config = agentconf.load(write(tmp_path, agentconf.render(cluster, cluster.node("n4"))))
+    assert config.metrics == "10.0.0.4:9612"
+    assert agentconf.load(write(tmp_path, agentconf.render(make_cluster(), cluster.node("n3"))))
+
+
+@pytest.mark.parametrize(
+    ("node", "value", "words"),
+    [
+        ("n4", "9612", "'9612': write ADDRESS:PORT"),
+        ("n4", "localhost:9612", "'localhost:9612': write ADDRESS:PORT"),
+        ("n4", "10.0.0.4:99999", "port 1..65535"),
+        ("n4", 9612, "9612: write ADDRESS:PORT"),
+        ("n1", "10.0.0.1:9612", "only hafs agent (Linux) serves them"),
+    ],
+)
+def test_a_bad_metrics_address_is_one_line(
+    make_cluster: MakeCluster, node: str, value: object, words: str
+) -> None:
+    with pytest.raises(InventoryError, match=rf"^host {node}: metrics: .*{re.escape(words)}"):
+        make_cluster(four_nodes(**{node: {"metrics": value}}))
 
 
 def test_defaults(tmp_path: Path) -> None:
