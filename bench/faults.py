@@ -18,7 +18,8 @@ lost (acknowledged, not served and not kept aside); seconds in which some VIP ha
 acknowledged writes, from the writer's start to its stop) and the longest from the repair on
 (cable plugged back, port forwarding again, agent resumed, nodes started: the resume itself,
 then the handback of the VIP to its returning home), with a goal for some scenarios
-(:data:`REPAIR_GOALS`: 3 s for the handback after a cut or an isolation, 5 s after a stall);
+(:data:`REPAIR_GOALS`: 3 s for the handback after a cut, an isolation or a drain, 5 s after
+a stall);
 the kept-aside copies made on every node (``whole``: a receive found no snapshot in common
 with the sender, so retention lost the base; the suite fails on any); for the scenarios with
 a power loss
@@ -220,7 +221,7 @@ class Fault:
 
 # the longest client outage after the repair, seconds: the clients' wait at the handback (the
 # returning home takes its VIP back after its resync), and after a stall at the resume as well
-REPAIR_GOALS = {"cut": 3.0, "isolate": 3.0, "stall": 5.0}
+REPAIR_GOALS = {"cut": 3.0, "isolate": 3.0, "drain": 3.0, "stall": 5.0}
 
 
 def home(s: ServiceLab) -> str:
@@ -285,6 +286,14 @@ def isolate(s: ServiceLab) -> Fault:
     s.lab.isolate(home(s))
     time.sleep(FAULT)
     s.lab.rejoin(home(s))
+    return Fault([], time.monotonic())
+
+
+def drain(s: ServiceLab) -> Fault:
+    """planned maintenance: the home drained (hafs drain) 25 s, then undrained"""
+    s.lab.run(home(s), [sys.executable, "-m", "hafs", "drain"])
+    time.sleep(FAULT)
+    s.lab.run(home(s), [sys.executable, "-m", "hafs", "undrain"])
     return Fault([], time.monotonic())
 
 
@@ -425,6 +434,7 @@ def _away(s: ServiceLab, seconds: float) -> Fault:
 SCENARIOS: dict[str, Callable[[ServiceLab], Fault]] = {
     "cut": cut,
     "isolate": isolate,
+    "drain": drain,
     "flaps": flaps,
     "stall": stall,
     "agent-kill": agent_kill,

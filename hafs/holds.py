@@ -15,6 +15,8 @@ netlink code (pyroute2) has no business.
 - ``quorum``: the node hears fewer than a majority; the service daemon raises and releases it.
 - ``pool-unhealthy``: the pool does not answer or cannot write (:mod:`hafs.service.health`).
 - ``smb-<vip>``: the VIP's smbd does not start; released when it starts again.
+- ``drain``: an operator took the node out of service (``hafs drain``, after its VIPs were
+  handed over); ``hafs undrain`` releases it, behind a ``resync`` hold.
 
 Every hold hafs raises is :data:`HOLD_DEMOTION`: added to any advskew, CARP advertises its
 cap (240): a held node cannot preempt.
@@ -23,6 +25,7 @@ cap (240): a held node cannot preempt.
 RESYNC_HOLD = "resync"
 QUORUM_HOLD = "quorum"
 POOL_HOLD = "pool-unhealthy"
+DRAIN_HOLD = "drain"
 HOLD_DEMOTION = 240  # CARP advertises advskew + demotion capped at 240
 
 

@@ -85,6 +85,29 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def progress(message: str) -> None:
+    print(f"hafs: {message}", file=sys.stderr, flush=True)
+
+
+def cmd_drain(args: argparse.Namespace) -> int:
+    from hafs.service.drain import drain
+
+    moved = drain(_services(args), progress)
+    progress(
+        f"drained: {', '.join(moved) or 'no VIP was served here'}; this node keeps out of the "
+        "way (hold 'drain') until `hafs undrain`"
+    )
+    return 0
+
+
+def cmd_undrain(args: argparse.Namespace) -> int:
+    from hafs.service.drain import undrain
+
+    undrain(_services(args))
+    progress("undrained: resyncing; the VIPs this node is home of come home after that")
+    return 0
+
+
 def _hold_value(text: str) -> int:
     if not text.isdigit() or int(text) > HOLD_DEMOTION:
         raise argparse.ArgumentTypeError(f"{text!r}: give 0 (release) to {HOLD_DEMOTION}")
@@ -282,6 +305,23 @@ def register(sub: Any) -> None:
     p.add_argument("state", choices=["MASTER", "BACKUP", "INIT"])
     p.add_argument("--config", help=config_help)
     p.set_defaults(func=cmd_event)
+
+    for name, help_text, func in (
+        (
+            "drain",
+            "hand every VIP served here to its backups (no write lost), then keep this node "
+            "out of the way until `hafs undrain`",
+            cmd_drain,
+        ),
+        (
+            "undrain",
+            "bring a drained node back: it resyncs, then the VIPs it is home of come home",
+            cmd_undrain,
+        ),
+    ):
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--config", help=config_help)
+        p.set_defaults(func=func)
 
     service = sub.add_parser(
         "service",

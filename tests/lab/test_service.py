@@ -591,3 +591,34 @@ def test_cluster_status_from_a_node_names_every_holder_and_a_dead_node(
     code, found = status("ha-file-server-4")
     assert code == 1 and "error" in found["nodes"]["ha-file-server-1"], found
     assert any(p.startswith("ha-file-server-1: no answer: ") for p in found["problems"])
+
+
+def test_drain_and_undrain_lose_nothing(service_lab: ServiceLab) -> None:
+    """`hafs drain` on a VIP's home: the best backup serves it with every acknowledged write;
+    `hafs undrain`: the home resyncs, then takes it back with what was written meanwhile."""
+    s = service_lab
+    home, backup = "ha-file-server-1", s.cluster.vip(1).backups[0]
+
+    def hafs(node: str, *argv: str) -> str:
+        proc = subprocess.run(
+            [*s.lab.enter(node), sys.executable, "-m", "hafs", *argv],
+            capture_output=True, text=True, check=False, cwd=REPO,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        return proc.stderr
+
+    s.put(1, "before.txt", "acknowledged just before the drain")  # not replicated yet
+    said = hafs(home, "drain")
+    assert "drained: vip1;" in said, said
+    took = wait_for(lambda: s.holders(1) == [backup], 30, "VIP1 on its backup", step=0.1)
+    print(f"drain: VIP1 on {backup} {took:.1f}s after `hafs drain` returned")
+    assert s.get(1, "before.txt") == "acknowledged just before the drain"
+    s.put(1, "during.txt", "written while the home was drained")
+    time.sleep(3)
+    assert s.holders(1) == [backup]  # drained: the home does not take it back
+
+    hafs(home, "undrain")
+    took = wait_for(lambda: s.holders(1) == [home], 90, "VIP1 back on its home", step=0.2)
+    print(f"undrain: VIP1 home again {took:.1f}s after `hafs undrain`")
+    assert s.get(1, "before.txt") == "acknowledged just before the drain"
+    assert s.get(1, "during.txt") == "written while the home was drained"
