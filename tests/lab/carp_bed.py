@@ -22,13 +22,16 @@ from hafs.lab.netns import Lab, Netns, Port, new_prefix
 
 UP_SCRIPT = '#!/bin/sh\nip addr add "$2/32" dev "$1" label "$1:$3"\n'
 DOWN_SCRIPT = '#!/bin/sh\nip addr del "$2/32" dev "$1" 2>/dev/null || true\n'
-# VRRP only, no vrrp_strict (it would add firewall rules), no scripts; preempt is the default
+# keepalived.conf: the globals, then one instance per vhid. VRRP only, no vrrp_strict (it would
+# add firewall rules), no scripts; preempt is the default
 KEEPALIVED_CONF = """\
 global_defs {{
     router_id {name}
     vrrp_version 3
 }}
-vrrp_instance hafs_test {{
+"""
+KEEPALIVED_INSTANCE = """\
+vrrp_instance hafs_test_{vhid} {{
     state BACKUP
     interface eth0
     virtual_router_id {vhid}
@@ -109,21 +112,26 @@ class CarpBed:
         ]
         return self._agent(peer, [f'pass = "{passphrase}"', extra], tables, preempt)
 
-    def hafs_vrrp(self, peer: Peer, vhid: int, vip: str, priority: int, interval: float) -> Peer:
-        """Start `hafs agent` speaking VRRPv3 on ``peer``: one vhid, ``interval`` seconds."""
-        table = [
-            "[[vhid]]",
-            f"vhid = {vhid}",
-            f'addresses = ["{vip}"]',
-            f"priority = {priority}",
-            f"interval = {interval}",
+    def hafs_vrrp(self, peer: Peer, vhids: list[tuple[int, str, int]], interval: float) -> Peer:
+        """Start `hafs agent` speaking VRRPv3 on ``peer`` for (vhid, vip, priority) entries,
+        every one advertising each ``interval`` seconds."""
+        tables = [
+            [
+                "[[vhid]]",
+                f"vhid = {vhid}",
+                f'addresses = ["{vip}"]',
+                f"priority = {priority}",
+                f"interval = {interval}",
+            ]
+            for vhid, vip, priority in vhids
         ]
-        return self._agent(peer, ['protocol = "vrrp3"'], [table], preempt=True)
+        return self._agent(peer, ['protocol = "vrrp3"'], tables, preempt=True)
 
     def _agent(
         self, peer: Peer, settings: list[str], tables: list[list[str]], preempt: bool
     ) -> Peer:
         peer.socket = str(self.tmp / f"{peer.name}.sock")
+        Path(peer.socket).unlink(missing_ok=True)  # a SIGKILLed agent leaves it behind
         lines = [
             f'node = "{peer.name}"',
             'interface = "eth0"',
@@ -143,21 +151,30 @@ class CarpBed:
         wait_for(lambda: Path(peer.socket or "").exists(), 10, f"{peer.name}'s control socket")
         return peer
 
-    def keepalived(self, peer: Peer, vhid: int, vip: str, priority: int, interval: float) -> Peer:
-        """Start keepalived (VRRP only, VRRPv3, preempt) on ``peer`` in the foreground, its
-        config and pid files in this bed's directory; stopped by its pid like the others."""
+    def keepalived(self, peer: Peer, vhids: list[tuple[int, str, int]], interval: float) -> Peer:
+        """Start keepalived (VRRP only, VRRPv3, preempt) on ``peer`` in the foreground for
+        (vhid, vip, priority) entries, its config and pid files in this bed's directory;
+        stopped by its pid like the others. Its VRRP child (:meth:`keepalived_vrrp_pid`) sends
+        the adverts; the parent does not respawn it (``--dont-respawn``) but exits with it."""
         config = self.tmp / f"{peer.name}-keepalived.conf"
-        config.write_text(
-            KEEPALIVED_CONF.format(
-                name=peer.name, vhid=vhid, vip=vip, priority=priority, interval=interval
-            )
-        )
-        argv = ["keepalived", "--dont-fork", "--log-console", "--log-detail", "--vrrp"]
-        argv += ["--use-file", str(config)]
+        instances = [
+            KEEPALIVED_INSTANCE.format(vhid=vhid, vip=vip, priority=priority, interval=interval)
+            for vhid, vip, priority in vhids
+        ]
+        config.write_text("".join([KEEPALIVED_CONF.format(name=peer.name), *instances]))
+        argv = ["keepalived", "--dont-fork", "--dont-respawn", "--log-console", "--log-detail"]
+        argv += ["--vrrp", "--use-file", str(config)]
         for flag, suffix in (("--pid", "main"), ("--vrrp_pid", "vrrp")):
-            argv += [flag, str(self.tmp / f"{peer.name}-keepalived-{suffix}.pid")]
+            argv += [flag, str(self._keepalived_pidfile(peer, suffix))]
         self._start(peer, argv, "keepalived")
         return peer
+
+    def keepalived_vrrp_pid(self, peer: Peer) -> int:
+        """The pid of keepalived's VRRP child on ``peer`` (the process that advertises)."""
+        return int(self._keepalived_pidfile(peer, "vrrp").read_text())
+
+    def _keepalived_pidfile(self, peer: Peer, suffix: str) -> Path:
+        return self.tmp / f"{peer.name}-keepalived-{suffix}.pid"
 
     def ucarp(
         self,

@@ -45,8 +45,8 @@ def bow_out(master: Peer, backup: Peer) -> float:
 
 def test_keepalived_master_hafs_backup(bed: CarpBed) -> None:
     a, b = bed.node("a"), bed.node("b")
-    bed.keepalived(a, 1, VIP, 200, INTERVAL)
-    bed.hafs_vrrp(b, 1, VIP, 100, INTERVAL)
+    bed.keepalived(a, [(1, VIP, 200)], INTERVAL)
+    bed.hafs_vrrp(b, [(1, VIP, 100)], INTERVAL)
     wait_for(lambda: bed.holders(VIP) == ["a"], 5, "keepalived to become master")
     wait_for(lambda: b.status()["vhids"][0]["master"] is not None, 2, "hafs to hear keepalived")
     vhid = b.status()["vhids"][0]
@@ -67,8 +67,8 @@ def test_keepalived_master_hafs_backup(bed: CarpBed) -> None:
 
 def test_hafs_master_keepalived_backup(bed: CarpBed) -> None:
     a, b = bed.node("a"), bed.node("b")
-    bed.hafs_vrrp(a, 1, VIP, 200, INTERVAL)
-    bed.keepalived(b, 1, VIP, 100, INTERVAL)
+    bed.hafs_vrrp(a, [(1, VIP, 200)], INTERVAL)
+    bed.keepalived(b, [(1, VIP, 100)], INTERVAL)
     wait_for(lambda: bed.holders(VIP) == ["a"], 5, "hafs to become master")
     holders = [h[VIP] for h in sample(bed, [VIP], 2, step=0.05)]
     assert all(h == ["a"] for h in holders), f"keepalived must accept hafs's adverts: {holders}"
@@ -78,7 +78,7 @@ def test_hafs_master_keepalived_backup(bed: CarpBed) -> None:
     assert took < BOW_OUT, f"{took:.3f}s: a bow-out, not a master-down ({MASTER_DOWN:.2f}s)"
     wait_for(lambda: a.proc is not None and a.proc.poll() is not None, 10, "hafs to exit")
 
-    bed.hafs_vrrp(a, 1, VIP, 200, INTERVAL)  # back: it preempts keepalived at once
+    bed.hafs_vrrp(a, [(1, VIP, 200)], INTERVAL)  # back: it preempts keepalived at once
     wait_for(lambda: bed.holders(VIP) == ["a"], 1 + SLACK, "hafs to preempt back")
 
     a.stop(signal.SIGKILL)  # silence (its VIP stays configured there, as after a power loss)
@@ -87,8 +87,8 @@ def test_hafs_master_keepalived_backup(bed: CarpBed) -> None:
 
 def test_a_wrong_vrid_is_ignored_by_both(bed: CarpBed) -> None:
     a, b = bed.node("a"), bed.node("b")
-    bed.keepalived(a, 2, VIP, 200, INTERVAL)
-    bed.hafs_vrrp(b, 1, VIP, 100, INTERVAL)
+    bed.keepalived(a, [(2, VIP, 200)], INTERVAL)
+    bed.hafs_vrrp(b, [(1, VIP, 100)], INTERVAL)
     wait_for(lambda: b.status()["drops"].get("unknown vhid", 0) >= 5, 5, "vrid 2 dropped")
     wait_for(lambda: bed.holders(VIP) == ["a", "b"], 5, "both to claim the VIP")
     vhid = b.status()["vhids"][0]

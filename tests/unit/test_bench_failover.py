@@ -1,0 +1,39 @@
+"""The failover benchmark's pure helpers: VRRPv3 priorities from the CARP layout, theory."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.failover import theory, vrrp_interval, vrrp_priority
+from hafs.cluster import derive_layout
+
+
+def test_priorities_rank_like_the_layouts_advskews() -> None:
+    names = ["a", "b", "c", "d"]
+    for skews in derive_layout(names, names, 10):
+        priorities = {name: vrrp_priority(skew) for name, skew in skews.items()}
+        assert sorted(priorities, key=priorities.__getitem__, reverse=True) == sorted(
+            skews, key=skews.__getitem__
+        )
+        assert len(set(priorities.values())) == len(names)  # no ties
+        assert max(priorities.values()) == 254  # the home, below the address owner's 255
+
+
+def test_carp_theory() -> None:
+    assert theory(False, 1, 10, graceful=False) == 3 + 10 / 256
+    assert theory(False, 1, 10, graceful=True) == 0
+
+
+def test_vrrp_theory_is_master_down_interval_or_skew_time() -> None:
+    # priority 244: Skew_Time = (256 - 244) * interval / 256
+    assert theory(True, 1.0, 10, graceful=False) == pytest.approx(3.046875)
+    assert theory(True, 1.0, 10, graceful=True) == pytest.approx(0.046875)
+    assert theory(True, 0.1, 20, graceful=False) == pytest.approx(0.3 + 22 * 0.1 / 256)
+
+
+def test_interval_takes_centisecond_steps() -> None:
+    assert vrrp_interval("0.1") == 0.1
+    assert vrrp_interval("40.95") == 40.95
+    for bad in ("0", "0.005", "41", "-1"):
+        with pytest.raises(ValueError):
+            vrrp_interval(bad)
