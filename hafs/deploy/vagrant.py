@@ -1,14 +1,15 @@
 """The cluster as Vagrant VMs: the machine list for the ``Vagrantfile``, the pyinfra inventory.
 
 ``python3 -m hafs.deploy.vagrant [-i inventory.py]`` prints the machines as JSON (name, OS,
-box, fixed address and netmask, the VM's interface on the private network, the file that
-backs the lab's ZFS pool); the ``Vagrantfile`` reads it, so the VMs get the inventory's
+box, fixed address and netmask, the VM's interface on the private network per provider, the
+file that backs the lab's ZFS pool); the ``Vagrantfile`` reads it, so the VMs get the inventory's
 addresses and nothing defines the cluster twice.
 
 ``pyinfra hafs.deploy.vagrant.inventory deploys/cluster.py`` deploys them: :func:`inventory`
 is the inventory (``HAFS_INVENTORY``, default ``inventory.py``) with each host's connection
 taken from ``vagrant ssh-config`` (pyinfra's ``@vagrant`` connector does the asking) and the
-lab's differences from real hardware: the VM's interface name, no gateway (Vagrant's NAT
+lab's differences from real hardware: the VM's interface name (by ``HAFS_VAGRANT_PROVIDER``,
+which the Vagrantfile sets: VirtualBox or libvirt), no gateway (Vagrant's NAT
 interface has the default route), a file as the pool's device, and Debian's ``zfs-fuse``
 (main) instead of ``zfsutils-linux`` (contrib + DKMS).
 """
@@ -31,19 +32,32 @@ from hafs.errors import HafsError
 @dataclass(frozen=True)
 class Box:
     name: str
-    interface: str  # the private network's NIC in the VM (VirtualBox: the second NIC)
+    # the private network's NIC in the VM (the second NIC), by Vagrant provider: VirtualBox
+    # gives an Intel NIC (FreeBSD: em1), libvirt a virtio one (FreeBSD: vtnet1); Debian's box
+    # keeps the old names (eth1) on both
+    interfaces: dict[str, str]
+
+    def interface(self, provider: str) -> str:
+        try:
+            return self.interfaces[provider]
+        except KeyError:
+            raise HafsError(
+                f"{PROVIDER_ENV}={provider}: no NIC name known for {self.name}: "
+                f"use {' or '.join(sorted(self.interfaces))}"
+            ) from None
 
 
+PROVIDER_ENV = "HAFS_VAGRANT_PROVIDER"  # set by the Vagrantfile's provisioning trigger
 BOXES = {
-    "freebsd": Box("freebsd/FreeBSD-14.1-RELEASE", "em1"),
-    "linux": Box("debian/bookworm64", "eth1"),
+    "freebsd": Box("freebsd/FreeBSD-14.1-RELEASE", {"virtualbox": "em1", "libvirt": "vtnet1"}),
+    "linux": Box("debian/bookworm64", {"virtualbox": "eth1", "libvirt": "eth1"}),
 }
 ZFS_FILE = "/var/hafs-tank.img"
 ZFS_FILE_SIZE = "2G"
 LAB_ZFS_PACKAGE = "zfs-fuse"
 
 
-def machines(cluster: Cluster) -> list[dict[str, str]]:
+def machines(cluster: Cluster) -> list[dict[str, Any]]:
     """One VM per node, with the node's fixed address on the private network."""
     result = []
     for node in cluster.nodes:
@@ -58,7 +72,7 @@ def machines(cluster: Cluster) -> list[dict[str, str]]:
                 "box": BOXES[node.os].name,
                 "address": str(node.address.ip),
                 "netmask": str(node.address.netmask),
-                "interface": BOXES[node.os].interface,
+                "interfaces": BOXES[node.os].interfaces,
                 "zfs_file": ZFS_FILE,
                 "zfs_file_size": ZFS_FILE_SIZE,
             }
@@ -66,14 +80,14 @@ def machines(cluster: Cluster) -> list[dict[str, str]]:
     return result
 
 
-def lab_data(os_name: str) -> dict[str, Any]:
+def lab_data(os_name: str, provider: str) -> dict[str, Any]:
     """Host data the VMs differ by from the inventory's hardware.
 
     No gateway: the VMs reach the outside (pkg, apt, PyPI) through Vagrant's NAT interface,
     whose default route a defaultrouter on the private network would replace.
     """
     data: dict[str, Any] = {
-        "interface": BOXES[os_name].interface,
+        "interface": BOXES[os_name].interface(provider),
         "gateway": None,
         "zfs_devices": [ZFS_FILE],
     }
@@ -87,6 +101,7 @@ def inventory() -> dict[str, tuple[list[tuple[str, dict[str, Any]]], dict[str, A
     from pyinfra.connectors.vagrant import VagrantInventoryConnector
 
     path = Path(os.environ.get("HAFS_INVENTORY", "inventory.py")).resolve()
+    provider = os.environ.get(PROVIDER_ENV, "virtualbox")
     hosts = read_pyinfra_inventory(path)
     vms = VagrantInventoryConnector.make_names_data()  # type: ignore[no-untyped-call]
     ssh = {name: data for name, data, _ in vms}
@@ -97,7 +112,10 @@ def inventory() -> dict[str, tuple[list[tuple[str, dict[str, Any]]], dict[str, A
         if vm is None:
             raise HafsError(f"host {host.name}: no running VM of that name: vagrant up first")
         result.append(
-            (host.name, {**data, **vm, **lab_data(data["os"]), "hafs_inventory": str(path)})
+            (
+                host.name,
+                {**data, **vm, **lab_data(data["os"], provider), "hafs_inventory": str(path)},
+            )
         )
     return {"hafs": (result, {})}
 

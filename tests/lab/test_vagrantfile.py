@@ -26,13 +26,15 @@ pytestmark = pytest.mark.lab
 REPO = Path(__file__).resolve().parents[2]
 
 
-def vagrant_validate(tmp_path: Path, inventory: Path) -> subprocess.CompletedProcess[str]:
+def vagrant_validate(
+    tmp_path: Path, inventory: Path, python: str = sys.executable
+) -> subprocess.CompletedProcess[str]:
     if shutil.which("vagrant") is None:
         reason = "vagrant not installed (apt-get install vagrant)"
         skip_or_fail(reason)
     env = {
         **os.environ,
-        "HAFS_PYTHON": sys.executable,
+        "HAFS_PYTHON": python,
         "HAFS_INVENTORY": str(inventory),
         "VAGRANT_CWD": str(REPO),
         "VAGRANT_HOME": str(tmp_path / "vagrant.d"),
@@ -68,6 +70,19 @@ def test_vagrantfile_refuses_an_inventory_without_addresses(tmp_path: Path) -> N
     assert "hafs: no VMs" in result.stderr
 
 
+@pytest.mark.timeout(300)
+def test_vagrantfile_says_in_one_line_that_its_python_lacks_hafs(tmp_path: Path) -> None:
+    python = tmp_path / "python-without-hafs"
+    python.write_text("#!/bin/sh\necho 'No module named hafs' >&2\nexit 1\n")
+    python.chmod(0o755)
+    result = vagrant_validate(tmp_path, REPO / "inventory.py", str(python))
+    assert result.returncode != 0
+    assert f"hafs: no VMs: {python} cannot import hafs: pip install 'hafs[deploy]'" in (
+        result.stderr
+    )
+    assert "Traceback" not in result.stderr and ".rb:" not in result.stderr, result.stderr
+
+
 def test_machines_are_the_inventory_nodes(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["-i", str(REPO / "inventory.py")]) == 0
     printed = json.loads(capsys.readouterr().out)
@@ -98,7 +113,7 @@ def test_inventory_is_the_cluster_reached_through_vagrant(
     for index, (name, data) in enumerate(hosts):
         node = cluster.node(name)
         assert data["ssh_port"] == 2200 + index
-        assert data["interface"] == BOXES[node.os].interface
+        assert data["interface"] == ("em1" if node.os == "freebsd" else "eth1")  # VirtualBox
         assert data["gateway"] is None
         assert data["zfs_devices"] == [ZFS_FILE]
         assert data["carp_pass"] == cluster.carp_pass
@@ -107,6 +122,16 @@ def test_inventory_is_the_cluster_reached_through_vagrant(
         assert data["hafs_inventory"] == str(REPO / "inventory.py")
         assert data.get("zfs_package") == ("zfs-fuse" if node.os == "linux" else None)
 
+    monkeypatch.setenv("HAFS_VAGRANT_PROVIDER", "libvirt")  # virtio NICs
+    hosts, _ = inventory()["hafs"]
+    assert {cluster.node(n).os: d["interface"] for n, d in hosts} == {
+        "freebsd": "vtnet1", "linux": "eth1"
+    }  # fmt: skip
+    monkeypatch.setenv("HAFS_VAGRANT_PROVIDER", "parallels")
+    with pytest.raises(HafsError, match=r"^HAFS_VAGRANT_PROVIDER=parallels: no NIC name known"):
+        inventory()
+
+    monkeypatch.delenv("HAFS_VAGRANT_PROVIDER")
     monkeypatch.setattr(VagrantInventoryConnector, "make_names_data", lambda: iter(running[1:]))
     with pytest.raises(HafsError, match="host ha-file-server-1: no running VM of that name"):
         inventory()
