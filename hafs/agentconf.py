@@ -133,8 +133,11 @@ def render(
     ]
     if src is not None:
         lines.append(f"srcip = {_toml(str(src))}")
+    if cluster.protocol == "vrrp3":
+        lines.append('protocol = "vrrp3"')
+    else:
+        lines.append(f"pass = {_toml(cluster.carp_pass)}")
     lines += [
-        f"pass = {_toml(cluster.carp_pass)}",
         f"preempt = {_toml(node.preempt)}",
         f"link_mode = {_toml(node.link_mode)}",
         f"event_command = {_toml(list(event_command))}",
@@ -152,9 +155,14 @@ def render(
             f"# {vip.name}, home {vip.home}, takeover order: {', '.join(vip.carriers)}",
             f"vhid = {vip.vhid}",
             f"addresses = {_toml([str(vip.address)])}",
-            f"advbase = {vip.advbase}",
-            f"advskew = {vip.advskew[node.name]}",
         ]
+        if cluster.protocol == "vrrp3":
+            lines += [
+                f"priority = {vip.priority(node.name)}",
+                f"interval = {cluster.vrrp_interval}",
+            ]
+        else:
+            lines += [f"advbase = {vip.advbase}", f"advskew = {vip.advskew[node.name]}"]
     return "\n".join(lines) + "\n"
 
 

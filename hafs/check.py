@@ -221,6 +221,30 @@ def smb_users(cluster: Cluster) -> Iterator[Problem]:
                     )
 
 
+def vrrp3_support(cluster: Cluster) -> Iterator[Problem]:
+    """VRRPv3: FreeBSD's carp speaks it from 14.1 (``carpver 3``); every priority is 1..254."""
+    if cluster.protocol != "vrrp3":
+        return
+    for node in cluster.nodes:
+        if node.os == "freebsd" and (node.freebsd_version or (0, 0)) < (14, 1):
+            said = ".".join(map(str, node.freebsd_version)) if node.freebsd_version else "unknown"
+            yield Problem(
+                "error",
+                f"node {node.name}",
+                f"VRRPv3 needs FreeBSD 14.1 or later (freebsd_version: {said})",
+                "upgrade it and set freebsd_version = '14.1', or use protocol = 'carp'",
+            )
+    for vip in cluster.vips:
+        for name, skew in sorted(vip.advskew.items()):
+            if not 1 <= vip.priority(name) <= 254:
+                yield Problem(
+                    "error",
+                    _vip(vip),
+                    f"advskew {skew} of {name} gives VRRPv3 priority {vip.priority(name)}",
+                    "use advskews 0..253 with protocol = 'vrrp3'",
+                )
+
+
 RULES: tuple[Callable[[Cluster], Iterator[Problem]], ...] = (
     duplicate_vhids,
     duplicate_addresses,
@@ -234,6 +258,7 @@ RULES: tuple[Callable[[Cluster], Iterator[Problem]], ...] = (
     failback_preempt,
     lone_vips,
     smb_users,
+    vrrp3_support,
 )
 
 

@@ -10,7 +10,8 @@ inventory, read by pyinfra's own loader so that hafs and ``pyinfra`` always agre
     non-CARP address with prefix, e.g. ``"172.21.0.201/20"``), ``gateway``,
     ``carp_preempt`` (default: the cluster's ``failback``), ``link_mode``
     (``garp`` | ``vmac``, Linux agent), ``rc_conf`` / ``loader_conf`` / ``sysctl``
-    (extra FreeBSD settings), and ``vips``: the VIPs this node is home of.
+    (extra FreeBSD settings), ``freebsd_version`` ("14.1"), ``metrics`` (a Linux agent's
+    metrics address), and ``vips``: the VIPs this node is home of.
 ``group_data/*.py`` (beside the inventory)
     cluster-wide keys: ``carp_pass``, ``carp_advbase`` (1), ``failback`` (True),
     ``advskew_step`` (10), ``zfs_pool`` ("tank"), ``replication_interval`` (10 s),
@@ -18,7 +19,8 @@ inventory, read by pyinfra's own loader so that hafs and ``pyinfra`` always agre
     else it is derived from the name, see :func:`uid_of`), ``check_user``, ``secrets_file``
     (a TOML file, mode 0600, that may hold ``carp_pass`` and ``[smb_users]``),
     ``quorum_witness`` (the address a node that hears no peer pings: default, each node's
-    ``gateway``).
+    ``gateway``), ``protocol`` ("carp", or "vrrp3": VRRPv3, priority 254 - advskew, FreeBSD
+    nodes need ``freebsd_version`` 14.1 or later) and ``vrrp_interval`` (1 s, 0.01 steps).
 
 A VIP is a dict: ``vhid``, ``address`` (optionally with the subnet prefix, as the
 seed's ``172.21.0.211/20``), ``name`` (default ``vip<vhid>``), ``advbase``,
@@ -56,6 +58,8 @@ from hafs.secretfile import check_private
 
 OS = Literal["freebsd", "linux"]
 LinkMode = Literal["garp", "vmac"]
+Protocol = Literal["carp", "vrrp3"]
+VRRP_TOP = 254  # the home's VRRPv3 priority (advskew 0); backups lower by their advskew
 
 VIP_KEYS = {"vhid", "address", "name", "advbase", "advskew", "shares"}
 SHARE_KEYS = {"name", "writable", "users", "comment"}
@@ -135,6 +139,7 @@ class Node:
     drill_kill: str | None = None  # hafs verify --failover on a real cluster: how to kill
     drill_restore: str | None = None  # ... and how to bring the node back
     metrics: str | None = None  # a Linux node's agent serves Prometheus metrics here (ip:port)
+    freebsd_version: tuple[int, int] | None = None  # (14, 1): VRRPv3 needs 14.1 or later
 
 
 @dataclass(frozen=True)
@@ -148,6 +153,11 @@ class Vip:
     advskew: Mapping[str, int]
     explicit: bool
     shares: tuple[Share, ...] = ()
+
+    def priority(self, node: str) -> int:
+        """``node``'s VRRPv3 priority: 254 - advskew, so the order is CARP's (the home 254,
+        never 255: the address owner would take the VIP at every link-up)."""
+        return VRRP_TOP - self.advskew[node]
 
     @property
     def carriers(self) -> list[str]:
@@ -173,6 +183,8 @@ class Cluster:
     smb_uids: Mapping[str, int] = field(default_factory=dict)  # the pinned uids only
     check_user: str | None = None
     quorum_witness: IPv4Address | None = None
+    protocol: Protocol = "carp"  # "vrrp3": VRRPv3 (RFC 5798), priorities from the advskews
+    vrrp_interval: float = 1.0  # VRRPv3's advertisement interval, seconds (0.01 steps)
 
     def witness_of(self, node: Node) -> IPv4Address | None:
         """What ``node`` pings when it hears no peer: the inventory's witness, or its gateway."""
@@ -338,7 +350,14 @@ def from_pyinfra(inventory: Any, source: Path) -> Cluster:
         raise InventoryError(
             f"group_data: replication_interval: {interval} is out of range: use 1..3600 seconds"
         )
+    protocol = cluster_data.get("protocol", "carp")
+    if protocol not in ("carp", "vrrp3"):
+        raise InventoryError(
+            f"group_data: protocol: {protocol!r}: use 'carp' (CARP v2) or 'vrrp3' (VRRPv3)"
+        )
     return Cluster(
+        protocol=cast(Protocol, protocol),
+        vrrp_interval=_vrrp_interval(cluster_data.get("vrrp_interval", 1.0)),
         source=source,
         nodes=nodes,
         vips=vips,
@@ -357,7 +376,19 @@ def from_pyinfra(inventory: Any, source: Path) -> Cluster:
     )
 
 
+def _vrrp_interval(value: Any) -> float:
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    centiseconds = round(value * 100) if number else 0
+    if not 1 <= centiseconds <= 4095 or abs(centiseconds - value * 100) > 1e-6:
+        raise InventoryError(
+            f"group_data: vrrp_interval: {value!r}: seconds in 0.01 steps, 0.01..40.95"
+        )
+    return centiseconds / 100
+
+
 CLUSTER_KEYS = (
+    "protocol",
+    "vrrp_interval",
     "carp_pass",
     "carp_advbase",
     "failback",
@@ -491,7 +522,18 @@ def _node(name: str, data: dict[str, Any], failback: bool) -> Node:
         drill_kill=_optional_str(data, "drill_kill", where),
         drill_restore=_optional_str(data, "drill_restore", where),
         metrics=_metrics(data, os_name, where),
+        freebsd_version=_version(data, where),
     )
+
+
+def _version(data: Mapping[str, Any], where: str) -> tuple[int, int] | None:
+    value = data.get("freebsd_version")
+    if value is None:
+        return None
+    major, _, minor = str(value).partition(".")
+    if not (major.isdigit() and minor.isdigit()):
+        raise InventoryError(f"{where}: freebsd_version: {value!r}: write it as '14.1'")
+    return int(major), int(minor)
 
 
 def _metrics(data: Mapping[str, Any], os_name: str, where: str) -> str | None:

@@ -26,13 +26,18 @@ def _assign(key: str, value: str, quote_numbers: bool = True) -> str:
 
 
 def carp_args(cluster: Cluster, node: Node, vip: Vip, prefixlen: int, up: bool = False) -> str:
-    """ifconfig arguments of one CARP address, as FreeBSD's rc.conf takes them."""
+    """ifconfig arguments of one CARP address, as FreeBSD's rc.conf takes them (VRRPv3:
+    ``carpver 3`` with its priority and interval in centiseconds, FreeBSD 14.1+, no pass)."""
     words = [f"vhid {vip.vhid}"]
-    if vip.advbase != 1:
-        words.append(f"advbase {vip.advbase}")
-    if vip.advskew[node.name]:
-        words.append(f"advskew {vip.advskew[node.name]}")
-    words.append(f"pass {cluster.carp_pass}")
+    if cluster.protocol == "vrrp3":
+        words.append(f"carpver 3 vrrpprio {vip.priority(node.name)}")
+        words.append(f"vrrpinterval {round(cluster.vrrp_interval * 100)}")
+    else:
+        if vip.advbase != 1:
+            words.append(f"advbase {vip.advbase}")
+        if vip.advskew[node.name]:
+            words.append(f"advskew {vip.advskew[node.name]}")
+        words.append(f"pass {cluster.carp_pass}")
     words.append(f"{vip.address}/{prefixlen}")
     if up:
         words.append("up")

@@ -20,7 +20,8 @@ Then, for each node in turn (a *round*):
    the unbroken run of served polls leading to it served (on a fresh smbd the first share
    list waits about a second for samba-dcerpcd; clients reading files do not). The canary as
    read in that poll is the data check (intact, missing, differs). The goal is
-   ``3*advbase + advskew/256 + 1 s``, ``advskew`` of the best surviving carrier, which is also
+   ``3*advbase + advskew/256 + 1 s`` (VRRPv3: ``3*interval + Skew_Time + 1 s``), ``advskew``
+   (priority) of the best surviving carrier, which is also
    the node expected to take over;
 3. write a new canary through the new holder (data written during the outage must survive the
    failback);

@@ -16,13 +16,20 @@ from hafs.drill.monitor import Sample
 from hafs.table import table
 
 
-def rto_goal(vip: Vip, down: str) -> tuple[str | None, float | None]:
-    """The carrier expected to take ``vip`` over when ``down`` dies, and the RTO goal
-    ``3*advbase + advskew/256 + 1`` seconds with that carrier's advskew."""
+def rto_goal(
+    vip: Vip, down: str, vrrp_interval: float | None = None
+) -> tuple[str | None, float | None]:
+    """The carrier expected to take ``vip`` over when ``down`` dies, and the RTO goal: its
+    master-down time plus 1 s, ``3*advbase + advskew/256`` with that carrier's advskew, or
+    for VRRPv3 (``vrrp_interval``) ``3*interval + (256 - priority)*interval/256``."""
     survivors = [n for n in vip.carriers if n != down]
     if not survivors:
         return None, None
-    return survivors[0], 3 * vip.advbase + vip.advskew[survivors[0]] / 256 + 1
+    best = survivors[0]
+    if vrrp_interval is not None:
+        skew = (256 - vip.priority(best)) * vrrp_interval / 256
+        return best, 3 * vrrp_interval + skew + 1
+    return best, 3 * vip.advbase + vip.advskew[best] / 256 + 1
 
 
 @dataclass
@@ -83,7 +90,7 @@ class VipOutcome:
         if self.rto is not None and self.goal is not None and self.rto > self.goal:
             problems.append(
                 f"{self.name}: RTO {self.rto:.2f}s over the goal {self.goal:.2f}s "
-                "(3*advbase + advskew/256 + 1)"
+                "(the new holder's master-down time + 1)"
             )
         if self.new_holder != self.expected_holder:
             problems.append(

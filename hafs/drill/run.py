@@ -94,7 +94,8 @@ class Drill:
         names = ", ".join(v.name for v in held) or "no VIP"
         self.progress(f"round {number}/{total}: {node} holds {names}")
         for vip in held:
-            expected, goal = rto_goal(vip, node)
+            vrrp = self.cluster.vrrp_interval if self.cluster.protocol == "vrrp3" else None
+            expected, goal = rto_goal(vip, node, vrrp)
             outcome = VipOutcome(
                 vip.vhid, vip.name, str(vip.address), vip.home, node, expected, goal
             )

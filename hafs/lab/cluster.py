@@ -60,6 +60,8 @@ class ClusterLab(NodeBoot, LabStatus):
             raise LabError(f"lab {self.name!r} already exists: hafs lab down --name {self.name}")
         check_programs(foreign)
         cluster = self._cluster = load(inventory)
+        if foreign == "ucarp" and cluster.protocol == "vrrp3":
+            raise LabError(f"--foreign ucarp: ucarp speaks CARP only; {inventory} says vrrp3")
         errors = [str(p) for p in check(cluster) if p.level == "error"]
         if errors:
             raise LabError(

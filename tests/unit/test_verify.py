@@ -498,6 +498,9 @@ def test_rto_goal_uses_the_best_surviving_carrier(cluster: Cluster) -> None:
     vip = cluster.vip(1)  # home n1, backups by derive_layout: n2 (10), n4 (20), n3 (30)
     assert rto_goal(vip, "n1") == ("n2", 3 + 10 / 256 + 1)
     assert rto_goal(vip, "n2") == ("n1", 3 + 0 / 256 + 1)
+    # VRRPv3 at 0.1 s: n2's priority 244 waits (256 - 244) * 0.1 / 256 beyond 3 intervals
+    best, goal = rto_goal(vip, "n1", 0.1)
+    assert best == "n2" and goal == pytest.approx(0.3 + 12 * 0.1 / 256 + 1)
 
 
 def test_rto_goal_without_a_backup(make_cluster: MakeCluster) -> None:
@@ -550,7 +553,7 @@ def test_judge_takeover() -> None:
     assert fine.judge_takeover() == []
     slow = VipOutcome(1, "vip1", "10.0.0.101", "n1", "n1", "n2", 4.04, "n3", 4.5, "missing: a")
     assert slow.judge_takeover() == [
-        "vip1: RTO 4.50s over the goal 4.04s (3*advbase + advskew/256 + 1)",
+        "vip1: RTO 4.50s over the goal 4.04s (the new holder's master-down time + 1)",
         "vip1: taken over by n3, expected n2 (the best surviving carrier)",
         "vip1: canary after the takeover: missing: a",
     ]
