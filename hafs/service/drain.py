@@ -22,9 +22,9 @@ import time
 from collections.abc import Callable
 
 from hafs.holds import DRAIN_HOLD, HOLD_DEMOTION, RESYNC_HOLD
-from hafs.service import demotion, membership
+from hafs.service import demotion, membership, replication
 from hafs.service.node import NodeServices
-from hafs.service.runtime import RUN_DIR, ServiceError
+from hafs.service.runtime import ServiceError
 
 log = logging.getLogger("hafs.service")
 
@@ -47,7 +47,7 @@ def drain(services: NodeServices, progress: Callable[[str], None]) -> list[str]:
             continue
         began = time.monotonic()
         services.record_connections(vip)
-        (RUN_DIR / f"{vip.name}.handover").write_text(str(time.time()))
+        replication.mark_handover(vip)
         moved.append(vip)
         services.stepdown(vip, "drain")
         report = services.replicate(vip, record_clients=False)

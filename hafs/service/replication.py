@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from hafs.service import divergence, space
@@ -324,7 +325,7 @@ def _serve_pull(
         names = [s.name for s in services.zfs.snapshots(dataset)]
         base = since if since in names else _newest_of(names, _peer_snapshots(services, vip, peer))
     if handover:
-        (RUN_DIR / f"{vip.name}.handover").write_text(str(time.time()))
+        mark_handover(vip)
         services.stepdown(vip, "handover")
     elif services.zfs.exists(dataset):
         snapshot(services, vip)
@@ -422,8 +423,22 @@ def pull(
     return Pulled(newest, newest not in (None, header["base"]), lines)
 
 
+def _handover_marker(vip: VipService) -> Path:
+    return RUN_DIR / f"{vip.name}.handover"
+
+
+def mark_handover(vip: VipService) -> None:
+    """This node stops serving the VIP for another to take it (a handback, a drain): its
+    service daemon leaves the VIP alone for :data:`HANDOVER_GRACE`, not taking it over again."""
+    _handover_marker(vip).write_text(str(time.time()))
+
+
+def clear_handover(vip: VipService) -> None:
+    """The VIP is served here again: the marker no longer holds."""
+    _handover_marker(vip).unlink(missing_ok=True)
+
+
 def handover_pending(vip: VipService) -> bool:
-    marker = RUN_DIR / f"{vip.name}.handover"
     with contextlib.suppress(OSError, ValueError):
-        return time.time() - float(marker.read_text()) < HANDOVER_GRACE
+        return time.time() - float(_handover_marker(vip).read_text()) < HANDOVER_GRACE
     return False

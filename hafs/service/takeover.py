@@ -84,7 +84,7 @@ def takeover(
             rec.error = str(exc) or type(exc).__name__
             rec.write(services, vip)
             raise
-        (RUN_DIR / f"{vip.name}.handover").unlink(missing_ok=True)
+        replication.clear_handover(vip)
         log.info("%s takeover: serving on %s", vip.name, node)
         rec.write(services, vip)
 

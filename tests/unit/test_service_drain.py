@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from hafs.service import demotion, drain, membership
+from hafs.service import demotion, drain, membership, replication
 from hafs.service.config import ServiceConfig, VipService
 from hafs.service.node import NodeServices
 from hafs.service.runtime import ServiceError
@@ -70,7 +70,7 @@ class Draining(NodeServices):
 @pytest.fixture
 def holds(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Holds:
     found = Holds()
-    monkeypatch.setattr(drain, "RUN_DIR", tmp_path)
+    monkeypatch.setattr(replication, "RUN_DIR", tmp_path)
     monkeypatch.setattr(demotion, "for_node", lambda socket: found)
     return found
 
