@@ -4,18 +4,21 @@ On a service lab of its own (the example cluster: vip1's home ha-file-server-1, 
 backups), with ``--interval`` seconds between replications:
 
 1. once the first rounds are done, the newest snapshot every backup has (``P``) is also
-   received, untimed, into a scratch dataset on the first backup: the raw pipe's base;
+   received, untimed, into a scratch dataset on every backup: the raw pipes' base;
 2. ``--mb`` MB of incompressible data are written into vip1's share on its holder (straight
    into the file system, not over SMB: this measures replication, not the client);
 3. the holder's next round snapshots it (``S``) and sends it to every backup at once; its
    report (``/run/hafs/replication.json``) says, per backup, the seconds from the snapshot
    to that backup's acknowledgement;
 4. the same data as a raw ``zfs send -I P S | zfs recv`` from the holder's namespace into
-   the scratch dataset: one pipe, no ssh, no hafs, timed.
+   the first backup's scratch dataset: one pipe, no ssh, no hafs, timed; then the same to
+   every backup at once, one pipe each (what the lab's CPUs allow when all of its nodes'
+   ZFS work shares them, as hafs's sends to three backups do).
 
 Printed: per backup, hafs's seconds and MB/s and their ratio to the raw pipe's (the goal:
-each backup >= 50 % of the raw pipe), beside the seconds of a round that sent 4 KB written
-just before (what a send costs whatever it carries); the load average before and after.
+each backup >= 50 % of the raw pipe) and to the raw pipes at once, beside the seconds of a
+round that sent 4 KB written just before (what a send costs whatever it carries); the load
+average before and after.
 Run as root from the repository root:
 ``sudo python3 bench/throughput.py [--mb 64] [--interval 5] [--prefix P]``.
 """
@@ -67,22 +70,28 @@ def wait_for_round(s: ServiceLab, holder: str, after: str) -> dict[str, Any]:
     raise SystemExit(f"no round after {after} reached every backup within {TIMEOUT:.0f}s")
 
 
-def raw_pipe(
-    s: ServiceLab, holder: str, to: str, dataset: str, base: str | None, snap: str
+def raw_pipes(
+    s: ServiceLab, holder: str, to: list[str], dataset: str, base: str | None, snap: str
 ) -> float:
-    """``zfs send [-I base] snap`` in ``holder``'s namespaces piped into ``zfs recv`` in
-    ``to``'s: seconds until the receive is done."""
+    """``zfs send [-I base] snap`` in ``holder``'s namespaces piped into ``zfs recv`` in each
+    of ``to``'s, all at once (one pipe each, as hafs sends to every backup at once): seconds
+    until the last receive is done."""
     pool = s.cluster.zfs_pool
     send = ["zfs", "send", *(["-I", f"@{base}"] if base else []), f"{dataset}@{snap}"]
     recv = ["zfs", "recv", "-F", f"{pool}/{SCRATCH}"]
     began = time.monotonic()
-    with subprocess.Popen([*s.lab.enter(holder), *send], stdout=subprocess.PIPE) as sender:
-        received = subprocess.run([*s.lab.enter(to), *recv], stdin=sender.stdout, check=False)
+    senders = [subprocess.Popen([*s.lab.enter(holder), *send], stdout=subprocess.PIPE) for _ in to]
+    receivers = [
+        subprocess.Popen([*s.lab.enter(node), *recv], stdin=sender.stdout)
+        for node, sender in zip(to, senders, strict=True)
+    ]
+    for sender in senders:
         assert sender.stdout is not None
         sender.stdout.close()
+    failed = [p.wait() for p in [*senders, *receivers]]
     took = time.monotonic() - began
-    if sender.returncode != 0 or received.returncode != 0:
-        raise SystemExit(f"raw pipe {holder} -> {to} failed")
+    if any(failed):
+        raise SystemExit(f"raw pipe {holder} -> {', '.join(to)} failed")
     return took
 
 
@@ -105,10 +114,11 @@ def measure(s: ServiceLab, mb: int) -> list[list[str]]:
     vip = s.cluster.vip(VHID)
     holder, first = vip.carriers[0], vip.carriers[1]
     dataset = f"{s.cluster.zfs_pool}/hafs/{vip.name}"
+    backups = [n for n in vip.carriers if n != holder]
     settled = wait_for_round(s, holder, "")
     base = min(peer["snapshot"] for peer in settled.values())
-    log(f"settled: every backup has {base}; the raw pipe's base goes to {first}")
-    raw_pipe(s, holder, first, dataset, None, base)
+    log(f"settled: every backup has {base}; the raw pipes' base goes to each")
+    raw_pipes(s, holder, backups, dataset, None, base)
     mountpoint = s.lab.run(holder, ["zfs", "get", "-H", "-o", "value", "mountpoint", dataset])
     share = f"{mountpoint.strip()}/shares/{vip.shares[0].name}"
     log(f"writing 4 KB into {share} on {holder}: what a send costs whatever it carries")
@@ -116,14 +126,22 @@ def measure(s: ServiceLab, mb: int) -> list[list[str]]:
     log(f"writing {mb} MB into {share} on {holder}")
     peers = write_and_wait(s, holder, f"{share}/throughput.bin", mb, "M")
     snap = max(peer["snapshot"] for peer in peers.values())
-    log(f"every backup has {snap}; now the raw pipe of the same data to {first}")
-    raw = raw_pipe(s, holder, first, dataset, base, snap)
-    rows = [["raw zfs send | zfs recv", first, f"{raw:.2f}", f"{mb / raw:.0f}", "100 %", "-"]]
+    log(f"every backup has {snap}; now raw pipes of the same data, to {first}, then to all")
+    raw = raw_pipes(s, holder, [first], dataset, base, snap)
+    s.lab.run(first, ["zfs", "rollback", "-r", f"{s.cluster.zfs_pool}/{SCRATCH}@{base}"])
+    fanned = raw_pipes(s, holder, backups, dataset, base, snap)
+    rows = [
+        ["raw zfs send | zfs recv", first, f"{raw:.2f}", f"{mb / raw:.0f}", "100 %", "-", "-"],
+        [
+            "raw, to every backup at once", "each", f"{fanned:.2f}", f"{mb / fanned:.0f}",
+            f"{100 * raw / fanned:.0f} %", "100 %", "-",
+        ],
+    ]  # fmt: skip
     for peer, sent in sorted(peers.items()):
         took, idle = float(sent["seconds"]), float(small[peer]["seconds"])
         rows.append([
             "hafs", peer, f"{took:.2f}", f"{mb / took:.0f}", f"{100 * raw / took:.0f} %",
-            f"{idle:.2f}",
+            f"{100 * fanned / took:.0f} %", f"{idle:.2f}",
         ])  # fmt: skip
     return rows
 
@@ -141,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     with service_lab(args.interval, args.prefix) as s:
         rows = measure(s, args.mb)
     after = os.getloadavg()
-    print(table(["path", "to", "seconds", "MB/s", "of raw", "a send of 4 KB, s"], rows))
+    header = ["path", "to", "seconds", "MB/s", "of raw", "of raw at once", "a send of 4 KB, s"]
+    print(table(header, rows))
     print(f"\n{args.mb} MB, replication every {args.interval:g}s; load average (1 min) "
           f"{before[0]:.1f} before, {after[0]:.1f} after, on {os.cpu_count()} cores")  # fmt: skip
     return 0

@@ -17,7 +17,7 @@ from hafs.agentconf import PREVIOUS_MASTER_ENV
 from hafs.errors import HafsError
 from hafs.holds import HOLD_DEMOTION
 from hafs.service import config as service_config
-from hafs.service import demotion, divergence, space
+from hafs.service import demotion, divergence, receiver, space
 from hafs.service.node import NodeServices
 from hafs.service.replication import BACKGROUND_NICE
 from hafs.service.runtime import ServiceError
@@ -151,6 +151,16 @@ def cmd_receive(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_receiver(args: argparse.Namespace) -> int:
+    """The long-lived receiver a holder keeps here (:mod:`hafs.service.receiver`)."""
+    with contextlib.suppress(OSError):  # a group of its own, killed with a receive in it
+        os.setpgid(0, 0)
+    _background()
+    services = _services(args)
+    vip = services.config.vip_named(args.vip)
+    return receiver.serve(services, vip, sys.stdin.fileno(), sys.stdout.buffer)
+
+
 def _stream_out() -> IO[bytes]:
     """stdout, for a peer's pull: a zfs stream, never for a terminal."""
     if sys.stdout.isatty():
@@ -215,7 +225,9 @@ def _size(used: int) -> str:
     return f"{used / 2**20:.1f} MiB"
 
 
-PEER_OPERATIONS = ("fence", "snapshots", "receive", "sync", "handover", "held", "report")
+PEER_OPERATIONS = (
+    "fence", "snapshots", "receive", "receiver", "sync", "handover", "held", "report",
+)  # fmt: skip
 
 
 def cmd_ssh_command(args: argparse.Namespace) -> int:
@@ -353,6 +365,11 @@ def register(sub: Any) -> None:
         "--theirs",
         metavar="SNAP,...",
         help="the sender's snapshots between the base and the sent one",
+    )
+    parser(
+        "receiver",
+        "receive zfs streams of VIP from the holder one after another (replication)",
+        cmd_receiver,
     )
     for name, help_text, func in (
         ("sync", "snapshot VIP now and write it to stdout for the peer that asked", cmd_sync),

@@ -128,6 +128,7 @@ class ServiceDaemon:
                 except Exception:  # a bug: logged in full, and the other VIPs are still tended
                     log.exception("%s: unexpected error", vip.name)
             self.publish()
+            self.services.receivers.close_idle()
             self.stopping.wait(
                 max(0.5, self.config.replication_interval - (time.monotonic() - began))
             )

@@ -12,6 +12,7 @@ the CLI use. Each operation lives in the module named for it:
 - :mod:`hafs.service.replication`: snapshots, sends and receives, handover on failback;
 - :mod:`hafs.service.smbd`: the VIP's smbd; :mod:`hafs.service.users`: Unix users, passdb;
 - :mod:`hafs.service.announce`: tickle ACKs; :mod:`hafs.service.transport`: ssh to peers;
+  :mod:`hafs.service.receiver`: the receivers replication keeps running on them;
 - :mod:`hafs.service.space`: the served shares' limit (room for replication on a full pool).
 """
 
@@ -42,6 +43,7 @@ from hafs.service import (
     takeover,
 )
 from hafs.service.config import ServiceConfig, VipService
+from hafs.service.receiver import Receivers
 from hafs.service.runtime import RUN_DIR
 from hafs.service.samba import SambaDirs, SambaInstance, SambaShare
 from hafs.service.transport import Transport
@@ -78,6 +80,7 @@ class NodeServices:
         self.config = config
         self.zfs = zfs or Zfs()
         self.acked: dict[tuple[str, str], str] = {}  # (vip, peer) -> last snapshot it took
+        self.receivers = Receivers()  # this node's sessions with its peers' receivers
 
     # --- where things are -----------------------------------------------------------------
 
@@ -238,7 +241,7 @@ class NodeServices:
         for path in RUN_DIR.glob(f"{vip.name}.receiving.*"):
             pgid = path.suffix[1:]
             argv = processes.get(int(pgid), []) if pgid.isdigit() else []
-            if "service" in argv and ("receive" in argv or "ssh-command" in argv):
+            if "service" in argv and {"receive", "receiver", "ssh-command"} & set(argv):
                 doomed.append(int(pgid))
             path.unlink(missing_ok=True)  # killed now, or stale: that process is gone
         for group in doomed:

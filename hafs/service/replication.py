@@ -5,7 +5,8 @@
   its newest snapshot gets no new one, and its peers that have that one get nothing: idle,
   replication costs a few local ``zfs`` commands a round, no ssh.
 - :func:`send`: incremental from the newest snapshot the peer has (remembered per peer, else
-  asked), streamed over ssh into ``hafs service receive`` there, at nice 10.
+  asked), streamed over ssh into the receiver this node keeps running there
+  (:mod:`hafs.service.receiver`), at nice 10.
 - :func:`receive` (the receiving end): roll back to the common snapshot, receive, stay a
   read-only replica.
 - Failback: a returning node pulls (:func:`pull`) the delta from the holder (``sync``), then
@@ -19,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import subprocess
 import tempfile
 import time
@@ -32,6 +32,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from hafs.service import divergence, space
 from hafs.service.config import VipService
+from hafs.service.receiver import SEND_TIMEOUT, Request, read_line
 from hafs.service.runtime import RUN_DIR, ServiceError
 from hafs.service.zfs import ZfsError
 
@@ -40,7 +41,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("hafs.service")
 
-SEND_TIMEOUT = 600.0
 HANDOVER_GRACE = 20.0  # a holder that quiesced for a handover serves again after this
 BACKGROUND_NICE = 10  # replication's CPU priority: a takeover on the same CPUs comes first
 BASE = "hafs:base:"  # + peer: a dataset property, the newest snapshot that peer has
@@ -140,33 +140,16 @@ def _for_receiver(
 def _stream(
     services: NodeServices, vip: VipService, peer: str, snapshot: str, base: str | None
 ) -> str:
+    """Send ``base``..``snapshot`` through the peer's receiver (:mod:`hafs.service.receiver`)."""
     dataset = services.dataset(vip)
     keep, ours = _for_receiver(services, vip, snapshot, base)
-    args = ["receive", vip.name] + (["--base", base] if base else [])
-    args += ["--keep", ",".join(keep)] if keep else []
-    args += ["--theirs", ",".join(ours)] if ours else []
     send = services.zfs.send_command(f"{dataset}@{snapshot}", f"{dataset}@{base}" if base else None)
     nice = ["nice", "-n", str(BACKGROUND_NICE)]
-    with subprocess.Popen([*nice, *send], stdout=subprocess.PIPE, stderr=subprocess.PIPE) as sender:
-        receiver = subprocess.run(
-            [*nice, *services.transport.remote_argv(peer, args, shared=True)],
-            stdin=sender.stdout,
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=SEND_TIMEOUT,
-        )
-        assert sender.stdout is not None
-        sender.stdout.close()
-        sender.wait(SEND_TIMEOUT)
-    if sender.returncode != 0 or receiver.returncode != 0:
+    try:
+        services.receivers.send(services, vip, peer, Request(base, keep, ours), send, nice)
+    except (ServiceError, OSError, subprocess.SubprocessError):
         services.acked.pop((vip.name, peer), None)
-        raise ServiceError(
-            f"{vip.name}: send to {peer} failed: {receiver.stderr.strip() or 'zfs send'}"
-        )
-    for line in receiver.stderr.splitlines():  # the receiver's news (DIVERGED: a copy kept
-        if " WARNING " in line or " ERROR " in line:  # aside) goes back over ssh: said here too
-            log.warning("%s: %s says: %s", vip.name, peer, line)
+        raise
     _acked(services, vip, peer, snapshot)
     return snapshot
 
@@ -348,22 +331,16 @@ def _serve_pull(
     _acked(services, vip, peer, header["snapshot"])  # retention keeps it: the next base
 
 
-HEADER_LIMIT = 1 << 20
 HEADER_FIELDS = {"snapshot", "base", "keep", "theirs"}
 
 
 def _read_header(stream: IO[bytes]) -> dict[str, Any] | None:
-    """The pull's JSON line, read byte by byte from the pipe's descriptor: what follows it
-    is the zfs stream, for ``zfs recv`` to read from the same descriptor. None: the holder
-    said nothing (it refused: its stderr says why)."""
-    line = bytearray()
-    while not line.endswith(b"\n") and len(line) < HEADER_LIMIT:
-        byte = os.read(stream.fileno(), 1)
-        if not byte:
-            return None
-        line += byte
+    """The pull's JSON line (what follows it is the zfs stream, for ``zfs recv`` to read
+    from the same descriptor). None: the holder said nothing (it refused: its stderr says
+    why)."""
+    line = read_line(stream.fileno())
     try:
-        header = json.loads(line)
+        header = json.loads(line) if line is not None else None
     except ValueError:
         return None
     return header if isinstance(header, dict) and set(header) == HEADER_FIELDS else None

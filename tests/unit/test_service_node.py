@@ -537,9 +537,12 @@ class Sending(Bases):
 
 
 class Receiver:
-    """A peer whose ``hafs service receive`` reads the stream and says what it did."""
+    """A peer with an older hafs (its forced command refuses ``receiver``) whose ``hafs
+    service receive`` reads the stream and says what it did."""
 
     def remote_argv(self, peer: str, args: Sequence[str], shared: bool = False) -> list[str]:
+        if args[0] == "receiver":
+            return ["sh", "-c", "echo 'hafs: peer n1: refused: receiver' >&2; exit 2"]
         said = (
             "2026-12-05 20:00:00,000 INFO hafs.service: vip1: waiting for the operation\n"
             "2026-12-05 20:00:01,000 WARNING hafs.service: vip1: DIVERGED: kept as x\n"
