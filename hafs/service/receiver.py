@@ -20,8 +20,10 @@ A receive that failed leaves the rest of its stream in the pipe: the peer answer
 and the holder starts a new session for its next send. A peer that cannot run a receiver
 (an older hafs, whose forced command refuses the operation) says no hello: that send goes
 the old way (:func:`one_shot`). A session unused for :data:`IDLE_CLOSE` seconds is closed:
-an idle VIP holds no process on its peers. The peer's log lines come back over ssh's stderr
-as with one receive per login: warnings (a copy kept aside) are logged here too.
+an idle VIP holds no process on its peers; one older than :data:`MAX_AGE` too, so that a
+peer's new config or hafs takes over within minutes of a deploy. The peer's log lines come
+back over ssh's stderr as with one receive per login: warnings (a copy kept aside) are
+logged here too.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ SEND_TIMEOUT = 600.0
 HELLO_TIMEOUT = 10.0  # a peer's Python starting on a busy node: seconds, not minutes
 ANSWER_TIMEOUT = 60.0  # after zfs send ended: the peer's recv is a pipe's worth behind
 IDLE_CLOSE = 60.0  # the shared ssh connection's ControlPersist: both go together
+MAX_AGE = 600.0  # then a new one: the peer's config and code, as deployed since, take over
 LINE_LIMIT = 1 << 20
 SSH_FAILED = 255  # ssh's own exit status: no connection (a refusing forced command exits 2)
 PROTOCOL = 1
@@ -133,7 +136,7 @@ class Session:
             argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )
         self.said: collections.deque[str] = collections.deque(maxlen=3)
-        self.used = time.monotonic()
+        self.started = self.used = time.monotonic()
         self.relay = threading.Thread(target=self._relay, name=f"said {name}", daemon=True)
         self.relay.start()
 
@@ -266,11 +269,14 @@ class Receivers:
         return session
 
     def close_idle(self, now: float | None = None) -> None:
-        """Close every session unused for :data:`IDLE_CLOSE` s (or ended)."""
+        """Close every session unused for :data:`IDLE_CLOSE` s, older than :data:`MAX_AGE`
+        s, or ended (the daemon, every round: none is in use then)."""
         now = time.monotonic() if now is None else now
         with self.lock:
             idle = [
-                k for k, s in self.sessions.items() if now - s.used > IDLE_CLOSE or not s.alive()
+                k
+                for k, s in self.sessions.items()
+                if now - s.used > IDLE_CLOSE or now - s.started > MAX_AGE or not s.alive()
             ]
             closing = [self.sessions.pop(k) for k in idle]
         for session in closing:

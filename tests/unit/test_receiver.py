@@ -155,6 +155,19 @@ def test_an_idle_session_is_closed(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     assert session.process.returncode == 0  # it read the end of its input and exited
 
 
+def test_an_old_session_is_closed_even_if_busy(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The peer's receiver keeps the config and code it started with: a deploy since takes
+    over when the session is renewed."""
+    node = node_with(monkeypatch, Peer(tmp_path))
+    send(node, "stream")
+    (session,) = node.receivers.sessions.values()
+    session.used = session.started + receiver.MAX_AGE  # busy until now
+    node.receivers.close_idle(now=session.started + receiver.MAX_AGE + 1)
+    assert node.receivers.sessions == {} and not session.alive()
+
+
 def test_a_line_is_read_to_its_newline_and_no_further() -> None:
     read, write = os.pipe()
     os.write(write, b'{"base": null}\nZFS STREAM')
