@@ -13,17 +13,19 @@ the holder keeps one ``hafs service receiver VIP`` running on each peer it repli
 3. the peer reads the line byte by byte (no read-ahead into the stream), runs
    :func:`hafs.service.replication.receive` with ``zfs recv`` reading the same descriptor,
    and answers one JSON line. ``zfs recv`` reads a stream up to its end record and no
-   further (OpenZFS and zfs-fuse alike; the lab test sends two in a row), and the holder
-   writes the next request only after the answer.
+   further: libzfs reads records by their lengths (a ``-I`` package ends with its own end
+   record), and zfs-fuse's recv, given a stream followed by more bytes, exits at its end
+   and leaves them (checked by hand); every round in the lab sends through one session.
+   The holder writes the next request only after the answer.
 
 A receive that failed leaves the rest of its stream in the pipe: the peer answers and exits,
 and the holder starts a new session for its next send. A peer that cannot run a receiver
-(an older hafs, whose forced command refuses the operation) says no hello: that send goes
-the old way (:func:`one_shot`). A session unused for :data:`IDLE_CLOSE` seconds is closed:
-an idle VIP holds no process on its peers; one older than :data:`MAX_AGE` too, so that a
-peer's new config or hafs takes over within minutes of a deploy. The peer's log lines come
-back over ssh's stderr as with one receive per login: warnings (a copy kept aside) are
-logged here too.
+(an older hafs, whose forced command refuses the operation) says no hello: its sends go
+the old way (:func:`one_shot`) for :data:`MAX_AGE` seconds, then it is asked again. A
+session unused for :data:`IDLE_CLOSE` seconds is closed: an idle VIP holds no process on
+its peers; one older than :data:`MAX_AGE` too, so that a peer's new config or hafs takes
+over within minutes of a deploy. The peer's log lines come back over ssh's stderr as with
+one receive per login: warnings (a copy kept aside) are logged here too.
 """
 
 from __future__ import annotations
@@ -219,6 +221,7 @@ class Receivers:
 
     def __init__(self) -> None:
         self.sessions: dict[tuple[str, str], Session] = {}
+        self.refused: dict[str, float] = {}  # peer -> when it last refused to run a receiver
         self.lock = threading.Lock()  # the dict itself: sends to several peers run at once
 
     def send(
@@ -247,6 +250,8 @@ class Receivers:
         self, services: NodeServices, vip: VipService, peer: str, nice: Sequence[str]
     ) -> Session | None:
         key = (vip.name, peer)
+        if time.monotonic() - self.refused.get(peer, -MAX_AGE) < MAX_AGE:
+            return None  # an older hafs there: not asked again until it may have been updated
         argv = [*nice, *services.transport.remote_argv(peer, ["receiver", vip.name], shared=True)]
         with self.lock:
             session = self.sessions.pop(key, None)
@@ -263,6 +268,7 @@ class Receivers:
             if session.process.returncode == SSH_FAILED:
                 raise ServiceError(f"{vip.name}: {peer} unreachable: {why}")
             log.info("%s: %s runs no receiver (%s): one login per send", vip.name, peer, why)
+            self.refused[peer] = time.monotonic()
             return None
         with self.lock:
             self.sessions[key] = session

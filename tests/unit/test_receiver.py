@@ -58,8 +58,10 @@ class Peer:
         self.record = tmp / "received"
         self.record.touch()
         self.refuse, self.unreachable = refuse, unreachable
+        self.asked: list[str] = []  # the operation of every ssh session started
 
     def remote_argv(self, peer: str, args: Sequence[str], shared: bool = False) -> list[str]:
+        self.asked.append(args[0])
         if self.unreachable:
             return ["sh", "-c", "echo 'ssh: connect to host 10.0.0.2: No route' >&2; exit 255"]
         if args[0] == "receiver" and self.refuse:

@@ -65,7 +65,9 @@ class Pool(Zfs):
 
 
 class Peers:
-    """The peers' ends of ssh: every login is recorded; a peer in ``down`` does not answer."""
+    """The peers' ends of ssh: every login is recorded; a peer in ``down`` does not answer.
+    They run an older hafs, without a receiver (tests/unit/test_receiver.py has its own):
+    each send is a login of its own, as it was."""
 
     def __init__(self) -> None:
         self.logins: list[tuple[str, str]] = []  # (peer, operation)
@@ -75,6 +77,9 @@ class Peers:
 
     def remote_argv(self, peer: str, args: Sequence[str], shared: bool = False) -> list[str]:
         assert shared  # a send: over the peer's shared connection
+        if args[0] == "receiver":
+            status = 255 if peer in self.down else 2  # unreachable, or refused there
+            return ["sh", "-c", f"echo 'no receiver' >&2; exit {status}"]
         self.logins.append((peer, args[0]))
         self.bases.append((peer, args[args.index("--base") + 1] if "--base" in args else None))
         if peer in self.down:
