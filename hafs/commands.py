@@ -67,7 +67,8 @@ def register(sub: Any) -> None:
         "render",
         help="print a node's configuration file",
         description="Print one configuration file of one node, rendered from the inventory: "
-        "rc.conf, loader.conf, sysctl.conf, devd.conf (FreeBSD) or agent.toml (Linux).",
+        "rc.conf, loader.conf, sysctl.conf, devd.conf (FreeBSD) or agent.toml (Linux); "
+        "cluster.json; keepalived.conf (a VRRPv3 cluster's node run by keepalived).",
     )
     add_inventory_option(p)
     p.add_argument("node", metavar="NODE", help="node name as in the inventory")

@@ -3,6 +3,8 @@
 FreeBSD: ``rc.conf`` (CARP lines in the seed's own syntax), ``loader.conf``,
 ``sysctl.conf`` and the ``devd.conf`` stanza that calls ``hafs event``.
 Linux: ``agent.toml`` (see :mod:`hafs.agentconf`).
+Either, in a VRRPv3 cluster: ``keepalived.conf``, for a node that runs keepalived in place of
+its CARP daemon (the lab's ``--foreign keepalived``).
 """
 
 from __future__ import annotations
@@ -115,6 +117,48 @@ def devd_conf(cluster: Cluster, node: Node) -> str:
     )
 
 
+def keepalived_conf(cluster: Cluster, node: Node, hafs_command: str = HAFS_BIN) -> str:
+    """keepalived's VRRP instances for the VIPs ``node`` carries, as the hafs agent would run
+    them (VRRPv3, same priorities, interval and preemption): keepalived moves the address and
+    calls ``hafs event <vhid>@<if> <STATE>`` on each change, as devd does on FreeBSD. It
+    takes no demotion holds: a node that comes back preempts without its resync (as ucarp)."""
+    if cluster.protocol != "vrrp3":
+        raise HafsError(
+            'keepalived.conf: keepalived speaks VRRP, not CARP: set protocol = "vrrp3" in '
+            "group_data (FreeBSD nodes: 14.1 or later)"
+        )
+    ifname = node.interface
+    lines = [
+        f"# hafs: keepalived for {node.name} (VRRPv3), rendered from the inventory",
+        "global_defs {",
+        f"    router_id {node.name}",
+        "    vrrp_version 3",
+        "    script_user root",
+        "    enable_script_security",
+        "}",
+    ]
+    for vip in cluster.vips_of(node.name):
+        event = f"{hafs_command} event {vip.vhid}@{ifname}"
+        lines += [
+            f"vrrp_instance hafs_{vip.name} {{",
+            "    state BACKUP",
+            f"    interface {ifname}",
+            f"    virtual_router_id {vip.vhid}",
+            f"    priority {vip.priority(node.name)}",
+            f"    advert_int {cluster.vrrp_interval:g}",
+            *([] if node.preempt else ["    nopreempt"]),
+            "    virtual_ipaddress {",
+            f"        {vip.address}/32 dev {ifname}",
+            "    }",
+            f'    notify_master "{event} MASTER"',
+            f'    notify_backup "{event} BACKUP"',
+            f'    notify_fault "{event} INIT"',
+            f'    notify_stop "{event} INIT"',
+            "}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
 # file name -> (the OS it is for, renderer)
 RENDERERS: dict[str, tuple[str, Callable[[Cluster, Node], str]]] = {
     "rc.conf": ("freebsd", rc_conf),
@@ -123,6 +167,7 @@ RENDERERS: dict[str, tuple[str, Callable[[Cluster, Node], str]]] = {
     "devd.conf": ("freebsd", devd_conf),
     "agent.toml": ("linux", agentconf.render),
     "cluster.json": ("any", service_config.render),
+    "keepalived.conf": ("any", keepalived_conf),
 }
 
 

@@ -45,7 +45,7 @@ SBIN = "/usr/local/sbin:/usr/sbin:/sbin"  # root's programs, on a PATH that may 
 def check_programs(foreign: str | None) -> None:
     """Every program a lab node runs is installed, else one line naming each missing one
     and its package (without sshd, say, replication fails silently and the drill waits)."""
-    needed = {**PROGRAMS, **({"ucarp": "ucarp"} if foreign == "ucarp" else {})}
+    needed = {**PROGRAMS, **({foreign: foreign} if foreign else {})}  # ucarp, keepalived
     path = f"{os.environ.get('PATH', '')}:{SBIN}"
     missing = {
         name: package for name, package in needed.items() if not shutil.which(name, path=path)
@@ -105,7 +105,7 @@ class NodeBoot(NodeProcesses):
             (node_dir / sub).mkdir(parents=True, exist_ok=True)
         subprocess.run(["truncate", "-s", POOL_SIZE, str(node_dir / "pool.img")], check=True)
         (node_dir / "pool.img").chmod(0o600)
-        impl = "ucarp" if foreign == "ucarp" and node.os == "freebsd" else "hafs"
+        impl = foreign if foreign and node.os == "freebsd" else "hafs"
         self._write_etc(cluster, node, address, impl)
         self.state["nodes"][node.name] = {
             "index": index,

@@ -156,7 +156,11 @@ def register(sub: Any) -> None:
 
     p = parser("up", "build the lab and start every node")
     add_inventory_option(p)
-    p.add_argument("--foreign", choices=["ucarp"], help="run stock ucarp on the FreeBSD nodes")
+    p.add_argument(
+        "--foreign",
+        choices=["ucarp", "keepalived"],
+        help="run stock ucarp (CARP), or keepalived (a VRRPv3 inventory), on the FreeBSD nodes",
+    )
     p.set_defaults(func=cmd_up)
 
     p = parser("status", "nodes, their daemons and link, and who holds each VIP")

@@ -10,7 +10,7 @@ A lab named NAME is made of:
 - per node an *anchor* process, the node's "hardware" (mount and UTS namespaces with the
   node's hostname, its own /run and /etc), into which everything of the node is entered: its
   zfs-fuse daemon (pool on a sparse file), sshd, its CARP daemon (``hafs agent``, or stock
-  ucarp for FreeBSD nodes with ``--foreign ucarp``) and its service daemon.
+  ucarp or keepalived for FreeBSD nodes with ``--foreign``) and its service daemon.
 - a work directory ``/var/tmp/hafs-lab/NAME`` with ``state.json`` (what was made, every pid
   with its start time), each node's pool file, /etc upper layer, configs and logs.
 
@@ -39,6 +39,7 @@ from pathlib import Path
 
 from hafs.check import check
 from hafs.cluster import Cluster, load
+from hafs.errors import HafsError
 from hafs.lab.boot import NodeBoot, Progress, check_programs
 from hafs.lab.netns import Lab, LabError, Netns, cleanup, list_namespaces
 from hafs.lab.status import LabStatus
@@ -60,8 +61,13 @@ class ClusterLab(NodeBoot, LabStatus):
             raise LabError(f"lab {self.name!r} already exists: hafs lab down --name {self.name}")
         check_programs(foreign)
         cluster = self._cluster = load(inventory)
-        if foreign == "ucarp" and cluster.protocol == "vrrp3":
-            raise LabError(f"--foreign ucarp: ucarp speaks CARP only; {inventory} says vrrp3")
+        if foreign == "ucarp" and cluster.protocol == "vrrp3":  # usage errors: exit 2
+            raise HafsError(f"--foreign ucarp: ucarp speaks CARP only; {inventory} says vrrp3")
+        if foreign == "keepalived" and cluster.protocol != "vrrp3":
+            raise HafsError(
+                f'--foreign keepalived: keepalived speaks VRRP only; set protocol = "vrrp3" '
+                f"in the group_data beside {inventory}"
+            )
         errors = [str(p) for p in check(cluster) if p.level == "error"]
         if errors:
             raise LabError(

@@ -8,10 +8,11 @@ cluster.json and pools with the users' NT hashes):
   path: the cluster is loaded from it again), ``foreign``, ``created``; ``client`` and
   ``gateway`` (their namespace and addresses; no gateway: null); ``nodes``, per node name:
   ``index``, ``ns`` (``NAME-n<index>``), ``ifname`` and ``address`` (as in the inventory),
-  ``peer`` (the switch side of its cable, in ``NAME-sw``), ``impl`` (``hafs`` or ``ucarp``),
-  ``pool_created``, ``booted`` (it was up before: it comes back demoted) and ``procs``: every
-  process of the node the lab started, by key (``anchor``, ``zfs-fuse``, ``sshd``, ``agent``,
-  ``ucarp-<vhid>``, ``service``), as its pid and kernel start time (:class:`Proc`).
+  ``peer`` (the switch side of its cable, in ``NAME-sw``), ``impl`` (``hafs``, ``ucarp`` or
+  ``keepalived``), ``pool_created``, ``booted`` (it was up before: it comes back demoted) and
+  ``procs``: every process of the node the lab started, by key (``anchor``, ``zfs-fuse``,
+  ``sshd``, ``agent``, ``ucarp-<vhid>``, ``keepalived``, ``service``), as its pid and kernel
+  start time (:class:`Proc`).
 - ``replication_key`` (+ ``.pub``): the one ssh key of the lab's nodes;
 - per node a directory: ``pool.img`` (sparse), ``etc-upper``/``etc-work`` (its /etc overlay,
   with /etc/hafs), the CARP daemon's configs and scripts, and ``<key>.log`` per process.

@@ -4,7 +4,7 @@ its daemons.
 Everything of a node runs entered into its anchor's namespaces (``nsenter`` into the network,
 mount and UTS namespaces of the process that stands for the node's hardware, see
 :mod:`hafs.lab.boot`): its zfs-fuse daemon, sshd, its CARP daemon (``hafs agent``, or stock
-ucarp for FreeBSD nodes with ``--foreign ucarp``) and its service daemon (``hafs service
+ucarp or keepalived for FreeBSD nodes with ``--foreign``) and its service daemon (``hafs service
 run``), each detached in a session of its own, logging to ``<node>/<key>.log`` and recorded
 in the lab's state (:mod:`hafs.lab.state`) by pid and start time.
 
@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from hafs import agentconf
+from hafs import agentconf, render
 from hafs.cluster import Cluster, Node
 from hafs.lab.netns import NETNS_DIR, LabError
 from hafs.lab.state import LabState, Proc, start_time
@@ -218,6 +218,9 @@ class NodeProcesses(LabState):
         if state["impl"] == "ucarp":
             self._start_ucarp(cluster, model)
             return
+        if state["impl"] == "keepalived":
+            self._start_keepalived(cluster, model)
+            return
         configs = []
         for name, demoted in (("agent.toml", start_demoted), ("agent-restart.toml", True)):
             config = self.dir / node / name
@@ -276,6 +279,19 @@ class NodeProcesses(LabState):
                 argv.append("-P")
             self._daemon(node.name, f"ucarp-{vip.vhid}", argv)
 
+    def _start_keepalived(self, cluster: Cluster, node: Node) -> None:
+        """keepalived in the foreground, its config rendered as for a real node (its notify
+        scripts run ``hafs event``, in the background as devd's do); pid files of its own."""
+        node_dir = self.dir / node.name
+        config = node_dir / "keepalived.conf"
+        config.write_text(render.keepalived_conf(cluster, node, hafs_command=shlex.join(HAFS)))
+        os.chmod(config, 0o600)
+        argv = ["keepalived", "--dont-fork", "--log-console", "--log-detail", "--vrrp"]
+        argv += ["--use-file", str(config)]
+        for flag, suffix in (("--pid", "main"), ("--vrrp_pid", "vrrp")):
+            argv += [flag, str(node_dir / f"keepalived-{suffix}.pid")]
+        self._daemon(node.name, "keepalived", argv)
+
     def agent(self, node: str) -> Proc | None:
         """The node's running ``hafs agent`` process (not its supervisor, nor its cleanup);
         None if none runs now."""
@@ -311,7 +327,11 @@ class NodeProcesses(LabState):
         if service is not None:
             service.signal(signal.SIGTERM)
             self._wait_gone([service], SERVICE_STOP_TIMEOUT)
-        carp = [p for key, p in procs.items() if key == "agent" or key.startswith("ucarp-")]
+        carp = [
+            p
+            for key, p in procs.items()
+            if key in ("agent", "keepalived") or key.startswith("ucarp-")
+        ]
         for proc in carp:
             proc.signal(signal.SIGTERM)
         self._wait_gone(carp, STOP_TIMEOUT)

@@ -10,10 +10,13 @@ import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 from hafs.lab.netns import Lab, LabError, Netns, Port, new_prefix
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _lab_unusable() -> str | None:
@@ -63,3 +66,15 @@ def pair(require_lab: None) -> Iterator[Pair]:
         port_a = lab.connect(a, "eth0", "10.77.0.1/24")
         port_b = lab.connect(b, "eth0", "10.77.0.2/24")
         yield Pair(lab, a, b, port_a, port_b)
+
+
+def vrrp3_inventory(into: Path, interval: float = 0.1) -> str:
+    """The example inventory with ``protocol = "vrrp3"`` at ``interval`` s (FreeBSD nodes
+    said to be 14.1)."""
+    shutil.copy(REPO / "inventory.py", into / "inventory.py")
+    with (into / "inventory.py").open("a") as inventory:
+        inventory.write("\nfor _name, _data in freebsd:\n    _data['freebsd_version'] = '14.1'\n")
+    shutil.copytree(REPO / "group_data", into / "group_data")
+    with (into / "group_data" / "all.py").open("a") as settings:
+        settings.write(f'protocol = "vrrp3"\nvrrp_interval = {interval:g}\n')
+    return str(into / "inventory.py")

@@ -25,7 +25,7 @@ import pytest
 from hafs.cluster import load
 from hafs.lab.netns import list_namespaces, new_prefix
 from hafs.lab.state import LAB_ROOT
-from tests.lab.conftest import skip_or_fail
+from tests.lab.conftest import skip_or_fail, vrrp3_inventory
 
 pytestmark = pytest.mark.lab
 
@@ -175,15 +175,9 @@ def test_a_vrrp3_lab_passes_a_drill_round(require_lab: None, tmp_path: Path) -> 
     """The example cluster with `protocol = "vrrp3"` at 0.1 s (the FreeBSD nodes said to be
     14.1): every agent speaks VRRPv3, verify passes, and a power loss of a home node is taken
     over by its best backup with the data, and handed back. The RTO is printed beside CARP's."""
-    shutil.copy(REPO / "inventory.py", tmp_path / "inventory.py")
-    with (tmp_path / "inventory.py").open("a") as inventory:
-        inventory.write("\nfor _name, _data in freebsd:\n    _data['freebsd_version'] = '14.1'\n")
-    shutil.copytree(REPO / "group_data", tmp_path / "group_data")
-    with (tmp_path / "group_data" / "all.py").open("a") as settings:
-        settings.write('protocol = "vrrp3"\nvrrp_interval = 0.1\n')
     name = new_prefix("hafs-v")
     try:
-        up = hafs("lab", "up", "--name", name, "-i", str(tmp_path / "inventory.py"))
+        up = hafs("lab", "up", "--name", name, "-i", vrrp3_inventory(tmp_path))
         assert up.returncode == 0, up.stderr
         proc = hafs(
             "verify", "--lab", "--name", name, "--failover", "--json",

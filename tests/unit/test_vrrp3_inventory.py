@@ -10,7 +10,8 @@ import pytest
 from hafs import agentconf
 from hafs.check import check
 from hafs.cluster import InventoryError
-from hafs.render import carp_args
+from hafs.errors import HafsError
+from hafs.render import carp_args, keepalived_conf
 from tests.unit.conftest import MakeCluster, four_nodes
 
 VERSIONS = {f"n{i}": {"freebsd_version": "14.1"} for i in (1, 2, 3)}
@@ -59,3 +60,30 @@ def test_bad_vrrp_settings_are_one_line(
 ) -> None:
     with pytest.raises(InventoryError, match=f"^{words}"):
         make_cluster(four_nodes(**VERSIONS), **settings)
+
+
+def test_keepalived_conf_runs_the_same_instances_and_calls_hafs_event(
+    make_cluster: MakeCluster,
+) -> None:
+    """keepalived in place of a node's CARP daemon: its priorities and interval, the address
+    as a /32 on the node's interface, every state change into `hafs event`."""
+    cluster = make_cluster(four_nodes(**VERSIONS), protocol="vrrp3", vrrp_interval=0.1)
+    conf = keepalived_conf(cluster, cluster.node("n2"), hafs_command="/opt/hafs")
+    start = conf.index("vrrp_instance hafs_vip1 {")
+    vip1 = conf[start : conf.index("\n}\n", start)]
+    assert "    virtual_router_id 1\n    priority 244\n    advert_int 0.1\n" in vip1
+    assert "10.0.0.101/32 dev " in vip1 and "nopreempt" not in vip1
+    for keepalived_state, event in (("master", "MASTER"), ("backup", "BACKUP"),
+                                    ("fault", "INIT"), ("stop", "INIT")):  # fmt: skip
+        assert f'notify_{keepalived_state} "/opt/hafs event 1@' in vip1
+        assert vip1.count(f' {event}"') >= 1
+    assert conf.count("vrrp_instance ") == len(cluster.vips_of("n2"))
+    assert "vrrp_version 3" in conf
+
+
+def test_keepalived_conf_is_refused_for_a_carp_cluster(make_cluster: MakeCluster) -> None:
+    with pytest.raises(
+        HafsError,
+        match=r'^keepalived.conf: keepalived speaks VRRP, not CARP: set protocol = "vrrp3"',
+    ):
+        keepalived_conf(make_cluster(four_nodes()), make_cluster(four_nodes()).node("n1"))
