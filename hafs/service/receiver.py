@@ -185,15 +185,14 @@ class Session:
             )
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise self._failed(f"the stream did not go through: {exc}") from None
-        answer = self._answer(ANSWER_TIMEOUT)
         self.used = time.monotonic()
+        if sender.returncode != 0:  # a stream cut short: closing ends the peer's zfs recv
+            raise self._failed(f"zfs send: {sender.stderr.strip() or sender.returncode}")
+        answer = self._answer(ANSWER_TIMEOUT)
         if answer is None:
-            why = "zfs send: " + sender.stderr.strip() if sender.returncode else "no answer"
-            raise self._failed(why)
+            raise self._failed("no answer")
         if not answer.get("ok"):
             raise self._failed(str(answer.get("error", "?")))
-        if sender.returncode != 0:  # the peer took a whole stream: zfs send's news, if any
-            raise self._failed(f"zfs send: {sender.stderr.strip()}")
 
     def _failed(self, why: str) -> ServiceError:
         self.close()

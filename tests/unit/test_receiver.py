@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from collections.abc import Sequence
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -125,6 +126,21 @@ def test_a_failed_receive_ends_the_session_and_the_next_send_starts_one(
         node.receivers.close_idle(now=float("inf"))
     pids = [line.split()[0] for line in peer.received()]
     assert len(pids) == 2 and pids[0] != pids[1]
+
+
+def test_a_failed_zfs_send_ends_the_session_at_once(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The peer's zfs recv waits for the rest of a stream that never comes: the session is
+    closed (its recv reads the end and fails) instead of waiting for an answer."""
+    node = node_with(monkeypatch, Peer(tmp_path))
+    request = Request("s1")
+    failing = ["sh", "-c", "echo 'cannot open tank/hafs/vip1@s2' >&2; exit 1"]
+    began = time.monotonic()
+    with pytest.raises(ServiceError, match=r"^vip1: n2: zfs send: cannot open tank/hafs/vip1@s2$"):
+        node.receivers.send(node, VIP, "n2", request, failing, [])
+    assert time.monotonic() - began < receiver.ANSWER_TIMEOUT / 2
+    assert node.receivers.sessions == {}
 
 
 def test_a_peer_without_a_receiver_gets_one_login_per_send(
