@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -25,6 +26,7 @@ from hafs.cluster import Cluster, load
 from hafs.lab.cluster import ClusterLab
 from hafs.lab.netns import LabError, new_prefix
 from hafs.lab.state import Proc, start_time
+from hafs.lab.supervise import HAFS
 from tests.lab.carp_bed import wait_for
 from tests.lab.conftest import skip_or_fail
 
@@ -176,6 +178,23 @@ class ServiceLab:
         return found
 
 
+def receivers(s: ServiceLab, node: str, vip: str) -> list[int]:
+    """The ``hafs service receiver`` processes of ``vip`` on ``node``: each a holder's
+    session, run by the forced command (its request in ``$SSH_ORIGINAL_COMMAND``)."""
+    found = []
+    for pid in pids_of_netns(s.lab.node_state(node)["ns"]):
+        if "ssh-command" not in _argv(pid):  # not a shell sshd may have run it in
+            continue
+        with contextlib.suppress(OSError):
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            if (
+                f"SSH_ORIGINAL_COMMAND={shlex.join(HAFS)} service receiver {vip}".encode()
+                in environ
+            ):
+                found.append(pid)
+    return found
+
+
 def pids_of_netns(ns: str) -> list[int]:
     from hafs.lab.supervise import pids_in_netns
 
@@ -217,9 +236,13 @@ def test_failover_and_failback_lose_nothing(service_lab: ServiceLab) -> None:
         s.probe("idle", 1, "-", str(budget + 30)), stdout=subprocess.PIPE, text=True, cwd=REPO
     )
     assert idle.stdout is not None and idle.stdout.readline() == "connected\n"
+    s.put(1, "f0.txt", "an earlier write")
+    s.wait_replicated(1, backup, time.time())
+    (receiver,) = receivers(s, backup, "vip1")  # the home keeps one running there
     s.put(1, "f1.txt", "written on the home node")
     # a snapshot taken after the acknowledged write (and with the idle client's connection)
     s.wait_replicated(1, backup, time.time())
+    assert receivers(s, backup, "vip1") == [receiver], "a send did not go through the receiver"
 
     # sample which nodes run an smbd for VIP1, all along
     doubles: list[list[str]] = []
