@@ -15,12 +15,14 @@ backups), with ``--interval`` seconds between replications:
    every backup at once, one pipe each (what the lab's CPUs allow when all of its nodes'
    ZFS work shares them, as hafs's sends to three backups do).
 
-Printed: per backup, hafs's seconds and MB/s and their ratio to the raw pipe's (the goal:
-each backup >= 50 % of the raw pipe) and to the raw pipes at once, beside the seconds of a
+Steps 2-4 are repeated ``--runs`` times (the machine's other work makes any one noisy).
+Printed per run and as medians: the raw pipe's seconds, the raw pipes' at once, hafs's
+seconds per backup, the slowest backup's throughput as a share of the raw pipe's (the goal:
+each backup >= 50 % of the raw pipe) and of the raw pipes' at once, and the seconds of a
 round that sent 4 KB written just before (what a send costs whatever it carries); the load
 average before and after.
 Run as root from the repository root:
-``sudo python3 bench/throughput.py [--mb 64] [--interval 5] [--prefix P]``.
+``sudo python3 bench/throughput.py [--mb 64] [--runs 3] [--interval 5] [--prefix P]``.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run by path as w
 
 import json
 import os
+import statistics
 import subprocess
 import time
 from datetime import UTC, datetime
@@ -110,7 +113,9 @@ def write_and_wait(s: ServiceLab, holder: str, path: str, count: int, unit: str)
     return wait_for_round(s, holder, written)
 
 
-def measure(s: ServiceLab, mb: int) -> list[list[str]]:
+def measure(s: ServiceLab, mb: int, runs: int) -> list[list[str]]:
+    """``runs`` rounds of: 4 KB written and sent, ``mb`` MB written and sent, then the raw
+    pipes of the same data; a row each, then one of the medians."""
     vip = s.cluster.vip(VHID)
     holder, first = vip.carriers[0], vip.carriers[1]
     dataset = f"{s.cluster.zfs_pool}/hafs/{vip.name}"
@@ -121,28 +126,37 @@ def measure(s: ServiceLab, mb: int) -> list[list[str]]:
     raw_pipes(s, holder, backups, dataset, None, base)
     mountpoint = s.lab.run(holder, ["zfs", "get", "-H", "-o", "value", "mountpoint", dataset])
     share = f"{mountpoint.strip()}/shares/{vip.shares[0].name}"
-    log(f"writing 4 KB into {share} on {holder}: what a send costs whatever it carries")
-    small = write_and_wait(s, holder, f"{share}/small.bin", 4, "K")
-    log(f"writing {mb} MB into {share} on {holder}")
-    peers = write_and_wait(s, holder, f"{share}/throughput.bin", mb, "M")
-    snap = max(peer["snapshot"] for peer in peers.values())
-    log(f"every backup has {snap}; now raw pipes of the same data, to {first}, then to all")
-    raw = raw_pipes(s, holder, [first], dataset, base, snap)
-    s.lab.run(first, ["zfs", "rollback", "-r", f"{s.cluster.zfs_pool}/{SCRATCH}@{base}"])
-    fanned = raw_pipes(s, holder, backups, dataset, base, snap)
-    rows = [
-        ["raw zfs send | zfs recv", first, f"{raw:.2f}", f"{mb / raw:.0f}", "100 %", "-", "-"],
-        [
-            "raw, to every backup at once", "each", f"{fanned:.2f}", f"{mb / fanned:.0f}",
-            f"{100 * raw / fanned:.0f} %", "100 %", "-",
-        ],
-    ]  # fmt: skip
-    for peer, sent in sorted(peers.items()):
-        took, idle = float(sent["seconds"]), float(small[peer]["seconds"])
-        rows.append([
-            "hafs", peer, f"{took:.2f}", f"{mb / took:.0f}", f"{100 * raw / took:.0f} %",
-            f"{100 * fanned / took:.0f} %", f"{idle:.2f}",
-        ])  # fmt: skip
+    figures: list[tuple[float, float, list[float], list[float]]] = []
+    for run in range(1, runs + 1):
+        s.lab.run(holder, ["rm", "-f", f"{share}/throughput.bin"])  # the share holds one
+        log(f"run {run}: 4 KB into {share} on {holder}: what a send costs whatever it carries")
+        small = write_and_wait(s, holder, f"{share}/small{run}.bin", 4, "K")
+        log(f"run {run}: {mb} MB")
+        peers = write_and_wait(s, holder, f"{share}/throughput.bin", mb, "M")
+        snap = max(peer["snapshot"] for peer in peers.values())
+        log(f"run {run}: every backup has it; raw pipes of the same data, to {first}, to all")
+        for node in backups:
+            s.lab.run(node, ["zfs", "rollback", "-r", f"{s.cluster.zfs_pool}/{SCRATCH}@{base}"])
+        raw = raw_pipes(s, holder, [first], dataset, base, snap)
+        s.lab.run(first, ["zfs", "rollback", "-r", f"{s.cluster.zfs_pool}/{SCRATCH}@{base}"])
+        fanned = raw_pipes(s, holder, backups, dataset, base, snap)
+        took = [float(peers[b]["seconds"]) for b in backups]
+        figures.append((raw, fanned, took, [float(small[b]["seconds"]) for b in backups]))
+
+    def row(
+        label: str, raw: float, fanned: float, took: list[float], idle: list[float]
+    ) -> list[str]:
+        return [
+            label, f"{raw:.2f}", f"{fanned:.2f}", " ".join(f"{t:.2f}" for t in took),
+            f"{100 * raw / max(took):.0f} %", f"{100 * fanned / max(took):.0f} %",
+            " ".join(f"{t:.2f}" for t in idle),
+        ]  # fmt: skip
+
+    rows = [row(str(i), *f) for i, f in enumerate(figures, 1)]
+    middle = [statistics.median(column) for column in zip(*[f[:2] for f in figures], strict=True)]
+    took_median = [statistics.median(f[2][i] for f in figures) for i in range(len(backups))]
+    idle_median = [statistics.median(f[3][i] for f in figures) for i in range(len(backups))]
+    rows.append(row("median", middle[0], middle[1], took_median, idle_median))
     return rows
 
 
@@ -152,14 +166,21 @@ def main(argv: list[str] | None = None) -> int:
         "--mb", type=int, default=64, help="MB written (default 64; a lab share holds < 90)"
     )
     parser.add_argument("--interval", type=float, default=5.0, help="replication interval")
+    parser.add_argument("--runs", type=int, default=3, help="rounds of measures (default 3)")
     args = parser.parse_args(argv)
+    if args.runs < 1:
+        parser.error(f"--runs: {args.runs}: at least 1")
     if os.geteuid() != 0:
         parser.error("run as root (it builds a lab of network namespaces)")
     before = os.getloadavg()
     with service_lab(args.interval, args.prefix) as s:
-        rows = measure(s, args.mb)
+        rows = measure(s, args.mb, args.runs)
+        backups = list(s.cluster.vip(VHID).carriers[1:])
     after = os.getloadavg()
-    header = ["path", "to", "seconds", "MB/s", "of raw", "of raw at once", "a send of 4 KB, s"]
+    header = [
+        "run", "raw pipe, s", "raw to all at once, s", f"hafs to {', '.join(backups)}, s",
+        "slowest of raw", "slowest of raw at once", "a send of 4 KB, s",
+    ]  # fmt: skip
     print(table(header, rows))
     print(f"\n{args.mb} MB, replication every {args.interval:g}s; load average (1 min) "
           f"{before[0]:.1f} before, {after[0]:.1f} after, on {os.cpu_count()} cores")  # fmt: skip
