@@ -225,7 +225,11 @@ class NodeProcesses(LabState):
         for name, demoted in (("agent.toml", start_demoted), ("agent-restart.toml", True)):
             config = self.dir / node / name
             text = agentconf.render(
-                cluster, model, event_command=(*HAFS, "event"), start_demoted=demoted
+                cluster,
+                model,
+                event_command=(*HAFS, "event"),
+                start_demoted=demoted,
+                state_file=str(self.dir / node / "agent-state.json"),  # the node's, kept
             )
             config.write_text(text)
             os.chmod(config, 0o600)
