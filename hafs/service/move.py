@@ -165,12 +165,16 @@ def prefer(services: NodeServices, vip: VipService, to: str, handing: bool = Fal
         tmp.write_text(json.dumps(moves))
         tmp.replace(FREEBSD_MOVES)
     else:
-        raise ServiceError(
-            f"{config.node}: its CARP daemon (ucarp) cannot change a vhid's priority at run "
-            f"time, so {vip.name} cannot be moved to one chosen node (`hafs drain` moves all)"
-        )
+        _no_rank(config, vip)
     log.info(
         "%s: rank %d here (%s)", vip.name, value, f"moved to {to}" if to != vip.home else "home"
+    )
+
+
+def _no_rank(config: ServiceConfig, vip: VipService) -> None:
+    raise ServiceError(
+        f"{config.node}: its CARP daemon (ucarp) cannot change a vhid's priority at run "
+        f"time, so {vip.name} cannot be moved to one chosen node (`hafs drain` moves all)"
     )
 
 
@@ -211,6 +215,8 @@ def move(services: NodeServices, name: str, to: str, progress: Callable[[str], N
     it was not served (from its step-down here until ``to`` served it)."""
     vip = check(services, name, to)
     config = services.config
+    if config.agent_socket is None and not host.FREEBSD:
+        _no_rank(config, vip)  # before anything changes
     before = moved(services).get(vip.name, vip.home)  # the order in force: undone to this
     mine = ranks(vip, before)[config.node]
     early = config.protocol == "carp" and mine <= ranks(vip, to)[to] and not _demoted(services)
@@ -218,15 +224,17 @@ def move(services: NodeServices, name: str, to: str, progress: Callable[[str], N
     done: list[str] = []
     with ThreadPoolExecutor(max(1, len(first))) as pool:  # all at once: ssh, a Python each
         asked = {node: pool.submit(_prefer_on, services, node, vip, to) for node in first}
-    failed = []
+    failed = {}
     for node, future in asked.items():
         if future.exception() is None:
             done.append(node)
         else:
-            failed.append(str(future.exception()))
+            failed[node] = str(future.exception())
     if failed:
         _undo(services, vip, before, done)
-        raise ServiceError(f"{vip.name}: not moved: {'; '.join(failed)}")
+        names = sorted(failed)
+        more = f"; {', '.join(names[1:])} refused too" if names[1:] else ""
+        raise ServiceError(f"{vip.name}: not moved: {failed[names[0]]}{more}")
     progress(f"{vip.name}: ranks set on {', '.join(first) or 'no other carrier'}")
     replication.mark_handover(vip)  # this node's service daemon starts no send of it now
     services.replicate(vip, record_clients=False, urgent=True, to=to)  # while it serves: the
@@ -287,8 +295,9 @@ def _prefer_on(services: NodeServices, node: str, vip: VipService, to: str) -> N
         return
     answer = services.remote(node, ["prefer", vip.name, to], ASK_TIMEOUT)
     if answer.returncode != 0:
-        why = answer.stderr.strip().splitlines()[-1:] or [f"exit status {answer.returncode}"]
-        raise ServiceError(f"{node}: {why[0].removeprefix('hafs: ')}")
+        said = answer.stderr.strip().splitlines()[-1:] or [f"exit status {answer.returncode}"]
+        why = said[0].removeprefix("hafs: ").removeprefix("error: ")
+        raise ServiceError(why if why.startswith(f"{node}: ") else f"{node}: {why}")
 
 
 def _undo(services: NodeServices, vip: VipService, before: str, nodes: list[str]) -> None:

@@ -82,10 +82,13 @@ def test_the_agent_is_told_the_rank_and_how_to_come_home(monkeypatch: pytest.Mon
     assert asked[-1]["value"] == 253  # behind n3's 254, ahead of every other (244 and lower)
 
 
+AGENT = replace(CONFIG, agent_socket="/run/hafs/agent.sock")  # this node runs `hafs agent`
+
+
 class Moving(NodeServices):
     """n1 holds vip1 until its own rank changes; what happens, in order (peers as 'n2: ...')."""
 
-    def __init__(self, config: ServiceConfig = CONFIG, refuse: str = "", lacks: bool = False):
+    def __init__(self, config: ServiceConfig = AGENT, refuse: str = "", lacks: bool = False):
         super().__init__(config)
         self.refuse, self.lacks, self.done, self.held = refuse, lacks, list[str](), True
 
@@ -98,7 +101,7 @@ class Moving(NodeServices):
         if args[0] == "prefer":
             self.done.append(f"{peer}: rank {args[1]} for {args[2]}")
             if peer == self.refuse:
-                return subprocess.CompletedProcess(args, 1, "", "hafs: n3: ucarp: no move\n")
+                return subprocess.CompletedProcess(args, 1, "", "hafs: error: n3: ucarp: no\n")
             return subprocess.CompletedProcess(args, 0, "", "")
         if args[0] == "report":
             return subprocess.CompletedProcess(args, 0, json.dumps({"serving": ["vip1"]}), "")
@@ -153,7 +156,7 @@ def test_a_move_seals_before_the_holder_falls_behind(local: None) -> None:
 
 
 def test_under_vrrp_the_chosen_node_is_ranked_after_the_seal(local: None) -> None:
-    services = Moving(replace(CONFIG, protocol="vrrp3"))  # a tie is broken by the address
+    services = Moving(replace(AGENT, protocol="vrrp3"))  # a tie is broken by the address
     move.move(services, "vip1", "n2", lambda message: None)
     assert services.done[2:] == [
         "send to n2 (urgent)", "record", "move", "send to n2 (urgent)", "n2: rank vip1 for n2",
@@ -163,10 +166,20 @@ def test_under_vrrp_the_chosen_node_is_ranked_after_the_seal(local: None) -> Non
 
 def test_a_carrier_that_refuses_stops_the_move_before_anything_is_sealed(local: None) -> None:
     services = Moving(refuse="n3")
-    with pytest.raises(ServiceError, match=r"^vip1: not moved: n3: n3: ucarp: no move$"):
+    with pytest.raises(ServiceError, match=r"^vip1: not moved: n3: ucarp: no$"):
         move.move(services, "vip1", "n2", lambda message: None)
     assert "record" not in services.done
     assert sorted(services.done[3:]) == ["n2: rank vip1 for n1", "n4: rank vip1 for n1"]
+
+
+def test_a_holder_running_ucarp_refuses_before_anything_changes(
+    local: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(host, "FREEBSD", False)
+    services = Moving(CONFIG)  # no agent socket, not FreeBSD: ucarp
+    with pytest.raises(ServiceError, match=r"^n1: its CARP daemon \(ucarp\) cannot change"):
+        move.move(services, "vip1", "n2", lambda message: None)
+    assert services.done == []
 
 
 def test_a_chosen_node_without_the_last_writes_gets_nothing_and_it_is_served_here_again(
