@@ -585,7 +585,7 @@ class Agent:
 
     def _load_moves(self) -> dict[int, dict[str, Any]]:
         """The moves kept in ``state_file``: vhid -> {to, value, cause}. A move that does not
-        fit this config (no such vhid, a value out of range) is dropped, with a warning."""
+        fit this config (no such vhid, a value out of range) is dropped, and logged."""
         path = self.config.state_file
         try:
             data = json.loads(Path(path).read_text()) if path else {}
