@@ -248,7 +248,8 @@ def cmd_ssh_command(args: argparse.Namespace) -> int:
 
     sshd puts the requested command in $SSH_ORIGINAL_COMMAND (``<hafs> service <op> ...``);
     anything but ``service`` + one of :data:`PEER_OPERATIONS` is refused, so a stolen key
-    can replicate and fence, never run a shell.
+    can replicate, fence and re-rank a VIP (``prefer``: among its carriers, as ``hafs move``
+    does), never run a shell.
     """
     from hafs.cli import main
 
