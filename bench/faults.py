@@ -67,7 +67,7 @@ from hafs.lab.state import Proc
 from hafs.lab.supervise import HAFS
 from hafs.service.config import KEEP_SNAPSHOTS
 from tests.lab.carp_bed import wait_for
-from tests.lab.faults_common import copies, kept_aside, served
+from tests.lab.faults_common import Writes, copies, kept_aside, served, writer
 from tests.lab.test_service import REPO, ServiceLab
 
 VHID = 1  # the VIP written to; its home is ha-file-server-1
@@ -77,7 +77,6 @@ FLAPS, FLAP = 5, 1.0  # link flaps: this many, cut this long, then plugged as lo
 SETTLE_TIMEOUT = 240.0
 SETTLE_STABLE = 3.0
 SAMPLE = 0.1  # seconds between two vip_holders() samples
-WRITER_SECONDS = 3600  # the writer runs until it is stopped
 RESTART_TIMEOUT = 30.0  # the lab's supervisors restart a killed agent (2 s), service (1 s)
 AWAY_LONG = 600.0
 LONG = ("away-10min",)  # run only when named
@@ -136,44 +135,6 @@ def keep(lab: ClusterLab, into: Path) -> Path:
             (kept / path.relative_to(lab.dir)).parent.mkdir(mode=0o700, exist_ok=True)
             shutil.copy(path, kept / path.relative_to(lab.dir))
     return kept
-
-
-@dataclass
-class Writes:
-    """What the writer's server acknowledged: {n: monotonic time}, and when it ran."""
-
-    acked: dict[int, float]
-    started: float
-    stopped: float = 0.0
-    last: float = 0.0  # the newest acknowledgement
-
-
-@contextmanager
-def writer(s: ServiceLab, name: str) -> Iterator[Writes]:
-    """Write ``name.<n>`` every 0.2 s until the block ends, recording each acknowledgement."""
-    proc = subprocess.Popen(
-        s.probe("writer", VHID, name, str(WRITER_SECONDS)),
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=REPO,
-    )
-    writes = Writes({}, time.monotonic())
-
-    def read() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            n, at = line.split()
-            writes.acked[int(n)] = writes.last = float(at)
-
-    reader = threading.Thread(target=read)
-    reader.start()
-    try:
-        yield writes
-    finally:
-        proc.terminate()  # its pid is the writer's own: `ip netns exec` execs it
-        proc.wait()
-        reader.join()
-        writes.stopped = time.monotonic()
 
 
 @contextmanager
@@ -592,7 +553,7 @@ def run(name: str, interval: float, prefix: str, keep_logs: Path | None = None) 
     with service_lab(interval, prefix, keep_logs / name if keep_logs else None) as s:
         s.wait_replicated(VHID, s.cluster.vip(VHID).backups[0], time.time())
         with two_holders(s) as doubled:
-            with writer(s, name) as writes:
+            with writer(s, VHID, name) as writes:
                 time.sleep(LEAD)
                 log(f"{name}: {SCENARIOS[name].__doc__}")
                 fault = SCENARIOS[name](s)

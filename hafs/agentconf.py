@@ -16,6 +16,7 @@ Example::
     hook_timeout = 30.0
     start_demoted = true          # held at start until `hafs service run` has re-synced
     resync_holds = true           # `hafs service run` runs beside the agent: see below
+    state_file = "/var/lib/hafs/agent-state.json"  # the moves (`hafs move`) kept across restarts
 
 ``resync_holds`` says that a service daemon (``hafs service run``) runs beside the agent and
 releases the ``resync`` demotion hold once this node's data is in sync. With it, the agent
@@ -57,6 +58,7 @@ from hafs.secretfile import check_private
 
 DEFAULT_EVENT_COMMAND = ("hafs", "event")
 DEFAULT_CONTROL_SOCKET = "/run/hafs/agent.sock"
+DEFAULT_STATE_FILE = "/var/lib/hafs/agent-state.json"
 # the environment of event_command: the agent's control socket, and on MASTER the source
 # address of the master this node took over from, when it heard one (the node to fence)
 AGENT_SOCKET_ENV = "HAFS_AGENT_SOCKET"
@@ -103,6 +105,7 @@ class AgentConfig:
     start_demoted: bool = False
     resync_holds: bool = False
     protocol: Protocol = "carp"
+    state_file: str | None = None  # the moved vhids (`hafs move`), kept across restarts
 
     def interface_of(self, entry: VhidEntry) -> str:
         return entry.interface or self.interface
@@ -121,6 +124,7 @@ def render(
     node: Node,
     event_command: Sequence[str] = DEFAULT_EVENT_COMMAND,
     start_demoted: bool = True,
+    state_file: str = DEFAULT_STATE_FILE,
 ) -> str:
     """The agent.toml of a Linux node: every vhid it carries, with its advskew."""
     src = cluster.source_address(node)
@@ -145,6 +149,8 @@ def render(
         "# `hafs service run` has pulled what changed meanwhile",
         f"start_demoted = {_toml(start_demoted)}",
         "resync_holds = true",
+        "# the vhids moved by `hafs move`, kept across restarts of the agent",
+        f"state_file = {_toml(state_file)}",
     ]
     if node.metrics is not None:
         lines.append(f"metrics = {_toml(node.metrics)}")
@@ -181,6 +187,7 @@ TOP_KEYS = {
     "start_demoted",
     "resync_holds",
     "protocol",
+    "state_file",
     "vhid",
 }
 VHID_KEYS = {"vhid", "addresses", *CARP_ONLY, *VRRP_ONLY, "interface", "link_mode"}
@@ -246,6 +253,7 @@ def parse(data: Mapping[str, Any], path: Path) -> AgentConfig:
         start_demoted=_typed(data, "start_demoted", bool, where, False),
         resync_holds=_typed(data, "resync_holds", bool, where, False),
         protocol=cast(Protocol, protocol),
+        state_file=_typed(data, "state_file", str, where, None),
     )
 
 

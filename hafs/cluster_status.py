@@ -32,7 +32,7 @@ LAG_ROUNDS = 3  # a replica more replication intervals behind than this is a pro
 def node_report(services: NodeServices) -> dict[str, Any]:
     """What this node says of itself (no ssh): held and served VIPs, holds, the service
     daemon's replication report and how old it is."""
-    from hafs.service import demotion
+    from hafs.service import demotion, move
     from hafs.service.daemon import STATUS_FILE
 
     config = services.config
@@ -55,6 +55,7 @@ def node_report(services: NodeServices) -> dict[str, Any]:
         "agent": agent,
         "holds": holds,
         "causes": causes,
+        "moved": move.moved(services),
         "service": None,
         "at": time.time(),
     }
@@ -91,6 +92,20 @@ def holders(config: ServiceConfig, reports: dict[str, dict[str, Any]]) -> dict[s
     }
 
 
+def moves(config: ServiceConfig, reports: dict[str, dict[str, Any]]) -> dict[str, list[str]]:
+    """VIP name -> where its carriers that answered say it is moved to (``hafs move``): one
+    node, or none (at its configured ranks); two or more: the carriers disagree."""
+    found = {}
+    for vip in config.vips:
+        said = {
+            r.get("moved", {}).get(vip.name, vip.home)
+            for n, r in reports.items()
+            if n in vip.carriers and "error" not in r
+        }
+        found[vip.name] = sorted(said) if len(said) > 1 else sorted(said - {vip.home})
+    return found
+
+
 def problems(config: ServiceConfig, reports: dict[str, dict[str, Any]]) -> list[str]:
     """Everything an operator should look at, one line each; none: healthy."""
     found = []
@@ -100,6 +115,10 @@ def problems(config: ServiceConfig, reports: dict[str, dict[str, Any]]) -> list[
             found.append(f"{vip.name}: held by no node that answered")
         elif len(held[vip.name]) > 1:
             found.append(f"{vip.name}: split brain: held by {', '.join(held[vip.name])}")
+    for name, targets in moves(config, reports).items():
+        if len(targets) > 1:
+            found.append(f"{name}: its carriers disagree where it is moved to "
+                         f"({', '.join(targets)}): `hafs move {name} NODE` again")  # fmt: skip
     stale = LAG_ROUNDS * config.replication_interval
     for node, report in sorted(reports.items()):
         if "error" in report:
@@ -136,6 +155,7 @@ def problems(config: ServiceConfig, reports: dict[str, dict[str, Any]]) -> list[
 
 def format_status(config: ServiceConfig, reports: dict[str, dict[str, Any]]) -> str:
     held = holders(config, reports)
+    moved = moves(config, reports)
     vip_rows = []
     for vip in config.vips:
         holder = held[vip.name][0] if len(held[vip.name]) == 1 else None
@@ -147,8 +167,8 @@ def format_status(config: ServiceConfig, reports: dict[str, dict[str, Any]]) -> 
             for peer, item in sorted(lags.items())
         ]  # fmt: skip
         vip_rows.append([
-            vip.name, str(vip.address), vip.home, ", ".join(held[vip.name]) or "-",
-            ", ".join(behind) or "-",
+            vip.name, str(vip.address), vip.home, ", ".join(moved[vip.name]) or "-",
+            ", ".join(held[vip.name]) or "-", ", ".join(behind) or "-",
         ])  # fmt: skip
     node_rows = []
     for node, report in sorted(reports.items()):
@@ -164,7 +184,13 @@ def format_status(config: ServiceConfig, reports: dict[str, dict[str, Any]]) -> 
             str(len(service.get("diverged", []))) if service else "-",
         ])  # fmt: skip
     lines = [
-        table(["VIP", "ADDRESS", "HOME", "HELD BY", "BACKUPS BEHIND"], vip_rows),
+        table(["VIP", "ADDRESS", "HOME", "MOVED TO", "HELD BY", "BACKUPS BEHIND"], vip_rows),
+        *(
+            f"{vip.name}: moved to {moved[vip.name][0]} (`hafs move`): it stays there; "
+            f"`hafs move {vip.name} {vip.home}` on its holder brings it home"
+            for vip in config.vips
+            if len(moved[vip.name]) == 1
+        ),
         "",
         table(["NODE", "HOLDS VIPS", "DEMOTION HOLDS", "SERVICE", "KEPT ASIDE"], node_rows),
     ]

@@ -13,7 +13,10 @@ say, in the order they say it, and feeds them what happens:
   (pyroute2's synchronous API refuses to run inside an event loop).
 - hooks: ``Transition`` actions queue hook commands (:mod:`hafs.carp.hooks`); they never block
   the loop.
-- control: a unix socket answers ``hafs status`` and ``hafs demote``.
+- control: a unix socket answers ``hafs status`` and ``hafs demote``, and takes the moves.
+- moves (``hafs move``): one vhid's advskew (VRRPv3: priority) replaced at run time, as
+  FreeBSD's ``ifconfig <if> vhid N advskew X``, so that the node the VIP was moved to is its
+  best carrier; kept in ``state_file`` (agent.toml) across restarts (:meth:`Agent.move`).
 - SIGTERM/SIGINT: each master bows out (advbase 255, advskew 255; VRRPv3: priority 0) so
   backups take over at once, VIPs are removed, hooks run, then the agent exits 0.
 - ``protocol = "vrrp3"`` (agent.toml): the same shell around VRRPv3 machines; only the
@@ -60,6 +63,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import math
 import os
@@ -72,6 +76,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
+from pathlib import Path
 from typing import Any
 
 from pyroute2.netlink.exceptions import NetlinkError
@@ -90,6 +95,7 @@ from hafs.carp.machine import (
     LinkDown,
     LinkUp,
     RemoveVips,
+    Reranked,
     SendAdvert,
     SetTimer,
     Shutdown,
@@ -99,6 +105,7 @@ from hafs.carp.machine import (
     VhidConfig,
     VhidMachine,
     VrrpConfig,
+    reranked,
 )
 from hafs.carp.vrrp import VrrpAdvert
 from hafs.carp.wire import (
@@ -282,9 +289,10 @@ class Agent:
         self.drops: Counter[str] = Counter()  # packets no vhid could be charged with
         self.hooks = HookRunner(config.hook_timeout)
         self.vhids: dict[tuple[str, int], Vhid] = {}
+        self.moves = self._load_moves()
         for entry in config.vhids:
             ifname = config.interface_of(entry)
-            vhid_config = machine_config(config, entry)
+            vhid_config = self._rank(entry, self.moves)
             vmac = config.link_mode_of(entry) == "vmac"
             self.vhids[(ifname, entry.vhid)] = Vhid(
                 entry=entry,
@@ -573,6 +581,59 @@ class Agent:
             if vhid.machine.demotion != total:
                 self._handle(vhid, DemotionChanged(total))
 
+    # --- moves (`hafs move`) ---------------------------------------------------------------
+
+    def _load_moves(self) -> dict[int, dict[str, Any]]:
+        """The moves kept in ``state_file``: vhid -> {to, value, cause}. A move that does not
+        fit this config (no such vhid, a value out of range) is dropped, and logged."""
+        path = self.config.state_file
+        try:
+            data = json.loads(Path(path).read_text()) if path else {}
+            moves = {int(k): dict(v) for k, v in data.get("moved", {}).items()}
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError, TypeError, AttributeError) as exc:
+            log.error("%s: not read (%s): every vhid at its configured rank", path, exc)
+            return {}
+        for entry in self.config.vhids:
+            if entry.vhid in moves:
+                try:
+                    self._rank(entry, moves)
+                except (ValueError, TypeError, KeyError) as exc:
+                    log.error("%s: vhid %d: move dropped: %s", path, entry.vhid, exc)
+                    del moves[entry.vhid]
+        known = {e.vhid for e in self.config.vhids}
+        return {vhid: move for vhid, move in moves.items() if vhid in known}
+
+    def _rank(self, entry: VhidEntry, moves: dict[int, dict[str, Any]]) -> VhidConfig | VrrpConfig:
+        """The machine's config of ``entry``: as configured, or at the rank it was moved to."""
+        configured = machine_config(self.config, entry)
+        move = moves.get(entry.vhid)
+        return configured if move is None else reranked(configured, move["value"])
+
+    def move(self, vhid: int, move: dict[str, Any] | None) -> None:
+        """Move ``vhid`` (``{"to": node, "value": advskew or priority, "cause": text}``) or
+        bring it back to its configured rank (None): kept in ``state_file`` first, then the
+        machines told (a master re-advertises, a backup that now outranks its master
+        preempts). ValueError: no such vhid, or a value out of range; OSError: not kept."""
+        found = [v for v in self.vhids.values() if v.entry.vhid == vhid]
+        if not found:
+            raise ValueError(f"vhid {vhid}: not configured here")
+        moves = {k: v for k, v in self.moves.items() if k != vhid}
+        if move is not None:
+            moves[vhid] = move
+        configs = [(v, self._rank(v.entry, moves)) for v in found]
+        if self.config.state_file is not None:
+            path = Path(self.config.state_file)
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"moved": {str(k): v for k, v in moves.items()}}))
+            tmp.replace(path)
+        self.moves = moves
+        log.info("vhid %d: %s", vhid, move["cause"] if move else "back at its configured rank")
+        for v, config in configs:
+            self._handle(v, Reranked(config))
+
     # --- actions out -------------------------------------------------------------------------
 
     def _handle(self, vhid: Vhid, event: Event, now: float | None = None) -> None:
@@ -706,6 +767,8 @@ class Agent:
                     **_heard(m.master_advert),
                 }
             item["split_brain"] = self.split_brain(vhid)
+            move = self.moves.get(vhid.entry.vhid)
+            item["moved"] = None if move is None else {**move, "configured": _configured(vhid)}
             vhids.append(item)
         return {
             "node": self.config.node,
@@ -764,6 +827,12 @@ def _timings(config: VhidConfig | VrrpConfig, advertised: int) -> dict[str, Any]
             "advertised_priority": advertised,
         }
     return {"advbase": config.advbase, "advskew": config.advskew, "advertised_skew": advertised}
+
+
+def _configured(vhid: Vhid) -> int:
+    """The vhid's rank as agent.toml says: its advskew (CARP) or priority (VRRPv3)."""
+    config = vhid.machine.config
+    return vhid.entry.priority if isinstance(config, VrrpConfig) else vhid.entry.advskew
 
 
 def _heard(advert: Advert | VrrpAdvert) -> dict[str, Any]:

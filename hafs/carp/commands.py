@@ -229,11 +229,11 @@ def format_status(status: dict[str, Any]) -> str:
     vrrp = any("priority" in v for v in status["vhids"])
     rank = "PRIO" if vrrp else "SKEW"
     header = ("VHID", "IF", "STATE", "SINCE", "REASON", "MASTER", rank, "SENT", "RECV", "DROPS")
+    key = "priority" if vrrp else "advskew"
     rows = []
     for v in status["vhids"]:
         master = v["master"]
         drops = ",".join(f"{k}={n}" for k, n in sorted(v["drops"].items())) or "0"
-        key = "priority" if vrrp else "advskew"
         configured, advertised = v[key], v[f"advertised_{'priority' if vrrp else 'skew'}"]
         rows.append(
             (
@@ -251,6 +251,12 @@ def format_status(status: dict[str, Any]) -> str:
         )
     lines.append(table(header, rows))
     for v in status["vhids"]:
+        if v.get("moved"):
+            moved = v["moved"]
+            lines.append(
+                f"vhid {v['vhid']}: moved to {moved['to']} ({key} {moved['value']}, "
+                f"configured {moved['configured']}): {moved['cause']}"
+            )
         for source in v["split_brain"]:
             lines.append(
                 f"WARNING: vhid {v['vhid']}: split brain: {source} also claims to be "

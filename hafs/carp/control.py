@@ -2,7 +2,10 @@
 
 Requests: ``{"op": "status"}``; ``{"op": "demote", "adjust": N}`` (add N, may be negative),
 ``{"op": "demote", "set": N}``, ``{"op": "demote", "hold": NAME, "value": N, "cause": TEXT}``
-(a named demotion, 0 releases it; the cause is optional), ``{"op": "demote"}`` (show).
+(a named demotion, 0 releases it; the cause is optional), ``{"op": "demote"}`` (show);
+``{"op": "move", "vhid": N, "to": NODE, "value": X, "cause": TEXT}`` (vhid N's advskew, or
+VRRPv3 priority, is X at run time: ``hafs move`` made NODE its best carrier), ``{"op":
+"move", "vhid": N}`` (back to its configured rank).
 Answers: ``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}``. The socket is created
 0600 in a 0700 directory: only root (the agent's user) can demote the node.
 """
@@ -37,8 +40,10 @@ def answer(agent: Agent, request: Any) -> dict[str, Any]:
     op = request.get("op")
     if op == "status":
         return {"ok": True, **agent.status()}
+    if op == "move":
+        return _move(agent, request)
     if op != "demote":
-        return {"ok": False, "error": f"unknown op {op!r}: use status or demote"}
+        return {"ok": False, "error": f"unknown op {op!r}: use status, demote or move"}
     numbers = {k: v for k, v in request.items() if k in ("adjust", "set", "value")}
     for key, value in numbers.items():
         if isinstance(value, bool) or not isinstance(value, int) or abs(value) > 1_000_000:
@@ -56,6 +61,29 @@ def answer(agent: Agent, request: Any) -> dict[str, Any]:
     elif "adjust" in numbers:
         agent.change_demotion(lambda d: d.adjust(numbers["adjust"]))
     return {"ok": True, "demotion": agent.demotion.as_dict()}
+
+
+def _move(agent: Agent, request: dict[str, Any]) -> dict[str, Any]:
+    vhid, value = request.get("vhid"), request.get("value")
+    if isinstance(vhid, bool) or not isinstance(vhid, int):
+        return {"ok": False, "error": f"vhid: must be an integer, got {vhid!r}"}
+    move = None
+    if "to" in request:
+        to, cause = request["to"], request.get("cause", "")
+        if not isinstance(to, str) or not to or len(to) > 200:
+            return {"ok": False, "error": f"to: must be a node's name, got {to!r}"}
+        if isinstance(value, bool) or not isinstance(value, int):
+            return {"ok": False, "error": f"value: must be an integer, got {value!r}"}
+        if not isinstance(cause, str) or len(cause) > 200:
+            return {"ok": False, "error": "cause: must be a short string"}
+        move = {"to": to, "value": value, "cause": cause}
+    try:
+        agent.move(vhid, move)
+    except ValueError as exc:
+        return {"ok": False, "error": str(exc)}
+    except OSError as exc:
+        return {"ok": False, "error": f"not kept ({exc}): nothing changed"}
+    return {"ok": True, "moved": agent.moves.get(vhid)}
 
 
 async def serve(agent: Agent, path: str) -> asyncio.AbstractServer:

@@ -71,6 +71,11 @@ once ("preempting a slower master"), where FreeBSD waits for that master's next 
 advbase later): the same outcome, sooner. A returning node releases its resync hold right after
 the holder handed its VIP over, so this second is the client's outage.
 
+``Reranked`` replaces the vhid's configured advskew (VRRPv3: priority) at run time, as
+FreeBSD's ``ifconfig <if> vhid N advskew X`` does: a planned move (``hafs move``) makes one
+node the best of one vhid. It acts as a demotion change does: a master re-advertises at
+once, a backup that now outranks its master preempts at once.
+
 Counter: until a valid advert has been heard, every advert carries a fresh ``random64()``;
 after that the machine adopts the last received counter and adds one per advert it sends.
 
@@ -111,6 +116,7 @@ FreeBSD ignore the extra advert.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -317,6 +323,14 @@ class VrrpConfig:
 Config = VhidConfig | VrrpConfig
 
 
+def reranked(config: Config, value: int) -> Config:
+    """``config`` with the advskew (CARP) or priority (VRRPv3) ``value``; ValueError when
+    it is out of ifconfig's range."""
+    if isinstance(config, VrrpConfig):
+        return dataclasses.replace(config, priority=value)
+    return dataclasses.replace(config, advskew=value)
+
+
 def _carp(advert: Advert | VrrpAdvert) -> Advert:
     if not isinstance(advert, Advert):
         raise TypeError(f"a CARP machine was given {advert!r}")
@@ -368,11 +382,19 @@ class DemotionChanged:
 
 
 @dataclass(frozen=True)
+class Reranked:
+    """The vhid's advskew (VRRPv3: priority) is now ``config``'s: the same vhid and
+    addresses, another rank (:func:`reranked`)."""
+
+    config: VhidConfig | VrrpConfig
+
+
+@dataclass(frozen=True)
 class Shutdown:
     """Graceful stop: a master bows out; afterwards the machine ignores every event."""
 
 
-Event = LinkUp | LinkDown | AdvertReceived | Timeout | DemotionChanged | Shutdown
+Event = LinkUp | LinkDown | AdvertReceived | Timeout | DemotionChanged | Reranked | Shutdown
 
 
 # Actions: what the agent must do, in the order given.
@@ -436,7 +458,7 @@ class _Input(enum.Enum):
     LINK_UP_OWNER = enum.auto()  # the same, and we own the addresses (VRRP priority 255)
     LINK_DOWN = enum.auto()
     TIMER = enum.auto()  # the current deadline has passed
-    DEMOTION = enum.auto()  # the demotion total changed
+    DEMOTION = enum.auto()  # our rank changed: the demotion total, or Reranked
     SHUTDOWN = enum.auto()
     HEARD_BETTER = enum.auto()  # T(received) <= T(ours, S)
     HEARD_WORSE = enum.auto()  # slower than us, preempt off, within our master-down
@@ -614,9 +636,13 @@ class VhidMachine:
             case DemotionChanged(demotion=demotion):
                 changed = demotion != self._demotion
                 self._demotion = demotion
-                if changed and self._state is BACKUP and self._outranks_master():
-                    return _Input.HEARD_PREEMPTABLE  # as if its next advert had come
-                return _Input.DEMOTION if changed else None
+                return self._rank_changed(changed)
+            case Reranked(config=config):
+                if (config.vhid, config.addresses) != (self._config.vhid, self._config.addresses):
+                    raise ValueError(f"{config!r}: not vhid {self._config.vhid}'s config")
+                changed = config != self._config
+                self._config = config
+                return self._rank_changed(changed)
             case Shutdown():
                 return _Input.SHUTDOWN
             case AdvertReceived(advert=advert):
@@ -624,6 +650,13 @@ class VhidMachine:
                 if isinstance(advert, Advert):  # only CARP counts adverts
                     self._last_counter = advert.counter
                 return self._rank(advert, event.source)
+
+    def _rank_changed(self, changed: bool) -> _Input | None:
+        """Our rank changed (demotion, or the configured skew): a backup that now outranks
+        its master preempts as if its next advert had come; a master re-advertises."""
+        if changed and self._state is BACKUP and self._outranks_master():
+            return _Input.HEARD_PREEMPTABLE
+        return _Input.DEMOTION if changed else None
 
     def _rank(self, advert: Advert | VrrpAdvert, source: Address) -> _Input:
         config = self._config

@@ -29,7 +29,7 @@ from hafs import agentconf
 from hafs.cluster import Cluster, Node
 from hafs.lab.netns import NETNS_DIR, Lab, LabError
 from hafs.lab.state import Proc
-from hafs.lab.supervise import HAFS, NodeProcesses
+from hafs.lab.supervise import HAFS, HAFS_FOR_PEERS, NodeProcesses
 from hafs.service import config as service_config
 from hafs.service.transport import peer_key_options
 
@@ -132,7 +132,7 @@ class NodeBoot(NodeProcesses):
         peers = [(p.name, cluster.source_address(p)) for p in cluster.nodes if p.name != node.name]
         (etc / "authorized_keys").write_text(
             "".join(
-                f"{peer_key_options(shlex.join(HAFS), name, address)} {public}\n"
+                f"{peer_key_options(shlex.join(HAFS_FOR_PEERS), name, address)} {public}\n"
                 for name, address in peers
                 if address is not None
             )

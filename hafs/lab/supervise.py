@@ -38,6 +38,9 @@ READY_TIMEOUT = 15.0
 STOP_TIMEOUT = 10.0
 SERVICE_STOP_TIMEOUT = 60.0
 HAFS = (sys.executable, "-m", "hafs")  # the hafs of this checkout, inside every node
+# ... and run by sshd for a peer, which passes no environment: another hafs installed for that
+# Python would answer the peers' operations, not this checkout's
+HAFS_FOR_PEERS = ("env", f"PYTHONPATH={Path(__file__).resolve().parents[2]}", *HAFS)
 
 # Stock ucarp stands in for FreeBSD's kernel CARP, which goes on advertising while devd runs
 # `hafs event`. ucarp waits for its scripts and sends nothing meanwhile (its first advert as
@@ -225,7 +228,11 @@ class NodeProcesses(LabState):
         for name, demoted in (("agent.toml", start_demoted), ("agent-restart.toml", True)):
             config = self.dir / node / name
             text = agentconf.render(
-                cluster, model, event_command=(*HAFS, "event"), start_demoted=demoted
+                cluster,
+                model,
+                event_command=(*HAFS, "event"),
+                start_demoted=demoted,
+                state_file=str(self.dir / node / "agent-state.json"),  # the node's, kept
             )
             config.write_text(text)
             os.chmod(config, 0o600)

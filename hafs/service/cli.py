@@ -108,6 +108,28 @@ def cmd_undrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_move(args: argparse.Namespace) -> int:
+    from hafs.service.move import home_hint, move
+
+    services = _services(args)
+    took = move(services, args.vip, args.node, progress)
+    vip = services.config.vip_named(args.vip)
+    where = (
+        "home" if args.node == vip.home else f"on {args.node} until moved again; {home_hint(vip)}"
+    )
+    progress(f"{vip.name}: moved to {args.node}, not served for {took:.1f}s; it stays {where}")
+    return 0
+
+
+def cmd_prefer(args: argparse.Namespace) -> int:
+    """Asked by the node that runs `hafs move`: this node's rank of VIP, NODE first."""
+    from hafs.service.move import prefer
+
+    services = _services(args)
+    prefer(services, services.config.vip_named(args.vip), args.node)
+    return 0
+
+
 def _hold_value(text: str) -> int:
     if not text.isdigit() or int(text) > HOLD_DEMOTION:
         raise argparse.ArgumentTypeError(f"{text!r}: give 0 (release) to {HOLD_DEMOTION}")
@@ -142,7 +164,8 @@ def cmd_snapshots(args: argparse.Namespace) -> int:
 def cmd_receive(args: argparse.Namespace) -> int:
     with contextlib.suppress(OSError):  # a process group of its own, which a takeover may kill
         os.setpgid(0, 0)  # (fails, harmlessly, when it leads its session: pgid == pid already)
-    _background()
+    if not args.urgent:
+        _background()
     services = _services(args)
     keep = [name for name in (args.keep or "").split(",") if name]
     theirs = [name for name in (args.theirs or "").split(",") if name]
@@ -226,7 +249,7 @@ def _size(used: int) -> str:
 
 
 PEER_OPERATIONS = (
-    "fence", "snapshots", "receive", "receiver", "sync", "handover", "held", "report",
+    "fence", "snapshots", "receive", "receiver", "sync", "handover", "held", "report", "prefer",
 )  # fmt: skip
 
 
@@ -235,7 +258,8 @@ def cmd_ssh_command(args: argparse.Namespace) -> int:
 
     sshd puts the requested command in $SSH_ORIGINAL_COMMAND (``<hafs> service <op> ...``);
     anything but ``service`` + one of :data:`PEER_OPERATIONS` is refused, so a stolen key
-    can replicate and fence, never run a shell.
+    can replicate, fence and re-rank a VIP (``prefer``: among its carriers, as ``hafs move``
+    does), never run a shell.
     """
     from hafs.cli import main
 
@@ -335,6 +359,26 @@ def register(sub: Any) -> None:
         p.add_argument("--config", help=config_help)
         p.set_defaults(func=func)
 
+    p = sub.add_parser(
+        "move",
+        help="move one VIP to the carrier NODE, losing no write; it stays there until moved "
+        "again (to its home: back at the configured ranks)",
+        description="Run it on the node that holds VIP. A planned, lossless move: every "
+        "carrier of VIP re-ranks it so that NODE is its best carrier (the others keep their "
+        "order behind it; the hafs agent keeps this across restarts, FreeBSD runs `ifconfig "
+        "<if> vhid N advskew X`); this node records VIP's SMB clients, stops serving it, "
+        "sends its last writes to NODE (the others get them from NODE), then falls behind NODE, "
+        "which takes the VIP over and serves those writes. Prints how long VIP was not "
+        "served. The VIP stays on NODE (no preemption back home) until moved again; `hafs "
+        "move VIP HOME` brings it home the same way. `hafs status` and `hafs cluster status` "
+        "show a moved VIP. If NODE does not take over, every rank goes back and this node "
+        "serves VIP again. Refused when a carrier runs ucarp (no run-time priority change).",
+    )
+    p.add_argument("vip", metavar="VIP", help="the VIP's name, e.g. vip1")
+    p.add_argument("node", metavar="NODE", help="the carrier to move it to, e.g. ha-file-server-2")
+    p.add_argument("--config", help=config_help)
+    p.set_defaults(func=cmd_move)
+
     service = sub.add_parser(
         "service",
         help="node-side service operations: the replication daemon and what peers call",
@@ -366,6 +410,11 @@ def register(sub: Any) -> None:
         metavar="SNAP,...",
         help="the sender's snapshots between the base and the sent one",
     )
+    p.add_argument(
+        "--urgent",
+        action="store_true",
+        help="the clients wait for it (drain, move): at the usual CPU priority",
+    )
     parser(
         "receiver",
         "receive zfs streams of VIP from the holder one after another (replication)",
@@ -379,6 +428,10 @@ def register(sub: Any) -> None:
         p.add_argument("--to", required=True, metavar="NODE", help="the peer that asked")
         p.add_argument("--since", metavar="SNAP", help="the newest snapshot the peer has")
     parser("held", "list the VIPs this node holds now, one name per line", cmd_held, vip=False)
+    p = parser("prefer", "rank VIP here so that NODE is its best carrier (`hafs move`)", cmd_prefer)
+    p.add_argument(
+        "node", metavar="NODE", help="the node VIP is moved to (its home: as configured)"
+    )
     parser("report", "this node's held VIPs, holds and replication, as JSON", cmd_report, vip=False)
     p = parser(
         "hold",

@@ -3,7 +3,8 @@
 Nodes do not have the inventory; ``hafs render NODE cluster.json`` (and the deploys) give each
 node this file: its name, the pool, every VIP it carries (dataset name, shares, carriers in
 takeover order), the peers' fixed addresses (replication never uses a VIP), the SMB users with
-their passwords and pinned uids, and how to reach peers (ssh key, the hafs command there). It
+their passwords and pinned uids, and how to reach peers (ssh key, the hafs command there);
+for ``hafs move``, each VIP's advskew per carrier, the CARP interface and the protocol. It
 holds secrets, so it is written 0600 and :func:`load` refuses anything readable by others.
 """
 
@@ -46,6 +47,7 @@ class VipService:
     home: str
     carriers: tuple[str, ...]  # takeover order, home first
     shares: tuple[ShareConfig, ...]
+    advskew: dict[str, int] = field(default_factory=dict)  # per carrier (none: rendered before)
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,8 @@ class ServiceConfig:
     agent_socket: str | None = None  # Linux: the agent's control socket, for demotion holds
     keep_snapshots: int = KEEP_SNAPSHOTS
     witness: IPv4Address | None = None  # answers when the peers are down, not when we are cut off
+    interface: str | None = None  # the CARP interface (FreeBSD's run-time ifconfig of a move)
+    protocol: str = "carp"  # or "vrrp3"
 
     def vip(self, vhid: int) -> VipService:
         for vip in self.vips:
@@ -100,6 +104,7 @@ def render(
             "address": str(v.address),
             "home": v.home,
             "carriers": v.carriers,
+            "advskew": dict(v.advskew),
             "shares": [
                 {"name": s.name, "writable": s.writable, "users": list(s.users)} for s in v.shares
             ],
@@ -121,6 +126,8 @@ def render(
         "hafs_command": list(hafs_command),
         "agent_socket": agent_socket,
         "witness": None if (w := cluster.witness_of(node)) is None else str(w),
+        "interface": node.interface,
+        "protocol": cluster.protocol,
     }
     return json.dumps(data, indent=2) + "\n"
 
@@ -151,6 +158,7 @@ def load(path: str | os.PathLike[str] | None = None) -> ServiceConfig:
                         ShareConfig(s["name"], s["writable"], tuple(s["users"]))
                         for s in v["shares"]
                     ),
+                    advskew={n: int(a) for n, a in v.get("advskew", {}).items()},
                 )
                 for v in data["vips"]
             ),
@@ -159,6 +167,8 @@ def load(path: str | os.PathLike[str] | None = None) -> ServiceConfig:
             hafs_command=tuple(data.get("hafs_command", DEFAULT_HAFS)),
             agent_socket=data.get("agent_socket"),
             witness=IPv4Address(data["witness"]) if data.get("witness") else None,
+            interface=data.get("interface"),
+            protocol=str(data.get("protocol", "carp")),
         )
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ServiceConfigError(

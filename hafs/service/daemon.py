@@ -30,7 +30,7 @@ from typing import Any
 from hafs.errors import HafsError
 from hafs.holds import HOLD_DEMOTION, POOL_HOLD, QUORUM_HOLD, RESYNC_HOLD, smbd_hold
 from hafs.service import config as service_config
-from hafs.service import demotion, divergence, health, metrics, space, takeover
+from hafs.service import demotion, divergence, health, metrics, move, space, takeover
 from hafs.service.config import VipService
 from hafs.service.membership import PORT, Membership
 from hafs.service.node import Look, NodeServices
@@ -329,9 +329,11 @@ class ServiceDaemon:
     def resync(self) -> None:
         """Bring every replica up to date, take back what we will preempt, then undemote."""
         held = self.holders()
+        moves = move.moved(self.services)  # a VIP moved away from this node stays away
+        orders = {v.name: move.order(v, moves.get(v.name, v.home)) for v in self.config.vips}
         sources: list[tuple[VipService, str]] = []
         for vip in self.config.vips:
-            serving = [p for p in vip.carriers if p in held.get(vip.name, ())]
+            serving = [p for p in orders[vip.name] if p in held.get(vip.name, ())]
             if not serving:
                 continue  # nobody serves it: no newer data anywhere to pull
             if len(serving) > 1:  # split brain, about to resolve: the better one stays
@@ -345,7 +347,7 @@ class ServiceDaemon:
         handovers = [  # this node comes first: it will preempt
             (vip, holder)
             for vip, holder in sources
-            if vip.carriers.index(self.config.node) < vip.carriers.index(holder)
+            if orders[vip.name].index(self.config.node) < orders[vip.name].index(holder)
         ]
         fresh = {}
         for vip, holder in handovers:  # then the short handovers, right before undemoting

@@ -20,9 +20,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 from hafs.holds import DRAIN_HOLD, HOLD_DEMOTION, RESYNC_HOLD
 from hafs.service import demotion, membership, replication
+from hafs.service.config import VipService
 from hafs.service.node import NodeServices
 from hafs.service.runtime import ServiceError
 
@@ -36,6 +38,20 @@ def _demotion(services: NodeServices) -> demotion.Demotion:
     return node_demotion
 
 
+def seal(
+    services: NodeServices, vip: VipService, action: str, to: str | None = None
+) -> dict[str, dict[str, Any]]:
+    """Stop serving ``vip`` here without losing a write (drain, move): record its SMB
+    clients (the new holder tickles them), mark the handover (this node's service daemon
+    then leaves the VIP alone), step down (stop smbd, seal the last writes as the newest
+    snapshot) and send that snapshot to every other carrier (``to``: to that one), urgently
+    (the clients wait): the send report, per peer."""
+    services.record_connections(vip)
+    replication.mark_handover(vip)
+    services.stepdown(vip, action)
+    return services.replicate(vip, record_clients=False, urgent=True, to=to)
+
+
 def drain(services: NodeServices, progress: Callable[[str], None]) -> list[str]:
     """Hand every VIP held here to its backups, then hold the node back; the VIPs moved."""
     node_demotion = _demotion(services)
@@ -46,11 +62,8 @@ def drain(services: NodeServices, progress: Callable[[str], None]) -> list[str]:
         if not services.holds(vip):
             continue
         began = time.monotonic()
-        services.record_connections(vip)
-        replication.mark_handover(vip)
         moved.append(vip)
-        services.stepdown(vip, "drain")
-        report = services.replicate(vip, record_clients=False)
+        report = seal(services, vip, "drain")
         missed = [
             f"{peer} ({item.get('error', '?')})"
             for peer, item in sorted(report.items())

@@ -294,8 +294,8 @@ class NodeServices:
     def snapshot(self, vip: VipService) -> str:
         return replication.snapshot(self, vip)
 
-    def send(self, vip: VipService, peer: str) -> str:
-        return replication.send(self, vip, peer)
+    def send(self, vip: VipService, peer: str, urgent: bool = False) -> str:
+        return replication.send(self, vip, peer, urgent)
 
     def receive(
         self,
@@ -307,8 +307,14 @@ class NodeServices:
     ) -> None:
         replication.receive(self, vip, base, stream, keep, theirs)
 
-    def replicate(self, vip: VipService, record_clients: bool = True) -> dict[str, dict[str, Any]]:
-        return replication.replicate(self, vip, record_clients)
+    def replicate(
+        self,
+        vip: VipService,
+        record_clients: bool = True,
+        urgent: bool = False,
+        to: str | None = None,
+    ) -> dict[str, dict[str, Any]]:
+        return replication.replicate(self, vip, record_clients, urgent, to)
 
     def serve_pull(
         self, vip: VipService, peer: str, since: str | None, out: IO[bytes], handover: bool

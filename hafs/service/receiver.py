@@ -236,7 +236,7 @@ class Receivers:
         cannot run one gets this send the old way (:func:`one_shot`)."""
         session = self._session(services, vip, peer, nice)
         if session is None:
-            one_shot(services, vip, peer, request, [*nice, *send_argv], nice)
+            one_shot(services, vip, peer, request, send_argv, nice)
             return
         try:
             session.send(request, [*nice, *send_argv])
@@ -295,14 +295,20 @@ def one_shot(
     request: Request,
     send_argv: Sequence[str],
     nice: Sequence[str],
+    urgent: bool = False,
 ) -> None:
-    """One send as one ``ssh peer 'hafs service receive ...'`` (a peer without a receiver)."""
+    """One send as one ``ssh peer 'hafs service receive ...'`` (a peer without a receiver);
+    ``urgent`` (the clients wait: drain, move): over a login of its own, received there at
+    the usual CPU priority, not through the shared connection replication runs at nice 10."""
     args = ["receive", vip.name] + (["--base", request.base] if request.base else [])
     args += ["--keep", ",".join(request.keep)] if request.keep else []
     args += ["--theirs", ",".join(request.theirs)] if request.theirs else []
-    with subprocess.Popen(send_argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as sender:
+    args += ["--urgent"] if urgent else []
+    with subprocess.Popen(
+        [*nice, *send_argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    ) as sender:
         receiver = subprocess.run(
-            [*nice, *services.transport.remote_argv(peer, args, shared=True)],
+            [*nice, *services.transport.remote_argv(peer, args, shared=not urgent)],
             stdin=sender.stdout,
             capture_output=True,
             text=True,

@@ -32,7 +32,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from hafs.service import divergence, space
 from hafs.service.config import VipService
-from hafs.service.receiver import SEND_TIMEOUT, Request, read_line
+from hafs.service.receiver import SEND_TIMEOUT, Request, one_shot, read_line
 from hafs.service.runtime import RUN_DIR, ServiceError
 from hafs.service.zfs import ZfsError
 
@@ -76,19 +76,21 @@ def snapshot(services: NodeServices, vip: VipService) -> str:
     return names[at - 1]
 
 
-def send(services: NodeServices, vip: VipService, peer: str) -> str:
+def send(services: NodeServices, vip: VipService, peer: str, urgent: bool = False) -> str:
     """Send the newest snapshot to ``peer``: incremental from the newest common one.
 
     The common one is the last snapshot ``peer`` acknowledged, when this process sent it
     one (one ssh round trip; a pull that peer made since, served by another process, moved
     it on: the dataset's record says so); else, or if that fails, it is looked up on the
-    peer first. One send to a peer at a time (:meth:`NodeServices.sending`).
+    peer first. One send to a peer at a time (:meth:`NodeServices.sending`). ``urgent``: the
+    clients wait for it (a drain, a move): at the usual CPU priority on both ends, and over
+    a login of its own, not the shared connection replication made at a low one.
     """
     with services.sending(vip, peer):
-        return _send(services, vip, peer)
+        return _send(services, vip, peer, urgent)
 
 
-def _send(services: NodeServices, vip: VipService, peer: str) -> str:
+def _send(services: NodeServices, vip: VipService, peer: str, urgent: bool) -> str:
     local = services.zfs.snapshots(services.dataset(vip))
     if not local:
         raise ServiceError(f"{vip.name}: nothing to send: no snapshot")
@@ -101,7 +103,7 @@ def _send(services: NodeServices, vip: VipService, peer: str) -> str:
         return acked
     if acked in names:
         try:
-            return _stream(services, vip, peer, newest.name, acked)
+            return _stream(services, vip, peer, newest.name, acked, urgent)
         except ServiceError as exc:
             log.info(
                 "%s: incremental to %s from %s failed (%s): asking it", vip.name, peer, acked, exc
@@ -110,7 +112,7 @@ def _send(services: NodeServices, vip: VipService, peer: str) -> str:
     if newest.name in theirs:
         _acked(services, vip, peer, newest.name)
         return newest.name
-    return _stream(services, vip, peer, newest.name, _newest_of(names, theirs))
+    return _stream(services, vip, peer, newest.name, _newest_of(names, theirs), urgent)
 
 
 def _peer_snapshots(services: NodeServices, vip: VipService, peer: str) -> set[str]:
@@ -138,15 +140,24 @@ def _for_receiver(
 
 
 def _stream(
-    services: NodeServices, vip: VipService, peer: str, snapshot: str, base: str | None
+    services: NodeServices,
+    vip: VipService,
+    peer: str,
+    snapshot: str,
+    base: str | None,
+    urgent: bool,
 ) -> str:
     """Send ``base``..``snapshot`` through the peer's receiver (:mod:`hafs.service.receiver`)."""
     dataset = services.dataset(vip)
     keep, ours = _for_receiver(services, vip, snapshot, base)
     send = services.zfs.send_command(f"{dataset}@{snapshot}", f"{dataset}@{base}" if base else None)
-    nice = ["nice", "-n", str(BACKGROUND_NICE)]
+    request = Request(base, keep, ours)
     try:
-        services.receivers.send(services, vip, peer, Request(base, keep, ours), send, nice)
+        if urgent:  # the clients wait: a login of its own, not the shared connection at nice 10
+            one_shot(services, vip, peer, request, send, nice=[], urgent=True)
+        else:
+            nice = ["nice", "-n", str(BACKGROUND_NICE)]
+            services.receivers.send(services, vip, peer, request, send, nice)
     except (ServiceError, OSError, subprocess.SubprocessError):
         services.acked.pop((vip.name, peer), None)
         raise
@@ -240,25 +251,29 @@ def prune(services: NodeServices, vip: VipService, keep: Sequence[str] = ()) -> 
 
 
 def replicate(
-    services: NodeServices, vip: VipService, record_clients: bool = True
+    services: NodeServices,
+    vip: VipService,
+    record_clients: bool = True,
+    urgent: bool = False,
+    to: str | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Snapshot the VIP and send it to every other carrier that lacks it; per peer: outcome
-    and lag. Nothing written since the newest snapshot: no new one (:func:`snapshot`), and a
-    peer that acknowledged it gets nothing, not even an ssh login; with no send, nothing new
-    to prune either. ``as_of``: the peer has every write made before then (this node's
-    clock), whether its snapshot was taken in this round or is an older one that nothing was
-    written after."""
+    """Snapshot the VIP and send it to every other carrier that lacks it (``to``: to that
+    one only; ``urgent``: see :func:`send`); per peer: outcome and lag. Nothing written since
+    the newest snapshot: no new one (:func:`snapshot`), and a peer that acknowledged it gets
+    nothing, not even an ssh login; with no send, nothing new to prune either. ``as_of``:
+    the peer has every write made before then (this node's clock), whether its snapshot was
+    taken in this round or is an older one that nothing was written after."""
     if record_clients:
         services.record_connections(vip)
     taken = time.time()  # every write made before this is in the snapshot that follows
     name = snapshot(services, vip)
     config = services.config
-    peers = [p for p in vip.carriers if p != config.node and p in config.peers]
+    peers = [p for p in vip.carriers if p != config.node and p in config.peers and to in (None, p)]
     behind = [p for p in peers if services.acked.get((vip.name, p)) != name]
 
     def send_to(peer: str) -> dict[str, Any]:
         try:
-            sent = send(services, vip, peer)
+            sent = send(services, vip, peer, urgent)
         except (ServiceError, ZfsError, subprocess.SubprocessError, OSError) as exc:
             log.warning("%s replication to %s: %s", vip.name, peer, exc)
             return {"ok": False, "error": str(exc), "at": time.time()}

@@ -1,7 +1,8 @@
 """How a node reaches its peers: ``hafs service ...`` over ssh to their fixed addresses.
 
-Every peer operation (fence, snapshots, receive, sync, handover, held) runs on the peer through
-its forced command (``hafs service ssh-command``), with the node's replication key.
+Every peer operation (fence, snapshots, receive, sync, handover, held, report, prefer) runs on
+the peer through its forced command (``hafs service ssh-command``), with the node's
+replication key.
 """
 
 from __future__ import annotations

@@ -1,17 +1,23 @@
-"""What the fault tests (tests/lab/test_faults.py) and the fault suite (bench/faults.py) judge
-by: the names the client sees in a VIP's share, and those kept aside on the nodes."""
+"""What the fault tests (tests/lab/test_faults.py), the move test (tests/lab/test_move.py) and
+the fault suite (bench/faults.py) judge by: a client writing to a VIP and what its server
+acknowledged, the names the client sees in a VIP's share, and those kept aside on the nodes."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from tests.lab.test_service import REPO, ServiceLab
 
 LIST_TRIES, LIST_PAUSE = 4, 5.0  # a VIP that just moved home may not serve yet (loaded CI)
+WRITER_SECONDS = 3600  # the writer runs until it is stopped
 
 
 def served(s: ServiceLab, vhid: int) -> set[str]:
@@ -49,3 +55,42 @@ def kept_aside(s: ServiceLab, vhid: int) -> set[str]:
                 ls = s.lab.run(node, ["ls", f"{copy['mountpoint']}/shares/{share}"], check=False)
                 names |= set(ls.split())
     return names
+
+
+@dataclass
+class Writes:
+    """What the writer's server acknowledged: {n: monotonic time}, and when it ran."""
+
+    acked: dict[int, float]
+    started: float
+    stopped: float = 0.0
+    last: float = 0.0  # the newest acknowledgement
+
+
+@contextmanager
+def writer(s: ServiceLab, vhid: int, name: str, period: float = 0.2) -> Iterator[Writes]:
+    """Write ``name.<n>`` to the VIP every ``period`` s until the block ends, recording each
+    acknowledgement."""
+    proc = subprocess.Popen(
+        s.probe("writer", vhid, name, str(WRITER_SECONDS), str(period)),
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+    writes = Writes({}, time.monotonic())
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            n, at = line.split()
+            writes.acked[int(n)] = writes.last = float(at)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        yield writes
+    finally:
+        proc.terminate()  # its pid is the writer's own: `ip netns exec` execs it
+        proc.wait()
+        reader.join()
+        writes.stopped = time.monotonic()

@@ -4,8 +4,8 @@
 - ``put`` stores stdin as PATH; ``get`` prints PATH's content;
 - ``wait TIMEOUT`` retries ``get`` every 0.1 s and prints ``<monotonic time> <content>``
   on the first success (CLOCK_MONOTONIC is the same in every namespace);
-- ``writer SECONDS`` writes PATH.<n> every 0.2 s and prints ``<n> <monotonic time>`` per
-  acknowledged write (the RPO measurement);
+- ``writer SECONDS [PERIOD]`` writes PATH.<n> every PERIOD (0.2) s and prints ``<n>
+  <monotonic time>`` per acknowledged write (the RPO measurement);
 - ``list`` prints the names in directory PATH of the share, one per line;
 - ``fill`` writes 1 MiB files PATH.<n> until the server refuses one, and prints
   ``<n> <sha256>`` per acknowledged file, then the refusal's NT status on stderr;
@@ -85,6 +85,7 @@ def main() -> int:
         return 1
     elif verb == "writer":
         end = time.monotonic() + float(rest[0])
+        period = float(rest[1]) if len(rest) > 1 else 0.2
         n = 0
         while time.monotonic() < end:
             try:
@@ -95,7 +96,7 @@ def main() -> int:
                 n += 1
             except Exception:
                 pass
-            time.sleep(0.2)
+            time.sleep(period)
     elif verb == "fill":
         conn = connect(vip, user, password)
         try:

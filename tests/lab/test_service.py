@@ -201,8 +201,9 @@ def pids_of_netns(ns: str) -> list[int]:
     return pids_in_netns(ns)
 
 
-@pytest.fixture
-def service_lab(require_lab: None, tmp_path: Path) -> Iterator[ServiceLab]:
+def example_inventory(tmp_path: Path) -> str:
+    """The example inventory, copied into ``tmp_path`` with a replication interval of
+    :data:`INTERVAL`; skips (fails under CI) when the service lab cannot run here."""
     for tool in ("zfs-fuse", "smbd", "sshd"):
         if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
             reason = f"the service lab needs {tool}"
@@ -212,7 +213,12 @@ def service_lab(require_lab: None, tmp_path: Path) -> Iterator[ServiceLab]:
     text = (REPO / "group_data" / "all.py").read_text()
     text = text.replace("replication_interval = 10", f"replication_interval = {INTERVAL}")
     (tmp_path / "group_data" / "all.py").write_text(text)
-    inventory = str(tmp_path / "inventory.py")
+    return str(tmp_path / "inventory.py")
+
+
+@pytest.fixture
+def service_lab(require_lab: None, tmp_path: Path) -> Iterator[ServiceLab]:
+    inventory = example_inventory(tmp_path)
     lab = ClusterLab(new_prefix("hafs-s"))
     try:
         lab.up(inventory, None)

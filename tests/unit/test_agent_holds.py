@@ -82,11 +82,13 @@ class Bed:
         assert self.state == "MASTER"
 
 
-def make_bed(start_demoted: bool = True, resync_holds: bool = False) -> Bed:
+def make_bed(
+    start_demoted: bool = True, resync_holds: bool = False, state_file: str | None = None
+) -> Bed:
     config = AgentConfig(
         node="n1", interface="eth0", srcip=OWN, passphrase="testok",
         vhids=(VhidEntry(1, (VIP,), advskew=10),), event_command=(),
-        start_demoted=start_demoted, resync_holds=resync_holds,
+        start_demoted=start_demoted, resync_holds=resync_holds, state_file=state_file,
     )  # fmt: skip
     clock, queued, sent = [100.0], list[bytes](), list[int]()
     agent = Agent(config)

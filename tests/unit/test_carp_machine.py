@@ -23,6 +23,7 @@ from hafs.carp.machine import (
     LinkDown,
     LinkUp,
     RemoveVips,
+    Reranked,
     SendAdvert,
     SetTimer,
     Shutdown,
@@ -32,6 +33,7 @@ from hafs.carp.machine import (
     VhidConfig,
     VhidMachine,
     VrrpConfig,
+    reranked,
 )
 from hafs.carp.vrrp import VrrpAdvert
 from hafs.carp.wire import Advert
@@ -281,6 +283,56 @@ def test_a_backup_whose_demotion_drops_below_its_master_preempts_at_once(
         assert AddVips(VIPS) in actions and Announce(VIPS) in actions
     else:
         assert actions == []
+
+
+def test_a_master_reranked_worse_readvertises_at_once_and_yields_to_the_moved_to_node() -> None:
+    """`hafs move`: the holder's advskew is raised at run time; it says so at once, and the
+    node the VIP is moved to (its backup, now better) takes over on that advert."""
+    m = master(advskew=0)
+    now = 3.25
+    worse = reranked(m.config, 10)
+    assert isinstance(worse, VhidConfig) and worse.advskew == 10
+    assert m.handle(now, Reranked(worse)) == [advert(10, 1111), SetTimer(now + 1 + 10 / 256)]
+    assert m.handle(now, Reranked(worse)) == []  # no change, no advert
+    assert m.handle(now + 0.1, heard(advskew=0))[0] == Transition(
+        MASTER, BACKUP, "more frequent advertisement received"
+    )
+
+
+@pytest.mark.parametrize(("skew", "becomes"), [(0, MASTER), (20, BACKUP)])
+def test_a_backup_reranked_better_than_its_master_preempts_at_once(
+    skew: int, becomes: State
+) -> None:
+    m = backup(advskew=20, preempt=True)
+    assert m.handle(1.0, heard(advskew=10)) == [SetTimer(4.0 + 20 / 256)]  # followed
+    actions = m.handle(1.5, Reranked(reranked(m.config, skew)))
+    assert m.state is becomes
+    if becomes is MASTER:
+        assert actions[0] == Transition(BACKUP, MASTER, "preempting a slower master", PEER)
+
+
+def test_a_tie_does_not_preempt_under_carp_but_the_higher_address_wins_under_vrrp() -> None:
+    """Why `hafs move` may rank the node it moves to first under CARP, not under VRRPv3."""
+    m = backup(advskew=10, preempt=True)
+    m.handle(1.0, heard(advskew=0))
+    assert m.handle(1.5, Reranked(reranked(m.config, 0))) == []
+    v = vrrp_machine(priority=244)  # our address 10.0.0.1 is lower than the master's
+    v.handle(0.0, LinkUp())
+    v.handle(1.0, vrrp_heard(254))
+    assert v.handle(1.5, Reranked(reranked(v.config, 254))) == []
+    high = vrrp_machine(priority=244, primary=IPv4Address("10.0.0.9"))
+    high.handle(0.0, LinkUp())
+    high.handle(1.0, vrrp_heard(254))
+    high.handle(1.5, Reranked(reranked(high.config, 254)))
+    assert high.state is MASTER
+
+
+def test_a_rerank_must_keep_the_vhid_and_its_addresses() -> None:
+    m = backup()
+    with pytest.raises(ValueError, match="not vhid 1's config"):
+        m.handle(1.0, Reranked(replace(m.config, vhid=2)))
+    with pytest.raises(ValueError, match=r"^advskew: must be 0\.\.254, got 300$"):
+        reranked(m.config, 300)
 
 
 def test_a_backup_following_a_better_master_ignores_a_second_slower_one() -> None:

@@ -41,8 +41,31 @@ def test_a_healthy_cluster_has_no_problem_and_shows_every_holder() -> None:
     reports = {f"n{i}": report(f"n{i}", [f"vip{i}"]) for i in (1, 2, 3)}
     assert cluster_status.problems(CONFIG, reports) == []
     text = cluster_status.format_status(CONFIG, reports)
-    assert text.splitlines()[1].split() == ["vip1", "10.0.0.101", "n1", "n1", "n2", "2s"]
+    assert text.splitlines()[1].split() == ["vip1", "10.0.0.101", "n1", "-", "n1", "n2", "2s"]
     assert text.endswith("\nhealthy")
+
+
+def test_a_moved_vip_is_shown_with_the_way_home_and_is_no_problem() -> None:
+    reports = {f"n{i}": report(f"n{i}", [f"vip{i}"]) for i in (1, 2, 3)}
+    reports["n1"]["held"], reports["n2"]["held"] = [], ["vip1", "vip2"]
+    reports["n2"]["service"]["vips"]["vip1"] = {"n1": {"ok": True, "as_of": NOW - 2}}
+    for node in ("n1", "n2"):
+        reports[node]["moved"] = {"vip1": "n2"}
+    assert cluster_status.problems(CONFIG, reports) == []
+    lines = cluster_status.format_status(CONFIG, reports).splitlines()
+    assert lines[1].split() == ["vip1", "10.0.0.101", "n1", "n2", "n2", "n1", "2s"]
+    assert (
+        "vip1: moved to n2 (`hafs move`): it stays there; `hafs move vip1 n1` on its "
+        "holder brings it home" in lines
+    )
+
+
+def test_carriers_that_disagree_on_a_move_are_a_problem() -> None:
+    reports = {f"n{i}": report(f"n{i}", [f"vip{i}"]) for i in (1, 2, 3)}
+    reports["n2"]["moved"] = {"vip1": "n2"}  # n1 still at its configured rank
+    assert cluster_status.problems(CONFIG, reports) == [
+        "vip1: its carriers disagree where it is moved to (n1, n2): `hafs move vip1 NODE` again"
+    ]
 
 
 def test_every_problem_is_named_on_a_line_of_its_own() -> None:

@@ -17,7 +17,7 @@ from hafs.lab import boot
 from hafs.lab.cli import format_status
 from hafs.lab.cluster import ClusterLab
 from hafs.lab.netns import LabError
-from hafs.lab.supervise import HAFS
+from hafs.lab.supervise import HAFS_FOR_PEERS
 from tests.unit.conftest import MakeCluster
 
 
@@ -59,7 +59,7 @@ def test_a_nodes_peer_keys_are_restricted_like_a_deployed_nodes(
     etc = lab.dir / "n1" / "etc-upper" / "hafs"
     lines = (etc / "authorized_keys").read_text().splitlines()
     public = (lab.dir / "replication_key.pub").read_text().strip()
-    hafs = shlex.join(HAFS)
+    hafs = shlex.join(HAFS_FOR_PEERS)  # this checkout, also for sshd (no environment)
     assert lines == [
         f'restrict,command="{hafs} service ssh-command --peer n{i}",from="10.0.0.{i}" {public}'
         for i in (2, 3, 4)

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from hafs.service import config as service_config
+from hafs.service import move
 from hafs.service.cli import format_replication
 from hafs.service.config import ServiceConfig, ShareConfig, VipService
 from hafs.service.daemon import ServiceDaemon
@@ -437,3 +438,28 @@ def test_a_vip_not_preempted_after_the_handover_is_left_to_the_master_hook(
     d.take_back(VIP, "n2")
     assert services.calls == []
     assert "vip1: not preempted yet: the MASTER hook takes it over" in caplog.text
+
+
+def test_a_returning_home_does_not_take_back_a_vip_moved_away_from_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`hafs move vip1 n2`: the home (n1) comes back, syncs its replica, and leaves vip1 on n2
+    (its agent ranks n2 first): no handover, no takeover."""
+    services = FakeServices(start_ok=True)
+    asked: list[str] = []
+
+    def remote(peer: str, args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+        return subprocess.CompletedProcess(args, 0, "vip1\n", "")
+
+    def pull(vip: VipService, holder: str, since: str | None, handover: bool) -> Pulled:
+        asked.append(f"{'handover' if handover else 'sync'} {vip.name} {holder}")
+        return Pulled("s3", True, [])
+
+    services.remote = remote  # type: ignore[attr-defined]
+    services.pull = pull  # type: ignore[attr-defined]
+    monkeypatch.setattr(move, "moved", lambda services: {"vip1": "n2"})
+    d, holds = daemon(services)
+    d.resync()
+    assert asked == ["sync vip1 n2"]
+    assert holds == [("resync", 0)]
+    assert services.calls == []

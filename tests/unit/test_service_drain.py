@@ -53,8 +53,15 @@ class Draining(NodeServices):
     def stepdown(self, vip: VipService, action: str = "step-down") -> None:
         self.done.append(f"{action} {vip.name}")
 
-    def replicate(self, vip: VipService, record_clients: bool = True) -> dict[str, dict[str, Any]]:
-        self.done.append(f"send {vip.name}")
+    def replicate(
+        self,
+        vip: VipService,
+        record_clients: bool = True,
+        urgent: bool = False,
+        to: str | None = None,
+    ) -> dict[str, dict[str, Any]]:
+        assert urgent and not record_clients  # the clients wait; recorded before the step-down
+        self.done.append(f"send {vip.name}" + (f" to {to}" if to else ""))
         bad = self.failing and vip.name == "vip2"
         return {
             "n2": {"ok": True},
