@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import signal
+import subprocess
 import time
 from ipaddress import IPv4Interface
 from pathlib import Path
@@ -42,6 +43,7 @@ from hafs.cluster import Cluster, load
 from hafs.lab.boot import NodeBoot, Progress, check_programs
 from hafs.lab.netns import Lab, LabError, Netns, cleanup, list_namespaces
 from hafs.lab.status import LabStatus
+from hafs.lab.supervise import HAFS
 
 
 def _quiet(message: str) -> None:
@@ -202,6 +204,20 @@ class ClusterLab(NodeBoot, LabStatus):
         except BaseException:
             self._kill_netns(self.node_state(node)["ns"])  # no half-booted node
             raise
+
+    def reload(self, node: str) -> str:
+        """What a deploy does to a changed node: its agent re-executes itself in place and
+        keeps its VIPs (``hafs agent --reload``); its report, or LabError."""
+        if self.node_state(node)["impl"] != "hafs":
+            raise LabError(f"node {node} runs stock ucarp: it has no hafs agent to reload")
+        config = self.dir / node / "agent.toml"
+        argv = [*HAFS, "agent", "--config", str(config), "--reload"]
+        proc = subprocess.run(
+            [*self.enter(node), *argv], capture_output=True, text=True, check=False
+        )
+        if proc.returncode != 0:
+            raise LabError(f"{node}: agent reload: {(proc.stdout + proc.stderr).strip()}")
+        return proc.stdout
 
     def partition(self, node: str) -> None:
         """Cut the node's cable: it loses carrier, and its daemons see the link go down."""
