@@ -907,6 +907,7 @@ class Agent:
             "node": self.config.node,
             "pid": os.getpid(),
             "started": self.started_at,
+            "reloadable": True,  # SIGHUP re-executes in place (an older agent would die of it)
             "demotion": self.demotion.as_dict(),
             "drops": dict(self.drops),
             "hooks_running": self.hooks.running,

@@ -75,6 +75,11 @@ def reload_agent(config: AgentConfig, as_json: bool = False) -> int:
     kept its state, 1 if one changed or the agent did not come back."""
     path = config.control_socket
     before = control.request(path, {"op": "status"})
+    if not before.get("reloadable"):
+        raise control.ControlError(
+            f"the running agent (pid {before['pid']}) predates reloads (SIGHUP would kill it): "
+            "restart it once instead, one node at a time (systemctl restart hafs-agent)"
+        )
     began = time.monotonic()
     os.kill(before["pid"], signal.SIGHUP)
     deadline = began + config.hook_timeout + RELOAD_WAIT
