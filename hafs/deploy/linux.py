@@ -14,6 +14,8 @@
   service daemon's locks and markers, each smbd's volatile dirs), so no unit's stop wipes it;
   each VIP's smbd runs in a scope of its own (``hafs-smbd.slice``), so stopping the unit that
   started it never kills it;
+- ``hafs-service.service``, enabled; reloaded (it re-executes itself, quiescing nothing)
+  when its unit or hafs changed;
 - the distribution's global smbd/nmbd disabled: ``hafs event`` runs one smbd per VIP, bound
   to that VIP (a global smbd on all addresses would take the port first).
 
@@ -106,9 +108,10 @@ def linux_node(target: common.Target) -> None:
     )
     systemd.service(name=f"{UNIT} running", service=UNIT, running=True)
     systemd.service(
-        name=f"{SERVICE_UNIT} restarted",
+        name=f"{SERVICE_UNIT} reloaded",
         service=SERVICE_UNIT,
-        running=True,
-        restarted=True,
+        running=None,
+        reloaded=True,
         _if=any_changed(service_unit, hafs_install),
     )
+    systemd.service(name=f"{SERVICE_UNIT} running", service=SERVICE_UNIT, running=True)

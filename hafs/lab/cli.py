@@ -133,7 +133,7 @@ NODE_ACTIONS = {
     "heal": "plug the node's cable back in (this also ends an isolation)",
     "isolate": "the switch drops the node's traffic; the node keeps its link up and hears nobody",
     "rejoin": "the switch forwards the node's traffic again (after isolate)",
-    "reload": "reload the node's agent in place, as a deploy does: it keeps its VIPs",
+    "reload": "reload the node's daemons in place, as a deploy does: its VIPs stay served",
 }
 
 

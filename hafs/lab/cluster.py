@@ -206,10 +206,14 @@ class ClusterLab(NodeBoot, LabStatus):
             raise
 
     def reload(self, node: str) -> str:
-        """What a deploy does to a changed node: its agent re-executes itself in place and
-        keeps its VIPs (``hafs agent --reload``); its report, or LabError."""
+        """What a deploy does to a changed node: the service daemon and the agent re-execute
+        themselves in place (SIGHUP; ``hafs agent --reload``), quiescing nothing and keeping
+        the VIPs; the agent's report, or LabError."""
         if self.node_state(node)["impl"] != "hafs":
             raise LabError(f"node {node} runs stock ucarp: it has no hafs agent to reload")
+        service = self.service(node)
+        if service is not None:
+            service.signal(signal.SIGHUP)
         config = self.dir / node / "agent.toml"
         argv = [*HAFS, "agent", "--config", str(config), "--reload"]
         proc = subprocess.run(

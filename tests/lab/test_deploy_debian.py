@@ -229,6 +229,8 @@ def check_unit_layout(root: Path) -> None:
     agent = settings(root / "etc/systemd/system/hafs-agent.service")
     reload = "ExecReload=/opt/hafs/bin/hafs agent --config /etc/hafs/agent.toml --reload"
     assert reload in agent
+    service = settings(root / "etc/systemd/system/hafs-service.service")
+    assert "ExecReload=/bin/kill -HUP $MAINPID" in service
     for unit in ("hafs-agent.service", "hafs-service.service"):
         lines = settings(root / "etc/systemd/system" / unit)
         assert not [line for line in lines if line.startswith("RuntimeDirectory")], unit

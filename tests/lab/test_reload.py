@@ -174,16 +174,17 @@ def test_reloading_the_holders_agent_keeps_its_vip_and_smb_session(
     service_lab: ServiceLab,
 ) -> None:
     """An SMB session writes and reads every 0.2 s through the reloads of the holder's agent
-    (twice): every round trip succeeds on the same session, the agent keeps its pid, and no
-    other node ever held the VIP or changed its state for it."""
+    and service daemon (twice, as a deploy does): every round trip succeeds on the same
+    session, both keep their pids, nothing is quiesced, and no other node ever held the VIP
+    or changed its state for it."""
     s, vhid = service_lab, 1
     vip = s.cluster.vip(vhid)
     [holder] = s.holders(vhid)
     others = [n.name for n in s.cluster.nodes if n.name != holder]
     s.put(vhid, "reload-ready.txt", "ready")  # served before the session starts
     before = {node: vhid_since(s.lab, node, vhid) for node in [holder, *others]}
-    agent = s.lab.agent(holder)
-    assert agent is not None
+    agent, daemon = s.lab.agent(holder), s.lab.service(holder)
+    assert agent is not None and daemon is not None
     session = subprocess.Popen(
         s.probe("session", vhid, "reload", "16"), stdout=subprocess.PIPE, text=True, cwd=REPO
     )
@@ -214,6 +215,10 @@ def test_reloading_the_holders_agent_keeps_its_vip_and_smb_session(
     assert times and times[-1] > reloads[-1][0] + 2, "no round trip after the last reload"
     assert all(h == [holder] for h in holders), f"holders of {vip.name} while reloading: {holders}"
     assert s.lab.agent(holder) == agent  # same pid and start time: re-executed in place
+    assert s.lab.service(holder) == daemon
+    log = (s.lab.dir / holder / "service.log").read_text()
+    assert log.count("reloading: re-executing") == 2, log[-3000:]
+    assert "stepping down" not in log and "quiesce" not in log, log[-3000:]
     for node, (state, since) in before.items():  # (since: wall clock, derived each time)
         now_state, now_since = vhid_since(s.lab, node, vhid)
         assert (now_state, round(now_since - since)) == (state, 0), f"{node} changed state"

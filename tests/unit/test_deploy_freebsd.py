@@ -483,7 +483,7 @@ def test_a_running_linux_agent_is_reloaded_never_restarted(recorded: Recorded) -
     deploy(debian(running=True), target=LINUX_NODE, zfs_devices=["sdb"])
     assert service_commands(recorded.commands) == [
         "systemctl reload hafs-agent.service",
-        "systemctl restart hafs-service.service",  # (the service daemon quiesces: see docs)
+        "systemctl reload hafs-service.service",
     ]
     assert "systemd-tmpfiles --create /etc/tmpfiles.d/hafs.conf" in recorded.commands
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
+import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -437,3 +440,28 @@ def test_a_vip_not_preempted_after_the_handover_is_left_to_the_master_hook(
     d.take_back(VIP, "n2")
     assert services.calls == []
     assert "vip1: not preempted yet: the MASTER hook takes it over" in caplog.text
+
+
+def test_a_reload_re_executes_without_quiescing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGHUP: the round ends and the daemon execs itself; no step-down, no final send (a
+    stop's shutdown would quiesce every VIP held here)."""
+    services = FakeServices(start_ok=True)
+    d, _ = daemon(services)
+    monkeypatch.setattr(d, "start_membership", lambda: None)
+    execs: list[list[str]] = []
+
+    def execv(path: str, argv: list[str]) -> None:
+        execs.append(argv)
+        raise OSError("no such file")
+
+    monkeypatch.setattr(os, "execv", execv)
+    handlers: dict[int, Any] = {}
+    monkeypatch.setattr(signal, "signal", handlers.__setitem__)  # this process keeps its own
+    d.reload_requested()  # what SIGHUP does: the loop below ends at once
+    with pytest.raises(ServiceError, match=r"^reload: cannot re-execute .*: no such file$"):
+        d.run()
+    assert execs == [[sys.executable, *sys.orig_argv[1:]]]
+    assert "stepdown" not in services.calls
+    d.reloading = False
+    handlers[signal.SIGHUP]()
+    assert d.reloading  # the handler run() installed
