@@ -170,10 +170,11 @@ def freebsd_node(target: common.Target) -> None:
         ops.sysctl_value(name=f"sysctl {key}", key=key, value=value)
     server.shell(name="devd restarted", commands=["service devd restart"], _if=devd.did_change)
     common.zfs_layout(cluster=cluster, node=node, settings=settings)
-    server.shell(
-        name="hafs service daemon (re)started",
+    server.shell(  # it quiesces the VIPs held here for a moment: one node at a time
+        name="hafs service daemon (re)started, one node at a time",
         commands=["service hafs_service restart"],
         _if=any_changed(rc_script, hafs_install),
+        _serial=True,
     )
     # Last, as it may briefly cut this very connection. Routes too: netif's own
     # `routing static any <if>` re-adds only routes tagged :<if>, not the default route.

@@ -449,12 +449,13 @@ def test_source_archive_is_reproducible() -> None:
     assert first.name == "hafs-0.1.0.tar.gz"
 
 
-def test_netif_restarts_one_node_at_a_time_and_waits_for_its_vips(recorded: Recorded) -> None:
+def test_restarts_go_one_node_at_a_time_and_netif_waits_for_the_vips(recorded: Recorded) -> None:
     state = deploy(fresh, zfs_devices=["ada1"])
     metas = [state.get_op_meta(op) for op in state.get_op_order()]  # type: ignore[no-untyped-call]
     serial = [m for m in metas if m.global_arguments.get("_serial")]
     assert [sorted(m.names)[0].rsplit(" | ", 1)[-1] for m in serial] == [
-        "em0 and routes reconfigured, one node at a time"
+        "hafs service daemon (re)started, one node at a time",
+        "em0 and routes reconfigured, one node at a time",
     ]
     cluster = load(INVENTORY)
     node = cluster.node(NODE)
