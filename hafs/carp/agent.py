@@ -319,12 +319,7 @@ class Agent:
         self.manage_addresses = manage_addresses
         self.ignore_link_state = ignore_link_state
         self.demotion = Demotion()
-        self._handoff = take_handoff()
         self._reloading = False
-        if self._handoff is not None:
-            self.demotion.restore(self._handoff.demotion)
-        elif config.start_demoted:
-            self._hold_resync("agent started")
         self.drops: Counter[str] = Counter()  # packets no vhid could be charged with
         self.hooks = HookRunner(config.hook_timeout)
         self.vhids: dict[tuple[str, int], Vhid] = {}
@@ -340,6 +335,13 @@ class Agent:
             )
         masters_down = [v.machine.config.master_down for v in self.vhids.values()]
         self.liveness = Liveness(stall_after=min(masters_down), silence_after=max(masters_down))
+        self._handoff = take_handoff()
+        self._handoff_fresh = self._handoff is not None and self._handoff.fresh(min(masters_down))
+        if self._handoff_fresh:
+            assert self._handoff is not None
+            self.demotion.restore(self._handoff.demotion)  # the holds go on, no resync hold
+        elif config.start_demoted:
+            self._hold_resync("agent started")
         intervals = [v.machine.config.base_interval for v in self.vhids.values()]
         self.tick = min(intervals) / TICKS_PER_ADVBASE
         self._decode = vrrp.decode_ipv4 if config.protocol == "vrrp3" else decode_ipv4
@@ -547,7 +549,7 @@ class Agent:
         handoff = self._handoff
         if handoff is None:
             return {}
-        fresh = handoff.fresh(min(v.machine.config.master_down for v in self.vhids.values()))
+        fresh = self._handoff_fresh
         if not fresh:
             log.warning("reload: the hand-off is stale: starting as at boot")
             _stop_stand_in(handoff.stand_in)

@@ -130,6 +130,21 @@ def test_vrrp3_master_reloads_without_losing_its_vip_at_a_tenth_of_a_second(
     reload_keeps_the_vip(bed, a, b, 0.3 + (256 - 100) * 0.1 / 256)
 
 
+def test_a_master_whose_vip_is_gone_does_not_resume(bed: CarpBed) -> None:
+    """The hand-off says MASTER but the VIP left the interface meanwhile: the new image
+    starts that vhid as at boot (INIT, then BACKUP, with its hooks) and the reload says so."""
+    a, b = bed.node("a"), bed.node("b")
+    bed.hafs(a, [(1, VIP, 0)])
+    bed.hafs(b, [(1, VIP, 10)])
+    wait_for(lambda: bed.holders(VIP) == ["a"] and b.vhid_state(1) == "BACKUP", 8, "election")
+    a.node.ip("addr", "del", f"{VIP}/32", "dev", "eth0")
+    done = reload(bed, a)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "vhid 1@eth0: MASTER now BACKUP" in done.stdout, done.stdout
+    assert "vhid 1@eth0 (MASTER) cannot resume: starting it as at boot" in a.output()
+    assert "INIT -> BACKUP (initialization complete)" in a.output().rsplit("re-executing", 1)[1]
+
+
 def test_a_plain_stop_still_bows_out(bed: CarpBed) -> None:
     """SIGTERM after a reload: the master bows out, the backup takes the VIP at once."""
     a, b = bed.node("a"), bed.node("b")

@@ -153,3 +153,10 @@ def test_reload_and_cleanup_together_are_a_usage_error(
     config.chmod(0o600)
     assert main(["agent", "--config", str(config), "--reload", "--cleanup"]) == 2
     assert "--reload, --cleanup: give one of them" in capsys.readouterr().err
+
+
+def test_a_stale_handoff_starts_as_at_boot(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Older than a master-down and no stand-in: a backup may have taken over meanwhile."""
+    monkeypatch.setenv(HANDOFF_ENV, handoff(time.monotonic() - 4).dumps())
+    agent = Agent(CONFIG)  # master-down 3 + 10/256 s
+    assert set(agent.demotion.holds) == {RESYNC_HOLD}  # the holds of a fresh start
