@@ -488,7 +488,11 @@ class Agent:
         if not self._reloading:  # stopped meanwhile
             return
         handoff = self._handoff_now()
-        stand_in = self._fork_stand_in()
+        try:
+            stand_in = self._fork_stand_in()
+        except OSError as exc:
+            log.error("agent %s: reload failed, serving on: no stand-in: %s", self.config.node, exc)
+            return
         handoff = Handoff(handoff.written, stand_in, handoff.demotion, handoff.vhids)
         if self._watchdog is not None:  # the new image feeds it once it runs
             sd_notify(f"WATCHDOG_USEC={int(STAND_IN_SECONDS * 1e6)}")
@@ -557,10 +561,10 @@ class Agent:
         for name, item in handoff.vhids.items():
             vhid = next((v for v in self.vhids.values() if v.name == name), None)
             state = State(item["state"])
-            ok = fresh and vhid is not None and vhid.vip_ifname == item["vip_ifname"]
             ok = (
-                ok
+                fresh
                 and vhid is not None
+                and vhid.vip_ifname == item["vip_ifname"]
                 and item["addresses"] == [str(a) for a in vhid.entry.addresses]
             )
             if ok:
@@ -953,7 +957,8 @@ class Handoff:
         Demotion().restore(data["demotion"])  # checks it
         vhids = data["vhids"]
         for item in vhids.values():
-            State(item["state"])
+            if State(item["state"]) is State.INIT:
+                raise ValueError("state: INIT is never handed over")
             float(item["since"])
             if not isinstance(item["vip_ifname"], str) or not isinstance(item["addresses"], list):
                 raise TypeError(f"vhid entry {item!r}")

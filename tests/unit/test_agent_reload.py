@@ -63,6 +63,7 @@ def test_a_handoff_survives_its_text_and_leaves_the_environment(
         "{}",
         '{"written": 1, "stand_in": "x", "demotion": {}, "vhids": {}}',
         handoff(1.0).dumps().replace('"MASTER"', '"LEADER"'),
+        handoff(1.0).dumps().replace('"MASTER"', '"INIT"'),
         handoff(1.0).dumps().replace('"operator": 5', '"operator": "five"'),
     ],
 )
