@@ -348,7 +348,8 @@ def register(sub: Any) -> None:
         help="run the CARP agent (every vhid of this node in one process)",
         description="Run the Linux CARP agent: FreeBSD-compatible CARP for every vhid of "
         "the config, VIPs managed with netlink, hooks run asynchronously, control socket for "
-        "hafs status/demote. SIGTERM as master bows out so backups take over at once.",
+        "hafs status/demote. SIGTERM as master bows out so backups take over at once; "
+        "SIGHUP (--reload) re-executes it in place, keeping its VIPs: nothing moves.",
     )
     p.add_argument("--config", default="/etc/hafs/agent.toml", help="config file, mode 0600")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
