@@ -9,6 +9,7 @@ import socket
 import subprocess
 import threading
 import time
+from dataclasses import replace
 from ipaddress import IPv4Address
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import pytest
 from hafs.agentconf import AgentConfig, VhidEntry
 from hafs.carp import control
 from hafs.carp.agent import HANDOFF_ENV, Agent, Demotion, Handoff, take_handoff
+from hafs.carp.commands import reload_agent
 from hafs.cli import main
 from hafs.holds import RESYNC_HOLD
 
@@ -103,7 +105,9 @@ def test_a_handoff_is_fresh_while_its_stand_in_runs_else_for_a_master_down() -> 
     assert not handoff(now - 40, stand_in.pid).fresh(3.0)  # gone (and reaped)
 
 
-def serve_later(path: str, delay: float) -> threading.Thread:
+def serve_later(
+    path: str, delay: float, reply: dict[str, object] | None = None
+) -> threading.Thread:
     """Answer one request on ``path`` after ``delay`` seconds (the new image's socket)."""
 
     def run() -> None:
@@ -114,7 +118,8 @@ def serve_later(path: str, delay: float) -> threading.Thread:
             conn, _ = server.accept()
             with conn:
                 conn.recv(4096)
-                conn.sendall(json.dumps({"ok": True, "pid": 7}).encode() + b"\n")
+                answer = reply or {"ok": True, "pid": 7}
+                conn.sendall(json.dumps(answer).encode() + b"\n")
 
     thread = threading.Thread(target=run)
     thread.start()
@@ -161,3 +166,14 @@ def test_a_stale_handoff_starts_as_at_boot(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv(HANDOFF_ENV, handoff(time.monotonic() - 4).dumps())
     agent = Agent(CONFIG)  # master-down 3 + 10/256 s
     assert set(agent.demotion.holds) == {RESYNC_HOLD}  # the holds of a fresh start
+
+
+def test_an_agent_that_predates_reloads_is_not_sent_sighup(tmp_path: Path) -> None:
+    """An older agent has no SIGHUP handler: the signal would kill it (a failover)."""
+    path = str(tmp_path / "agent.sock")
+    old = {"ok": True, "pid": 999_999_999, "started": 1.0, "vhids": []}  # no "reloadable"
+    thread = serve_later(path, 0.0, old)
+    control.reload_marker(path).write_text("1\n")  # (so the client waits for the server)
+    with pytest.raises(control.ControlError, match=r"predates reloads .* restart it once"):
+        reload_agent(replace(CONFIG, control_socket=path))
+    thread.join()
