@@ -19,6 +19,8 @@ say, in the order they say it, and feeds them what happens:
   best carrier; kept in ``state_file`` (agent.toml) across restarts (:meth:`Agent.move`).
 - SIGTERM/SIGINT: each master bows out (advbase 255, advskew 255; VRRPv3: priority 0) so
   backups take over at once, VIPs are removed, hooks run, then the agent exits 0.
+- SIGHUP (``hafs agent --reload``, systemd's ExecReload): the agent re-executes itself, same
+  pid, new code and agent.toml, and moves nothing; see "Reload" below.
 - ``protocol = "vrrp3"`` (agent.toml): the same shell around VRRPv3 machines; only the
   decoder (:mod:`hafs.carp.vrrp`), the machines' config and the authentication (none) change:
   the raw socket, group, TTL and virtual MAC are CARP's.
@@ -57,12 +59,38 @@ and releases the hold through the control socket. The agent raises it:
 
 Only with ``resync_holds`` or ``start_demoted`` (agent.toml): a service daemon runs beside the
 agent to release the hold; without one, the causes are only logged.
+
+Reload
+------
+
+A deploy that changed hafs or agent.toml reloads the agent instead of restarting it: a
+restart bows out, so every VIP here would fail over and back. On SIGHUP the agent waits until
+no hook runs, writes a hand-off (each vhid's state, since when and why, its addresses, and the
+demotion with its holds: :class:`Handoff`) into the environment and re-executes itself: same
+pid (systemd keeps it as the main process, the lab's supervisor as its child), VIPs and smbd
+left as they are, no hook run. The new image resumes each vhid (``machine.Resume``): a master
+advertises at once, a backup waits a master-down interval; holds stay as they were, and no
+resync hold is raised at start (the node missed nothing).
+
+The new image needs seconds before it can advertise (importing pyroute2 alone took 1 s on an
+idle lab host, 20 s once on a loaded one), longer than a backup's master-down (3 s at advbase
+1, 0.3 s at a VRRPv3 interval of 0.1 s). So before the exec the agent forks a stand-in
+(:func:`_stand_in`) that sends the masters' next adverts on their schedule, built before the
+fork, for at most :data:`STAND_IN_SECONDS`; the new image stops it once it has sent its own
+first adverts. The stand-in is the agent's child, so the new image (same pid) reaps it.
+
+A hand-off is used only if it is fresh (the stand-in still runs, or the old image's last
+adverts are less than a master-down interval old) and, per vhid, matches: same vhid, interface
+and addresses, a master's VIPs still on the interface and a backup's not. Otherwise that vhid
+starts as at boot (its VIPs removed, INIT, hooks), and a master no longer configured has its
+addresses removed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import json
 import logging
 import math
@@ -70,6 +98,7 @@ import os
 import random
 import signal
 import socket
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -77,12 +106,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from pyroute2.netlink.exceptions import NetlinkError
 
 from hafs.agentconf import AGENT_SOCKET_ENV, PREVIOUS_MASTER_ENV, AgentConfig, VhidEntry
 from hafs.carp import linux, vrrp
+from hafs.carp.control import RELOAD_SECONDS, reload_marker
 from hafs.carp.hooks import Command, HookRunner, Result
 from hafs.carp.machine import (
     Action,
@@ -96,6 +126,7 @@ from hafs.carp.machine import (
     LinkUp,
     RemoveVips,
     Reranked,
+    Resume,
     SendAdvert,
     SetTimer,
     Shutdown,
@@ -128,6 +159,8 @@ SEND_ERRORS_TO_DEMOTE = 3  # CARP_SENDAD_MAX_ERRORS
 SENDS_TO_UNDEMOTE = 3  # CARP_SENDAD_MIN_SUCCESS
 SHUTDOWN_HOOK_WAIT = 10.0  # seconds the agent waits for hooks when it stops
 TICKS_PER_ADVBASE = 4
+HANDOFF_ENV = "HAFS_AGENT_HANDOFF"  # the hand-off from the previous image, on a reload
+STAND_IN_SECONDS = RELOAD_SECONDS  # the longest re-exec the stand-in advertises through
 
 
 @dataclass(frozen=True)
@@ -175,6 +208,14 @@ class Demotion:
             self.holds.pop(name, None)
             self.causes.pop(name, None)
             self.since.pop(name, None)
+
+    def restore(self, saved: dict[str, Any]) -> None:
+        """Take the operator's value and the holds of :meth:`as_dict` (a reload); links and
+        send errors are found again."""
+        self.operator = int(saved["operator"])
+        self.holds = {str(k): int(v) for k, v in saved["holds"].items()}
+        self.causes = {str(k): str(v) for k, v in saved["causes"].items()}
+        self.since = {str(k): float(v) for k, v in saved["since"].items()}
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -284,8 +325,7 @@ class Agent:
         self.manage_addresses = manage_addresses
         self.ignore_link_state = ignore_link_state
         self.demotion = Demotion()
-        if config.start_demoted:
-            self._hold_resync("agent started")
+        self._reloading = False
         self.drops: Counter[str] = Counter()  # packets no vhid could be charged with
         self.hooks = HookRunner(config.hook_timeout)
         self.vhids: dict[tuple[str, int], Vhid] = {}
@@ -302,6 +342,13 @@ class Agent:
             )
         masters_down = [v.machine.config.master_down for v in self.vhids.values()]
         self.liveness = Liveness(stall_after=min(masters_down), silence_after=max(masters_down))
+        self._handoff = take_handoff()
+        self._handoff_fresh = self._handoff is not None and self._handoff.fresh(min(masters_down))
+        if self._handoff_fresh:
+            assert self._handoff is not None
+            self.demotion.restore(self._handoff.demotion)  # the holds go on, no resync hold
+        elif config.start_demoted:
+            self._hold_resync("agent started")
         intervals = [v.machine.config.base_interval for v in self.vhids.values()]
         self.tick = min(intervals) / TICKS_PER_ADVBASE
         self._decode = vrrp.decode_ipv4 if config.protocol == "vrrp3" else decode_ipv4
@@ -332,6 +379,7 @@ class Agent:
         self._stopping = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self.stop)
+        self.loop.add_signal_handler(signal.SIGHUP, self.reload)
         server = None
         usec = os.environ.get("WATCHDOG_USEC", "")
         self._watchdog = int(usec) / 2e6 if usec.isdigit() else None  # half, as systemd advises
@@ -339,6 +387,7 @@ class Agent:
             await self._open()
             self._tick()
             server = await control.serve(self, self.config.control_socket)
+            reload_marker(self.config.control_socket).unlink(missing_ok=True)  # served again
             if ready is not None:
                 ready()
             log.info(
@@ -348,6 +397,12 @@ class Agent:
                 ", ".join(sorted(self.interfaces)),
             )
             await self._stopping.wait()
+            while self._reloading:
+                await self._reexec()  # returns only when it did not re-execute
+                if self._reloading:  # the exec failed: serve on
+                    self._reloading = False
+                    self._stopping.clear()
+                    await self._stopping.wait()
             await self._shutdown()
         finally:
             if server is not None:
@@ -358,11 +413,19 @@ class Agent:
 
     def stop(self) -> None:
         """Ask the agent to stop gracefully (what SIGTERM does)."""
+        self._reloading = False
         if self._stopping is not None:
+            self._stopping.set()
+
+    def reload(self) -> None:
+        """Ask the agent to re-execute itself, moving nothing (what SIGHUP does)."""
+        if self._stopping is not None and not self._stopping.is_set():
+            self._reloading = True
             self._stopping.set()
 
     async def _open(self) -> None:
         names = sorted({v.ifname for v in self.vhids.values()})
+        resumed = await self._resumable()
         for ifname in names:
             self.interfaces[ifname] = await self._in_thread(Interface, ifname, self.config.srcip)
             self.loop.add_reader(self.interfaces[ifname].sock.fileno(), self._readable, ifname)
@@ -371,9 +434,10 @@ class Agent:
                 await self._in_thread(linux.create_vmac, vhid.ifname, vhid.entry.vhid)
                 sock = await self._in_thread(linux.CarpSocket, vhid.vip_ifname, join=False)
                 self.vmac_socks[vhid.entry.vhid] = sock
-            if self.manage_addresses:  # a VIP left by a killed agent must not answer now
-                for address in vhid.entry.addresses:
+            if self.manage_addresses and vhid.name not in resumed:  # a VIP left by a killed
+                for address in vhid.entry.addresses:  # agent must not answer now
                     await self._in_thread(linux.remove_vip, vhid.vip_ifname, address)
+        self._resume(resumed)
         self._monitor = linux.LinkMonitor()
         self.loop.add_reader(self._monitor.fileno(), self._links_changed)
         for ifname in names:
@@ -415,6 +479,143 @@ class Agent:
 
     async def _in_thread(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return await self.loop.run_in_executor(self._netlink, lambda: func(*args, **kwargs))
+
+    # --- reload: re-execute, moving nothing ------------------------------------------------
+
+    async def _reexec(self) -> None:
+        """Wait until no hook runs (the protocol goes on meanwhile), fork the stand-in, then
+        replace this process with a fresh image of itself, handing every vhid over (see
+        "Reload" above). Returns only if the exec failed; the agent then serves on."""
+        log.info("agent %s: reloading: waiting for the hooks", self.config.node)
+        while self._reloading:
+            await self.hooks.drain(self.config.hook_timeout + SHUTDOWN_HOOK_WAIT)
+            await self.loop.run_in_executor(self._netlink, lambda: None)  # VIP changes done
+            if not self.hooks.busy:
+                break
+        if not self._reloading:  # stopped meanwhile
+            return
+        handoff = self._handoff_now()
+        try:
+            stand_in = self._fork_stand_in()
+        except OSError as exc:
+            log.error("agent %s: reload failed, serving on: no stand-in: %s", self.config.node, exc)
+            return
+        handoff = Handoff(handoff.written, stand_in, handoff.demotion, handoff.vhids)
+        if self._watchdog is not None:  # the new image feeds it once it runs
+            sd_notify(f"WATCHDOG_USEC={int(STAND_IN_SECONDS * 1e6)}")
+        argv = [sys.executable, *sys.orig_argv[1:]]
+        log.info("agent %s: re-executing %s", self.config.node, " ".join(argv))
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        marker = reload_marker(self.config.control_socket)
+        try:
+            marker.write_text(f"{os.getpid()}\n")  # clients wait for the new image
+            os.execve(sys.executable, argv, {**os.environ, HANDOFF_ENV: handoff.dumps()})
+        except OSError as exc:
+            log.error("agent %s: reload failed, serving on: %s", self.config.node, exc)
+            marker.unlink(missing_ok=True)
+            _stop_stand_in(stand_in)
+            if self._watchdog is not None:
+                sd_notify(f"WATCHDOG_USEC={os.environ.get('WATCHDOG_USEC', '')}")
+
+    def _handoff_now(self) -> Handoff:
+        vhids = {
+            vhid.name: {
+                "state": vhid.machine.state.value,
+                "since": vhid.machine.since,
+                "reason": vhid.machine.reason,
+                "vip_ifname": vhid.vip_ifname,
+                "addresses": [str(a) for a in vhid.entry.addresses],
+            }
+            for vhid in self.vhids.values()
+            if vhid.machine.state is not State.INIT
+        }
+        return Handoff(time.monotonic(), None, self.demotion.as_dict(), vhids)
+
+    def _fork_stand_in(self) -> int | None:
+        """Fork the process that advertises for the masters while the new image starts; its
+        pid (None when no vhid is master here)."""
+        plan = []
+        for vhid in self.vhids.values():
+            m = vhid.machine
+            interval = m.advert_interval
+            packets = m.next_adverts(math.ceil(STAND_IN_SECONDS / interval) + 1)
+            if not packets or m.deadline is None:
+                continue
+            iface = self.interfaces[vhid.ifname]
+            sock = self.vmac_socks.get(vhid.entry.vhid, iface.sock)
+            ipv4 = [encode_ipv4(iface.srcip, packet) for packet in packets]
+            plan.append((sock, ipv4, m.deadline, interval))
+        if not plan:
+            return None
+        pid = os.fork()
+        if pid == 0:
+            _stand_in(plan, time.monotonic() + STAND_IN_SECONDS)
+        return pid
+
+    async def _resumable(self) -> dict[str, Resume]:
+        """The vhids the hand-off of the previous image lets this one resume (none without a
+        hand-off, or with a stale one); the masters that may not resume lose their handed
+        addresses (they start as at boot, or are no longer configured)."""
+        handoff = self._handoff
+        if handoff is None:
+            return {}
+        fresh = self._handoff_fresh
+        if not fresh:
+            log.warning("reload: the hand-off is stale: starting as at boot")
+            _stop_stand_in(handoff.stand_in)
+        resumed: dict[str, Resume] = {}
+        for name, item in handoff.vhids.items():
+            vhid = next((v for v in self.vhids.values() if v.name == name), None)
+            state = State(item["state"])
+            ok = (
+                fresh
+                and vhid is not None
+                and vhid.vip_ifname == item["vip_ifname"]
+                and item["addresses"] == [str(a) for a in vhid.entry.addresses]
+            )
+            if ok:
+                try:
+                    present = await self._in_thread(_present, item["vip_ifname"], item["addresses"])
+                except (HafsError, NetlinkError, OSError):
+                    present = None
+                ok = present == (state is State.MASTER)
+            if ok:
+                resumed[name] = Resume(state, float(item["since"]), str(item["reason"]))
+                continue
+            log.warning(
+                "reload: vhid %s (%s) cannot resume: starting it as at boot", name, state.value
+            )
+            if state is State.MASTER and self.manage_addresses:
+                for address in item["addresses"]:
+                    with contextlib.suppress(HafsError, NetlinkError, OSError):
+                        await self._in_thread(
+                            linux.remove_vip, item["vip_ifname"], IPv4Address(address)
+                        )
+        return resumed
+
+    def _resume(self, resumed: dict[str, Resume]) -> None:
+        """Resume the handed-over vhids (masters advertise now), then stop the stand-in."""
+        handoff = self._handoff
+        if handoff is None:
+            return
+        self._handoff = None
+        for vhid in self.vhids.values():
+            event = resumed.get(vhid.name)
+            if event is None:
+                continue
+            self._handle(vhid, DemotionChanged(self.demotion.total))
+            self._handle(vhid, event)
+            vhid.started = True
+            log.info(
+                "vhid %s: resumed %s after a reload, %.2fs after the hand-off",
+                vhid.name,
+                event.state.value,
+                time.monotonic() - handoff.written,
+            )
+        _stop_stand_in(handoff.stand_in)
+        if self._watchdog is not None:
+            sd_notify(f"WATCHDOG_USEC={os.environ.get('WATCHDOG_USEC', '')}")
 
     # --- events in -----------------------------------------------------------------------
 
@@ -774,6 +975,7 @@ class Agent:
             "node": self.config.node,
             "pid": os.getpid(),
             "started": self.started_at,
+            "reloadable": True,  # SIGHUP re-executes in place (an older agent would die of it)
             "demotion": self.demotion.as_dict(),
             "drops": dict(self.drops),
             "hooks_running": self.hooks.running,
@@ -783,6 +985,121 @@ class Agent:
             },
             "vhids": vhids,
         }
+
+
+@dataclass(frozen=True)
+class Handoff:
+    """What one agent image hands the next on a reload (in :data:`HANDOFF_ENV`, as JSON):
+    when (monotonic, one clock across the exec), the stand-in's pid, the demotion
+    (:meth:`Demotion.as_dict`) and, per vhid name, its state, since, reason, VIP interface
+    and addresses."""
+
+    written: float
+    stand_in: int | None
+    demotion: dict[str, Any]
+    vhids: dict[str, dict[str, Any]]
+
+    def dumps(self) -> str:
+        return json.dumps(
+            {
+                "written": self.written,
+                "stand_in": self.stand_in,
+                "demotion": self.demotion,
+                "vhids": self.vhids,
+            }
+        )
+
+    @classmethod
+    def loads(cls, text: str) -> Handoff:
+        """Parse :meth:`dumps`; ValueError (or KeyError, TypeError) when it is not one."""
+        data = json.loads(text)
+        stand_in = data["stand_in"]
+        if stand_in is not None and not isinstance(stand_in, int):
+            raise TypeError(f"stand_in: {stand_in!r}")
+        Demotion().restore(data["demotion"])  # checks it
+        vhids = data["vhids"]
+        for item in vhids.values():
+            if State(item["state"]) is State.INIT:
+                raise ValueError("state: INIT is never handed over")
+            float(item["since"])
+            if not isinstance(item["vip_ifname"], str) or not isinstance(item["addresses"], list):
+                raise TypeError(f"vhid entry {item!r}")
+        return cls(float(data["written"]), stand_in, data["demotion"], vhids)
+
+    def fresh(self, master_down: float) -> bool:
+        """Has nobody taken over meanwhile: the stand-in still advertises, or the last
+        adverts of the previous image are less than ``master_down`` seconds old?"""
+        if self.stand_in is not None:
+            try:
+                pid, _ = os.waitpid(self.stand_in, os.WNOHANG)
+            except ChildProcessError:
+                pid = self.stand_in  # not ours, or reaped already
+            if pid == 0:
+                return True
+        return time.monotonic() - self.written < master_down
+
+
+def take_handoff() -> Handoff | None:
+    """The hand-off of the previous image (None if this start is not a reload), removed
+    from the environment so that hooks and a later exec do not see it."""
+    text = os.environ.pop(HANDOFF_ENV, None)
+    if text is None:
+        return None
+    try:
+        return Handoff.loads(text)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        log.warning("reload: the hand-off is unreadable (%s): starting as at boot", exc)
+        return None
+
+
+def _present(ifname: str, addresses: list[str]) -> bool | None:
+    """True if every address is on ``ifname``, False if none is, None otherwise."""
+    here = {str(a.interface.ip) for a in linux.ipv4_addresses(ifname)}
+    found = [a in here for a in addresses]
+    return True if all(found) else False if not any(found) else None
+
+
+def _stand_in(
+    plan: list[tuple[linux.CarpSocket, list[bytes], float, float]], until: float
+) -> NoReturn:
+    """The forked stand-in: send each master's prepared adverts (socket, packets, first
+    due, interval) on its schedule until ``until`` or SIGTERM; nothing else (no logging, no
+    loop: the parent had threads), every other descriptor closed (a listening port would keep
+    the new image from binding it)."""
+    try:
+        signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL)
+        keep = {sock.fileno() for sock, *_ in plan}
+        for name in os.listdir("/proc/self/fd"):
+            fd = int(name)
+            if fd > 2 and fd not in keep:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        queue = [(due, i, 0) for i, (_, _, due, _) in enumerate(plan)]
+        heapq.heapify(queue)
+        while queue:
+            due, i, n = heapq.heappop(queue)
+            if due > until:
+                break
+            time.sleep(max(0.0, due - time.monotonic()))
+            sock, packets, _, interval = plan[i]
+            with contextlib.suppress(OSError):
+                sock.send(packets[n])
+            if n + 1 < len(packets):
+                heapq.heappush(queue, (due + interval, i, n + 1))
+    finally:
+        os._exit(0)
+
+
+def _stop_stand_in(pid: int | None) -> None:
+    """End the stand-in (by its pid: it is this process's child) and reap it."""
+    if pid is None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
 
 
 def machine_config(config: AgentConfig, entry: VhidEntry) -> VhidConfig | VrrpConfig:

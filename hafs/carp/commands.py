@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
+import signal
 import socket
 import sys
 import time
@@ -64,8 +66,58 @@ def start(config: AgentConfig, log_level: str, **options: Any) -> int:
     return 0
 
 
+RELOAD_WAIT = 30.0  # seconds a reload may take beyond the hooks' timeout
+
+
+def reload_agent(config: AgentConfig, as_json: bool = False) -> int:
+    """``hafs agent --reload`` (systemd's ExecReload): SIGHUP the running agent, wait until
+    its new image answers, and report each vhid's state before and after; 0 if every vhid
+    kept its state, 1 if one changed or the agent did not come back."""
+    path = config.control_socket
+    before = control.request(path, {"op": "status"})
+    if not before.get("reloadable"):
+        raise control.ControlError(
+            f"the running agent (pid {before['pid']}) predates reloads (SIGHUP would kill it): "
+            "restart it once instead, one node at a time (systemctl restart hafs-agent)"
+        )
+    began = time.monotonic()
+    os.kill(before["pid"], signal.SIGHUP)
+    deadline = began + config.hook_timeout + RELOAD_WAIT
+    while True:
+        time.sleep(0.1)
+        with contextlib.suppress(control.ControlError):  # between the two images
+            after = control.request(path, {"op": "status"})
+            if after["started"] != before["started"]:
+                break
+        if time.monotonic() > deadline:
+            raise control.ControlError(
+                f"the agent (pid {before['pid']}) did not come back from its reload within "
+                f"{deadline - began:.0f}s: see its log"
+            )
+    took = time.monotonic() - began
+    states = {v["vhid"]: v["state"] for v in after["vhids"]}
+    rows = [
+        {"vhid": v["vhid"], "interface": v["interface"], "before": v["state"],
+         "after": states.get(v["vhid"])}
+        for v in before["vhids"]
+    ]  # fmt: skip
+    kept = all(r["before"] == r["after"] for r in rows)
+    if as_json:
+        print(json.dumps({"pid": after["pid"], "seconds": round(took, 3), "vhids": rows}))
+    else:
+        print(f"agent {config.node} (pid {after['pid']}) reloaded in {took:.2f}s")
+        for r in rows:
+            verdict = "kept" if r["before"] == r["after"] else f"now {r['after']}"
+            print(f"vhid {r['vhid']}@{r['interface']}: {r['before']} {verdict}")
+    return 0 if kept else 1
+
+
 def cmd_agent(args: argparse.Namespace) -> int:
     config = agentconf.load(args.config)
+    if args.reload and args.cleanup:
+        raise HafsError("--reload, --cleanup: give one of them")
+    if args.reload:
+        return reload_agent(config, args.json)
     if args.cleanup:
         from hafs.carp.agent import cleanup
 
@@ -302,7 +354,8 @@ def register(sub: Any) -> None:
         help="run the CARP agent (every vhid of this node in one process)",
         description="Run the Linux CARP agent: FreeBSD-compatible CARP for every vhid of "
         "the config, VIPs managed with netlink, hooks run asynchronously, control socket for "
-        "hafs status/demote. SIGTERM as master bows out so backups take over at once.",
+        "hafs status/demote. SIGTERM as master bows out so backups take over at once; "
+        "SIGHUP (--reload) re-executes it in place, keeping its VIPs: nothing moves.",
     )
     p.add_argument("--config", default="/etc/hafs/agent.toml", help="config file, mode 0600")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
@@ -312,6 +365,14 @@ def register(sub: Any) -> None:
         help="remove this config's VIPs and virtual-MAC interfaces, then exit "
         "(systemd's ExecStopPost, after a crash)",
     )
+    p.add_argument(
+        "--reload",
+        action="store_true",
+        help="make the running agent re-execute itself (new code and config) keeping its "
+        "VIPs and states, and wait for it; exit 1 if a vhid changed state (systemd's "
+        "ExecReload)",
+    )
+    p.add_argument("--json", action="store_true", help="with --reload: print JSON")
     p.set_defaults(func=cmd_agent)
 
     _ucarp_parser(sub)

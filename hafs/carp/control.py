@@ -8,6 +8,11 @@ VRRPv3 priority, is X at run time: ``hafs move`` made NODE its best carrier), ``
 "move", "vhid": N}`` (back to its configured rank).
 Answers: ``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}``. The socket is created
 0600 in a 0700 directory: only root (the agent's user) can demote the node.
+
+While the agent re-executes itself (a reload) nothing listens for a moment; the agent says so
+with a marker beside the socket (:func:`reload_marker`), and :func:`request` waits for the new
+image instead of reporting an agent that does not answer (the service daemon would take that
+for a dead agent and stop serving its VIPs).
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ import asyncio
 import json
 import os
 import socket
+import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hafs.errors import HafsError
@@ -25,6 +32,7 @@ if TYPE_CHECKING:
 
 MAX_REQUEST = 4096
 CLIENT_TIMEOUT = 5.0
+RELOAD_SECONDS = 60.0  # the longest a reload may take; an older marker is stale
 
 
 class ControlError(HafsError):
@@ -115,25 +123,38 @@ async def serve(agent: Agent, path: str) -> asyncio.AbstractServer:
         os.umask(old_umask)
 
 
-def request(path: str, message: dict[str, Any]) -> dict[str, Any]:
-    """Send one request to the agent at ``path`` and return its answer."""
+def reload_marker(path: str) -> Path:
+    """The file whose presence says that the agent of socket ``path`` is reloading."""
+    return Path(f"{path}.reloading")
+
+
+def reloading(path: str) -> bool:
+    """Is the agent of socket ``path`` re-executing itself (a marker younger than
+    :data:`RELOAD_SECONDS`)?"""
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(CLIENT_TIMEOUT)
-            sock.connect(path)
-            sock.sendall(json.dumps(message).encode() + b"\n")
-            data = b""
-            while not data.endswith(b"\n"):
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
-    except FileNotFoundError:
-        raise ControlError(
-            f"no agent socket at {path}: is `hafs agent` running? (--socket PATH)"
-        ) from None
-    except OSError as exc:
-        raise ControlError(f"agent socket {path}: {exc.strerror or exc}") from None
+        return time.time() - reload_marker(path).stat().st_mtime < RELOAD_SECONDS
+    except OSError:
+        return False
+
+
+def request(path: str, message: dict[str, Any]) -> dict[str, Any]:
+    """Send one request to the agent at ``path`` and return its answer (waiting for the new
+    image while the agent reloads)."""
+    while True:
+        try:
+            data = _exchange(path, message)
+        except FileNotFoundError:
+            if not reloading(path):
+                raise ControlError(
+                    f"no agent socket at {path}: is `hafs agent` running? (--socket PATH)"
+                ) from None
+        except OSError as exc:
+            if not reloading(path):
+                raise ControlError(f"agent socket {path}: {exc.strerror or exc}") from None
+        else:
+            if data or not reloading(path):
+                break
+        time.sleep(0.05)
     try:
         reply: dict[str, Any] = json.loads(data)
     except ValueError:
@@ -141,3 +162,18 @@ def request(path: str, message: dict[str, Any]) -> dict[str, Any]:
     if not reply.get("ok"):
         raise ControlError(f"agent refused: {reply.get('error')}")
     return reply
+
+
+def _exchange(path: str, message: dict[str, Any]) -> bytes:
+    """One request line out, the answer line in (empty if the agent closed first)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(CLIENT_TIMEOUT)
+        sock.connect(path)
+        sock.sendall(json.dumps(message).encode() + b"\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    return data

@@ -57,6 +57,11 @@ class HookRunner:
         for command in commands:
             queue.put_nowait(command)
 
+    @property
+    def busy(self) -> bool:
+        """Does a hook run, or wait to run?"""
+        return self.running > 0 or any(not q.empty() for q in self._queues.values())
+
     async def drain(self, timeout: float) -> None:
         """Wait (at most ``timeout`` s) until every queued hook has run."""
         waits = [asyncio.create_task(q.join()) for q in self._queues.values()]

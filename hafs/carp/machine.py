@@ -62,6 +62,14 @@ Leaving MASTER emits RemoveVips after the Transition. ``LinkDown`` sends any sta
 first sends one bow-out advert so the backups take over at once, and the machine then ignores
 every later event.
 
+A reload hands a vhid over from one agent process to the next (the agent re-executes itself,
+same pid, VIPs left in place). Before, ``next_adverts`` gives the adverts a master would send
+next, for the stand-in that sends them while the new image starts; after, the new machine
+gets ``Resume(state, since, reason)`` while INIT and is that state again at once, with no
+Transition (its hooks ran when it was first entered, and smbd serves on): a master
+advertises now and keeps its rhythm, a backup starts its master-down timer now. Resume in any
+other state is ignored; the agent decides whether a hand-off is fresh enough to resume.
+
 Demotion is host-wide and belongs to the agent, as in FreeBSD: it adds 240 while any CARP
 interface is down (and while adverts fail to send), lets hooks and operators raise or lower
 it, and tells every machine the new total with ``DemotionChanged``. A master advertises at once
@@ -394,7 +402,24 @@ class Shutdown:
     """Graceful stop: a master bows out; afterwards the machine ignores every event."""
 
 
-Event = LinkUp | LinkDown | AdvertReceived | Timeout | DemotionChanged | Reranked | Shutdown
+@dataclass(frozen=True)
+class Resume:
+    """A reload: the previous agent process held this vhid in ``state`` (MASTER or BACKUP)
+    since ``since`` (monotonic, the same clock across the re-exec) for ``reason``, and left
+    its VIPs as they were. Only an INIT machine resumes."""
+
+    state: State
+    since: float
+    reason: str
+
+    def __post_init__(self) -> None:
+        if self.state is INIT:
+            raise ValueError("state: only MASTER or BACKUP can be resumed")
+
+
+Event = (
+    LinkUp | LinkDown | AdvertReceived | Timeout | DemotionChanged | Reranked | Shutdown | Resume
+)
 
 
 # Actions: what the agent must do, in the order given.
@@ -466,6 +491,7 @@ class _Input(enum.Enum):
     HEARD_DOOMED = enum.auto()  # slower than T(3*advbase, S), preempt off: it will time out
     HEARD_BYSTANDER = enum.auto()  # slower than us, from a second master while we follow a better
     HEARD_RESIGNED = enum.auto()  # a VRRP master bows out (priority 0)
+    RESUME = enum.auto()  # a reload hands over MASTER or BACKUP (from INIT only)
 
 
 class _Effect(enum.Enum):
@@ -603,6 +629,8 @@ class VhidMachine:
             self._stopped = True
         if kind is None:
             return []
+        if isinstance(event, Resume):
+            return self._resume(now, event)
         heard = None
         if isinstance(event, AdvertReceived):
             heard = (event.source, event.advert, self._config.rank(event.advert, event.source))
@@ -645,6 +673,8 @@ class VhidMachine:
                 return self._rank_changed(changed)
             case Shutdown():
                 return _Input.SHUTDOWN
+            case Resume():
+                return _Input.RESUME if self._state is INIT else None
             case AdvertReceived(advert=advert):
                 self._adverts_received += 1
                 if isinstance(advert, Advert):  # only CARP counts adverts
@@ -711,6 +741,21 @@ class VhidMachine:
         else:
             actions.append(self._set_timer(None))
         return actions
+
+    def _resume(self, now: float, event: Resume) -> list[Action]:
+        """Be ``event.state`` again without a Transition: the VIPs and the hooks' work are
+        as the previous process left them."""
+        self._state, self._since, self._reason = event.state, event.since, event.reason
+        if event.state is MASTER:
+            return [self._advert(), self._set_timer(now + self.advert_interval)]
+        return [self._set_timer(now + self._master_down(None))]
+
+    def next_adverts(self, count: int) -> list[bytes]:
+        """The ``count`` adverts this master would send next (none unless MASTER), for the
+        stand-in that sends them while the agent re-executes itself; counted as sent."""
+        if self._state is not MASTER or self._stopped:
+            return []
+        return [self._advert().packet for _ in range(count)]
 
     def _stay(
         self,

@@ -30,6 +30,12 @@ Files, each rendered by :mod:`hafs.render` (what ``hafs render`` prints):
     see :mod:`hafs.deploy.common` (FreeBSD's default ``PermitRootLogin no`` becomes
     ``forced-commands-only``: replication logs in as root with forced-command keys).
 
+Rolling: ``service netif restart`` drops the node's CARP addresses (its VIPs fail over to
+their backups), so it runs only when the node's interface lines changed, on one node at a
+time (pyinfra's ``_serial``), and, where the node takes its VIPs back (preempt), not before
+each VIP homed here is MASTER here again: the next node's restart never drops a VIP whose home
+is still away.
+
 Samba comes from pkg but no global ``samba_server`` is enabled: ``hafs event`` runs one smbd
 per VIP. hafs's own dependencies with native code come from pkg too (PyPI has no FreeBSD
 wheels), so the venv sees the system site-packages.
@@ -46,6 +52,7 @@ from pyinfra.operations.freebsd import pkg
 from pyinfra.operations.util import any_changed
 
 from hafs import render
+from hafs.cluster import Cluster, Node
 from hafs.deploy import common, ops
 from hafs.deploy.facts import parse_assignment
 
@@ -65,6 +72,7 @@ RC_SCRIPT = "/usr/local/etc/rc.d/hafs_service"
 RC_SCRIPT_SOURCE = common.SOURCE / "hooks" / "hafs_service.rc"
 DEMOTE_SCRIPT = "/usr/local/etc/rc.d/hafs_demote"
 DEMOTE_SCRIPT_SOURCE = common.SOURCE / "hooks" / "hafs_demote.rc"
+HOME_AGAIN_TIMEOUT = 180  # seconds a node's VIPs may take to come home after a netif restart
 NETIF_HEADER = (
     "# hafs: the interfaces and CARP addresses of {node}, as `hafs render {node} rc.conf`\n"
     "# prints them. It holds the CARP pass: keep it 0600. rc.d/netif reads this file after\n"
@@ -80,6 +88,20 @@ def assignments(text: str) -> list[tuple[str, str, str]]:
         if parsed is not None:
             result.append((line, *parsed))
     return result
+
+
+def home_again(cluster: Cluster, node: Node) -> list[str]:
+    """Commands that wait until every VIP homed at ``node`` is MASTER here again (ifconfig(8)
+    prints ``carp: MASTER vhid N advbase B advskew S``); none when the node does not preempt
+    (it never takes its VIPs back by itself)."""
+    if not node.preempt:
+        return []
+    return [
+        f"timeout {HOME_AGAIN_TIMEOUT} sh -c 'until ifconfig {node.interface} | "
+        f'grep -q "carp: MASTER vhid {vip.vhid} "; do sleep 1; done\''
+        for vip in cluster.vips
+        if vip.home == node.name
+    ]
 
 
 @deploy("hafs FreeBSD node")
@@ -148,15 +170,22 @@ def freebsd_node(target: common.Target) -> None:
         ops.sysctl_value(name=f"sysctl {key}", key=key, value=value)
     server.shell(name="devd restarted", commands=["service devd restart"], _if=devd.did_change)
     common.zfs_layout(cluster=cluster, node=node, settings=settings)
-    server.shell(
-        name="hafs service daemon (re)started",
+    server.shell(  # it quiesces the VIPs held here for a moment: one node at a time
+        name="hafs service daemon (re)started, one node at a time",
         commands=["service hafs_service restart"],
         _if=any_changed(rc_script, hafs_install),
+        _serial=True,
     )
     # Last, as it may briefly cut this very connection. Routes too: netif's own
     # `routing static any <if>` re-adds only routes tagged :<if>, not the default route.
+    # One node at a time, each waiting for its VIPs to come home (see the module).
     server.shell(
-        name=f"{node.interface} and routes reconfigured",
-        commands=[f"service netif restart {node.interface}", "service routing restart"],
+        name=f"{node.interface} and routes reconfigured, one node at a time",
+        commands=[
+            f"service netif restart {node.interface}",
+            "service routing restart",
+            *home_again(cluster, node),
+        ],
         _if=netif.did_change,
+        _serial=True,
     )

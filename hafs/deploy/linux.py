@@ -6,8 +6,16 @@
 - ``/etc/hafs/cluster.json`` and the replication keys (see :mod:`hafs.deploy.common`);
 - ``/etc/hafs/agent.toml``, mode 0600 (it holds the CARP pass), as
   :func:`hafs.agentconf.render` (``hafs render <node> agent.toml``) prints it;
-- ``hafs-agent.service`` from the checkout's ``hooks/``, enabled; restarted when its
-  config, its unit or hafs changed;
+- ``hafs-agent.service`` from the checkout's ``hooks/``, enabled; *reloaded* (never
+  restarted) when its config, its unit or hafs changed: ``hafs agent --reload`` re-executes
+  it in place, so its VIPs stay and no backup takes over (a restart would bow out: every VIP
+  here would fail over and back);
+- ``/etc/tmpfiles.d/hafs.conf``: ``/run/hafs`` belongs to no unit (the agent's socket, the
+  service daemon's locks and markers, each smbd's volatile dirs), so no unit's stop wipes it;
+  each VIP's smbd runs in a scope of its own (``hafs-smbd.slice``), so stopping the unit that
+  started it never kills it;
+- ``hafs-service.service``, enabled; reloaded (it re-executes itself, quiescing nothing)
+  when its unit or hafs changed;
 - the distribution's global smbd/nmbd disabled: ``hafs event`` runs one smbd per VIP, bound
   to that VIP (a global smbd on all addresses would take the port first).
 
@@ -21,7 +29,7 @@ from io import StringIO
 from pyinfra.api.deploy import deploy
 from pyinfra.context import host
 from pyinfra.facts.deb import DebPackages
-from pyinfra.operations import apt, files, systemd
+from pyinfra.operations import apt, files, server, systemd
 from pyinfra.operations.util import any_changed
 
 from hafs import agentconf
@@ -32,6 +40,8 @@ UNIT = "hafs-agent.service"
 UNIT_SOURCE = common.SOURCE / "hooks" / UNIT
 SERVICE_UNIT = "hafs-service.service"
 SERVICE_UNIT_SOURCE = common.SOURCE / "hooks" / SERVICE_UNIT
+TMPFILES = "/etc/tmpfiles.d/hafs.conf"
+TMPFILES_SOURCE = common.SOURCE / "hooks" / "hafs-tmpfiles.conf"
 AGENT_CONFIG = "/etc/hafs/agent.toml"
 DISTRO_SAMBA = ("smbd.service", "nmbd.service")
 
@@ -74,6 +84,7 @@ def linux_node(target: common.Target) -> None:
         mode="644",
     )
     ops.unit_enabled(name=f"{SERVICE_UNIT} enabled", unit=SERVICE_UNIT)
+    runtime = files.put(name=TMPFILES, src=str(TMPFILES_SOURCE), dest=TMPFILES, mode="644")
     sshd = common.replication_keys(cluster=cluster, node=node)
 
     if not settings.start_services:
@@ -82,19 +93,25 @@ def linux_node(target: common.Target) -> None:
     for distro_unit in DISTRO_SAMBA:
         systemd.service(name=f"{distro_unit} stopped", service=distro_unit, running=False)
     common.zfs_layout(cluster=cluster, node=node, settings=settings)
+    server.shell(
+        name="/run/hafs created",
+        commands=[f"systemd-tmpfiles --create {TMPFILES}"],
+        _if=runtime.did_change,
+    )
     systemd.daemon_reload(name="systemd reloaded", _if=any_changed(unit, service_unit))
-    systemd.service(
-        name=f"{UNIT} restarted",
+    systemd.service(  # only if it runs (else the next operation starts it): see the module
+        name=f"{UNIT} reloaded",
         service=UNIT,
-        running=True,
-        restarted=True,
+        running=None,
+        reloaded=True,
         _if=any_changed(config, unit, hafs_install),
     )
     systemd.service(name=f"{UNIT} running", service=UNIT, running=True)
     systemd.service(
-        name=f"{SERVICE_UNIT} restarted",
+        name=f"{SERVICE_UNIT} reloaded",
         service=SERVICE_UNIT,
-        running=True,
-        restarted=True,
+        running=None,
+        reloaded=True,
         _if=any_changed(service_unit, hafs_install),
     )
+    systemd.service(name=f"{SERVICE_UNIT} running", service=SERVICE_UNIT, running=True)

@@ -104,6 +104,8 @@ def _node_action(action: str) -> Any:
         began = time.monotonic()
         if action == "start":
             lab.start(args.node, progress)
+        elif action == "reload":
+            print(lab.reload(args.node), end="")
         else:
             getattr(lab, action)(args.node)
         progress(f"{action} {args.node}: done in {time.monotonic() - began:.1f}s")
@@ -131,6 +133,7 @@ NODE_ACTIONS = {
     "heal": "plug the node's cable back in (this also ends an isolation)",
     "isolate": "the switch drops the node's traffic; the node keeps its link up and hears nobody",
     "rejoin": "the switch forwards the node's traffic again (after isolate)",
+    "reload": "reload the node's daemons in place, as a deploy does: its VIPs stay served",
 }
 
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import signal
+import subprocess
 import time
 from ipaddress import IPv4Interface
 from pathlib import Path
@@ -43,6 +44,7 @@ from hafs.errors import HafsError
 from hafs.lab.boot import NodeBoot, Progress, check_programs
 from hafs.lab.netns import Lab, LabError, Netns, cleanup, list_namespaces
 from hafs.lab.status import LabStatus
+from hafs.lab.supervise import HAFS
 
 
 def _quiet(message: str) -> None:
@@ -208,6 +210,24 @@ class ClusterLab(NodeBoot, LabStatus):
         except BaseException:
             self._kill_netns(self.node_state(node)["ns"])  # no half-booted node
             raise
+
+    def reload(self, node: str) -> str:
+        """What a deploy does to a changed node: the service daemon and the agent re-execute
+        themselves in place (SIGHUP; ``hafs agent --reload``), quiescing nothing and keeping
+        the VIPs; the agent's report, or LabError."""
+        if self.node_state(node)["impl"] != "hafs":
+            raise LabError(f"node {node} runs stock ucarp: it has no hafs agent to reload")
+        service = self.service(node)
+        if service is not None:
+            service.signal(signal.SIGHUP)
+        config = self.dir / node / "agent.toml"
+        argv = [*HAFS, "agent", "--config", str(config), "--reload"]
+        proc = subprocess.run(
+            [*self.enter(node), *argv], capture_output=True, text=True, check=False
+        )
+        if proc.returncode != 0:
+            raise LabError(f"{node}: agent reload: {(proc.stdout + proc.stderr).strip()}")
+        return proc.stdout
 
     def partition(self, node: str) -> None:
         """Cut the node's cable: it loses carrier, and its daemons see the link go down."""

@@ -12,15 +12,19 @@ Started while the node is held demoted ("resync": ``start_demoted`` in agent.tom
 replica up to date from those holders and asks them to hand over the VIPs this node will
 preempt, then releases the demotion. On SIGTERM it quiesces the VIPs
 it holds and sends the final incremental to every carrier before the CARP daemon bows out,
-so a graceful stop loses nothing.
+so a graceful stop loses nothing. On SIGHUP (a reload: a deploy that changed hafs) it ends
+its round and re-executes itself, same pid, quiescing nothing: the new image finds the VIPs
+served, their smbd running and its state in /run/hafs, and carries on.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -54,6 +58,7 @@ class ServiceDaemon:
         self.config_bytes = self._read_config()
         self.demotion = demotion.for_node(self.config.agent_socket)
         self.stopping = threading.Event()
+        self.reloading = False
         self.report: dict[str, Any] = {}
         self.membership: Membership | None = None
         self.lost_quorum = False
@@ -107,6 +112,7 @@ class ServiceDaemon:
     def run(self) -> None:
         signal.signal(signal.SIGTERM, lambda *_: self.stopping.set())
         signal.signal(signal.SIGINT, lambda *_: self.stopping.set())
+        signal.signal(signal.SIGHUP, lambda *_: self.reload_requested())
         log.info(
             "service daemon on %s: %d VIP(s), every %.0fs",
             self.config.node,
@@ -132,7 +138,27 @@ class ServiceDaemon:
             self.stopping.wait(
                 max(0.5, self.config.replication_interval - (time.monotonic() - began))
             )
+        if self.reloading:
+            self.reexec()
         self.shutdown()
+
+    def reload_requested(self) -> None:
+        self.reloading = True
+        self.stopping.set()
+
+    def reexec(self) -> None:
+        """Replace this process with a fresh image of itself (new code, same pid): nothing
+        is quiesced or stepped down. Raises ServiceError if the exec fails (the supervisor
+        then starts the daemon again, which quiesces nothing either)."""
+        argv = [sys.executable, *sys.orig_argv[1:]]
+        self.services.receivers.close_all()  # the new image starts its own; none left unreaped
+        log.info("reloading: re-executing %s", " ".join(argv))
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        try:
+            os.execv(sys.executable, argv)
+        except OSError as exc:
+            raise ServiceError(f"reload: cannot re-execute {sys.executable}: {exc}") from exc
 
     # --- the pool's health (hafs.service.health) -------------------------------------------------
 

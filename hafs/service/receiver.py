@@ -34,6 +34,7 @@ import collections
 import contextlib
 import json
 import logging
+import math
 import os
 import select
 import subprocess
@@ -286,6 +287,10 @@ class Receivers:
             closing = [self.sessions.pop(k) for k in idle]
         for session in closing:
             session.close()
+
+    def close_all(self) -> None:
+        """Close every session (the daemon re-executes itself)."""
+        self.close_idle(now=math.inf)
 
 
 def one_shot(

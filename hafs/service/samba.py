@@ -138,6 +138,21 @@ def start_argv(instance: SambaInstance, *, foreground: bool) -> list[str]:
     return ["smbd", mode, f"--configfile={instance.config_file}"]
 
 
+SMBD_SLICE = "hafs-smbd.slice"
+
+
+def scoped_argv(instance: SambaInstance, argv: list[str]) -> list[str]:
+    """``argv`` run by ``systemd-run`` in a transient scope of its own, in
+    :data:`SMBD_SLICE`: the unit whose process starts smbd (the agent, whose hooks take a VIP
+    over, or the service daemon, which restarts a dead smbd) may then be stopped or restarted
+    without killing the VIP's smbd and its clients' sessions (a unit's stop kills its whole
+    cgroup). The scope lives as long as the instance's processes, samba-dcerpcd included."""
+    return [
+        "systemd-run", "--scope", "--quiet", "--collect", f"--slice={SMBD_SLICE}",
+        f"--description=hafs: smbd of VIP {instance.name}", "--", *argv,
+    ]  # fmt: skip
+
+
 def stop_argvs(instance: SambaInstance) -> list[list[str]]:
     """argvs stopping the instance, in order: smbd (and its client connections), then the
     samba-dcerpcd it spawned. Either fails harmlessly ("Can't find pid") if not running."""

@@ -19,6 +19,7 @@ from hafs.service.samba import (
     SambaInstance,
     reload_argv,
     render_smb_conf,
+    scoped_argv,
     start_argv,
     stop_argvs,
 )
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("hafs.service")
 
 SMBD_READY_TIMEOUT = 10.0
+SYSTEMD_BOOTED = Path("/run/systemd/system")  # sd_booted(3): systemd is init
 SHARE_MODE = 0o2770  # setgid: new files get the shares' group
 
 
@@ -41,12 +43,19 @@ def start(services: NodeServices, vip: VipService) -> None:
     users.sync_node_users(services.config)  # first: the shares' group
     lay_out(vip, instance)
     users.sync_passdb(services.config, instance)
-    subprocess.run(start_argv(instance, foreground=False), check=True, capture_output=True)
+    subprocess.run(launch_argv(instance), check=True, capture_output=True)
     deadline = time.monotonic() + SMBD_READY_TIMEOUT
     while not host.listens(vip.address):
         if time.monotonic() > deadline:
             raise ServiceError(f"{vip.name}: smbd does not listen on {vip.address}:445")
         time.sleep(0.02)
+
+
+def launch_argv(instance: SambaInstance) -> list[str]:
+    """How this node starts the instance's smbd: ``smbd -D``, in a scope of its own when
+    systemd is init (a lab node has none: -D detaches it from the lab's daemons already)."""
+    argv = start_argv(instance, foreground=False)
+    return scoped_argv(instance, argv) if SYSTEMD_BOOTED.is_dir() else argv
 
 
 def lay_out(vip: VipService, instance: SambaInstance) -> bool:

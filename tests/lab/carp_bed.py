@@ -230,9 +230,10 @@ class CarpBed:
 
 
 @contextlib.contextmanager
-def running_bed(tmp: Path) -> Iterator[CarpBed]:
-    """A bed in a fresh lab; every process it started is stopped, every namespace removed."""
-    with Lab(new_prefix()) as lab:
+def running_bed(tmp: Path, prefix: str | None = None) -> Iterator[CarpBed]:
+    """A bed in a fresh lab (named ``prefix``, default a fresh ``hafs-t`` one); every process
+    it started is stopped, every namespace removed."""
+    with Lab(prefix or new_prefix()) as lab:
         bed = CarpBed(lab, tmp)
         try:
             yield bed

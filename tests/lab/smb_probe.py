@@ -11,6 +11,9 @@
   ``<n> <sha256>`` per acknowledged file, then the refusal's NT status on stderr;
 - ``remove`` deletes every file of the share's top directory named PATH.<something>;
 - ``login`` connects once: exit 0 if the server accepts USER/PASSWORD, 3 if it refuses;
+- ``session SECONDS`` opens one session and, through it, writes PATH.<n> and reads it back
+  every 0.2 s, printing ``<n> <monotonic time>`` per round trip; any failure ends it with
+  exit 1 (the session did not survive);
 - ``idle SECONDS`` opens a session, prints ``connected``, then sends nothing and prints
   ``<monotonic time> reset`` when the server side resets the connection (tickle ACKs), or
   ``<monotonic time> closed`` on an orderly close; exit 1 if neither came within SECONDS.
@@ -133,6 +136,22 @@ def main() -> int:
         except OSError as exc:
             print(exc, file=sys.stderr)
             return 3
+    elif verb == "session":
+        conn = connect(vip, user, password)
+        end = time.monotonic() + float(rest[0])
+        n = 0
+        while time.monotonic() < end:
+            data = str(n).encode()
+            conn.storeFile(share, f"{path}.{n}", io.BytesIO(data), timeout=5)
+            back = io.BytesIO()
+            conn.retrieveFile(share, f"{path}.{n}", back, timeout=5)
+            if back.getvalue() != data:
+                print(f"{path}.{n}: read back {back.getvalue()!r}", file=sys.stderr)
+                return 1
+            print(f"{n} {time.monotonic():.3f}", flush=True)
+            n += 1
+            time.sleep(0.2)
+        conn.close()
     elif verb == "idle":
         conn = connect(vip, user, password)
         print("connected", flush=True)

@@ -216,6 +216,33 @@ def chroot(root: Path, *argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["chroot", str(root), *argv], capture_output=True, text=True, check=False)
 
 
+def settings(unit: Path) -> list[str]:
+    """A unit file's setting lines (no comments, no blank lines)."""
+    lines = [line.strip() for line in unit.read_text().splitlines()]
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def check_unit_layout(root: Path) -> None:
+    """A deploy reloads the agent (ExecReload re-executes it in place); /run/hafs is
+    tmpfiles.d's, owned by no unit, so no unit's stop wipes it (and systemd-tmpfiles creates
+    it 0700 from the file as installed)."""
+    agent = settings(root / "etc/systemd/system/hafs-agent.service")
+    reload = "ExecReload=/opt/hafs/bin/hafs agent --config /etc/hafs/agent.toml --reload"
+    assert reload in agent
+    service = settings(root / "etc/systemd/system/hafs-service.service")
+    assert "ExecReload=/bin/kill -HUP $MAINPID" in service
+    for unit in ("hafs-agent.service", "hafs-service.service"):
+        lines = settings(root / "etc/systemd/system" / unit)
+        assert not [line for line in lines if line.startswith("RuntimeDirectory")], unit
+    tmpfiles = root / "etc/tmpfiles.d/hafs.conf"
+    assert "d /run/hafs 0700 root root -" in settings(tmpfiles)
+    created = chroot(root, "systemd-tmpfiles", "--create", "/etc/tmpfiles.d/hafs.conf")
+    assert created.returncode == 0, created.stderr
+    assert (root / "run/hafs").stat().st_mode & 0o777 == 0o700
+    help_text = chroot(root, "/opt/hafs/bin/hafs", "agent", "--help").stdout
+    assert "--reload" in help_text  # the ExecReload command exists in the deployed hafs
+
+
 @pytest.mark.timeout(1800)
 def test_debian_node_deploys_then_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     require_chroot()
@@ -242,6 +269,7 @@ def test_debian_node_deploys_then_changes_nothing(monkeypatch: pytest.MonkeyPatc
         assert config.read_text() == render(cluster, cluster.node(NODE))
         wants = root / "etc/systemd/system/multi-user.target.wants/hafs-agent.service"
         assert os.readlink(wants) == "/etc/systemd/system/hafs-agent.service"
+        check_unit_layout(root)
         assert chroot(root, "systemctl", "is-enabled", "smbd.service").stdout.strip() != "enabled"
 
         version = chroot(root, "/usr/local/bin/hafs", "--version")

@@ -24,6 +24,7 @@ from hafs.carp.machine import (
     LinkUp,
     RemoveVips,
     Reranked,
+    Resume,
     SendAdvert,
     SetTimer,
     Shutdown,
@@ -645,6 +646,56 @@ def test_demoted_master_loses_to_a_preempting_backup() -> None:
     assert (link.machines["a"].state, link.machines["b"].state) == (MASTER, BACKUP)
 
 
+# A reload: the agent re-executes itself and the new machines resume.
+
+
+def test_a_master_hands_over_its_next_adverts_and_resumes_without_a_transition() -> None:
+    old = master()  # random counters 1000, 1111, ...: its first advert used 1000
+    assert old.next_adverts(2) == [advert(0, 1111).packet, advert(0, 1222).packet]
+    new = machine(random64=randoms(5000))
+    new.handle(9.0, DemotionChanged(20))
+    assert new.handle(10.0, Resume(MASTER, 3.0, "master timed out")) == [
+        advert(20, 5000),
+        SetTimer(10.0 + 1 + 20 / 256),
+    ]  # no Transition (no hooks) and no AddVips: the VIPs never left
+    assert (new.state, new.since, new.reason) == (MASTER, 3.0, "master timed out")
+    [sent, timer] = new.handle(11.078125, Timeout())
+    assert (sent, timer) == (advert(20, 5111), SetTimer(11.078125 + 1 + 20 / 256))
+
+
+def test_a_resumed_master_steps_down_to_a_better_one_as_any_master() -> None:
+    m = machine()
+    m.handle(10.0, Resume(MASTER, 3.0, "master timed out"))
+    actions = m.handle(10.5, heard(advskew=0))
+    assert actions[:2] == [
+        Transition(MASTER, BACKUP, "more frequent advertisement received"),
+        RemoveVips(VIPS),
+    ]
+
+
+def test_a_resumed_backup_waits_a_master_down_then_takes_over_with_its_hooks() -> None:
+    m = machine(advskew=100)
+    assert m.handle(10.0, Resume(BACKUP, 2.0, "initialization complete")) == [
+        SetTimer(10.0 + 3 + 100 / 256)
+    ]
+    assert m.next_adverts(3) == []
+    actions = m.handle(13.390625, Timeout())
+    assert actions[0] == Transition(BACKUP, MASTER, "master timed out")
+    assert AddVips(VIPS) in actions
+
+
+def test_resume_only_from_init() -> None:
+    running = backup()
+    assert running.handle(5.0, Resume(MASTER, 1.0, "master timed out")) == []
+    assert running.state is BACKUP
+    stopped = machine()
+    stopped.handle(1.0, Shutdown())
+    assert stopped.handle(2.0, Resume(MASTER, 1.0, "master timed out")) == []
+    assert stopped.state is INIT
+    with pytest.raises(ValueError, match=r"^state: only MASTER or BACKUP can be resumed$"):
+        Resume(INIT, 1.0, "x")
+
+
 # VRRPv3 (RFC 5798): the same machine, asked by a VrrpConfig.
 
 VRRP_VIPS = (IPv4Address("10.0.0.101"),)
@@ -858,3 +909,16 @@ def test_an_advert_of_the_other_protocol_is_a_bug_of_the_caller() -> None:
         carp.handle(1.0, vrrp_heard())
     with pytest.raises(TypeError, match=r"^a VRRPv3 machine was given Advert"):
         vrrp3.handle(1.0, heard())
+
+
+def test_vrrp_resumed_master_advertises_its_demoted_priority_at_once() -> None:
+    old = vrrp_machine(interval=10)
+    old.handle(0.0, LinkUp())
+    old.handle(old.deadline or 0.0, Timeout())
+    assert old.next_adverts(3) == [vrrp_sent(100, 10).packet] * 3
+    new = vrrp_machine(interval=10)
+    new.handle(4.9, DemotionChanged(60))
+    assert new.handle(5.0, Resume(MASTER, 0.4, "master timed out")) == [
+        vrrp_sent(40, 10),
+        SetTimer(5.1),
+    ]

@@ -1,4 +1,5 @@
-"""The FreeBSD deploy through pyinfra's fake connector: exact commands, and none when done.
+"""The FreeBSD deploy through pyinfra's fake connector: exact commands, and none when done
+(and, at the end, the Linux node's service operations: reloaded, never restarted).
 
 The example inventory (``inventory.py`` + ``group_data/``) is read by pyinfra's loader, as
 ``pyinfra inventory.py deploys/cluster.py`` reads it; every host gets pyinfra's ``@fake``
@@ -12,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from io import BytesIO, StringIO
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ from hafs.cluster import load, read_pyinfra_inventory
 from hafs.deploy import node
 from hafs.deploy.common import source_archive
 from hafs.deploy.facts import ConfAssignments
-from hafs.deploy.freebsd import NETIF_HEADER
+from hafs.deploy.freebsd import NETIF_HEADER, home_again
 from hafs.errors import HafsError
 from hafs.service import config as service_config
 
@@ -41,6 +42,7 @@ REPO = Path(__file__).resolve().parents[2]
 INVENTORY = REPO / "inventory.py"
 NODE = "ha-file-server-1"
 PEERS = ("ha-file-server-2", "ha-file-server-3", "ha-file-server-4")
+LINUX_NODE = "ha-file-server-4"
 PACKAGES = (
     "samba419",
     "python311",
@@ -91,15 +93,15 @@ def recorded(monkeypatch: pytest.MonkeyPatch) -> Recorded:
     upload = FileUploadCommand.execute
 
     def record_command(self: StringCommand, state: State, host: Any, arguments: Any) -> Any:
-        if host.name == NODE:
+        if host.name in (NODE, LINUX_NODE):
             result.commands.append(self.get_masked_value())
         return run_command(self, state, host, arguments)
 
     def record_upload(self: FileUploadCommand, state: State, host: Any, arguments: Any) -> Any:
-        if host.name == NODE:
+        if host.name in (NODE, LINUX_NODE):
             source = self.src
-            assert isinstance(source, StringIO | BytesIO)
-            data = source.getvalue()
+            assert isinstance(source, StringIO | BytesIO | str)
+            data = Path(source).read_bytes() if isinstance(source, str) else source.getvalue()
             result.commands.append(f"upload {self.dest}")
             result.uploads[self.dest] = data.encode() if isinstance(data, str) else data
         return upload(self, state, host, arguments)
@@ -128,13 +130,15 @@ def deploy(
     responses: Callable[[str], Responses],
     inventory: Path = INVENTORY,
     succeed: bool = True,
+    target: str = NODE,
     **data: Any,
 ) -> State:
-    """Run the deploy on NODE (its peers answer facts only) and return pyinfra's state."""
+    """Run the deploy on ``target`` (its peers answer facts only) and return pyinfra's
+    state."""
     state = State(fake_inventory(inventory, responses, **data), Config())  # type: ignore[no-untyped-call]
     state.cwd = str(inventory.parent)
     connect_all(state)
-    add_deploy(state, node, host=[state.inventory.get_host(NODE)])
+    add_deploy(state, node, host=[state.inventory.get_host(target)])
     run_ops(state)
     assert bool(state.failed_hosts) != succeed
     return state
@@ -203,6 +207,8 @@ def test_fresh_node_gets_exactly_these_commands(recorded: Recorded) -> None:
         "service hafs_service restart",
         "service netif restart em0",
         "service routing restart",
+        'timeout 180 sh -c \'until ifconfig em0 | grep -q "carp: MASTER vhid 1 "; do sleep 1;'
+        " done'",
     ]
 
 
@@ -441,3 +447,51 @@ def test_source_archive_is_reproducible() -> None:
     second = source_archive.__wrapped__()
     assert first.data == second.data
     assert first.name == "hafs-0.1.0.tar.gz"
+
+
+def test_restarts_go_one_node_at_a_time_and_netif_waits_for_the_vips(recorded: Recorded) -> None:
+    state = deploy(fresh, zfs_devices=["ada1"])
+    metas = [state.get_op_meta(op) for op in state.get_op_order()]  # type: ignore[no-untyped-call]
+    serial = [m for m in metas if m.global_arguments.get("_serial")]
+    assert [sorted(m.names)[0].rsplit(" | ", 1)[-1] for m in serial] == [
+        "hafs service daemon (re)started, one node at a time",
+        "em0 and routes reconfigured, one node at a time",
+    ]
+    cluster = load(INVENTORY)
+    node = cluster.node(NODE)
+    assert len(home_again(cluster, node)) == len([v for v in cluster.vips if v.home == NODE])
+    assert home_again(cluster, replace(node, preempt=False)) == []  # never takes them back
+
+
+# The Linux node (hafs.deploy.linux): what runs once the files are in place.
+
+
+def debian(running: bool) -> Callable[[str], Responses]:
+    """A Debian node whose units are running (or not), as `systemctl show` tells."""
+    units = "Id=hafs-agent.service\nSubState=running\n\nId=hafs-service.service\nSubState=running\n"
+
+    def responses(name: str) -> Responses:
+        return fresh(name) | {"systemctl show --all": units if running else ""}
+
+    return responses
+
+
+def service_commands(commands: list[str]) -> list[str]:
+    return [c for c in commands if "systemctl" in c and "hafs-" in c and "enable" not in c]
+
+
+def test_a_running_linux_agent_is_reloaded_never_restarted(recorded: Recorded) -> None:
+    deploy(debian(running=True), target=LINUX_NODE, zfs_devices=["sdb"])
+    assert service_commands(recorded.commands) == [
+        "systemctl reload hafs-agent.service",
+        "systemctl reload hafs-service.service",
+    ]
+    assert "systemd-tmpfiles --create /etc/tmpfiles.d/hafs.conf" in recorded.commands
+
+
+def test_a_linux_agent_not_running_yet_is_started_not_reloaded(recorded: Recorded) -> None:
+    deploy(debian(running=False), target=LINUX_NODE, zfs_devices=["sdb"])
+    assert service_commands(recorded.commands) == [
+        "systemctl start hafs-agent.service",
+        "systemctl start hafs-service.service",
+    ]

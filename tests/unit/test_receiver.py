@@ -99,7 +99,7 @@ def test_one_receiver_takes_every_send_whole_and_in_order(
         for i in range(3):
             send(node, f"stream{i}", base=f"s{i}")
     finally:
-        node.receivers.close_idle(now=float("inf"))
+        node.receivers.close_all()
     received = [line.split() for line in peer.received()]
     assert len({pid for pid, *_ in received}) == 1
     assert [rest for _, *rest in received] == [
@@ -123,7 +123,7 @@ def test_a_failed_receive_ends_the_session_and_the_next_send_starts_one(
         assert node.receivers.sessions == {}
         send(node, "second")
     finally:
-        node.receivers.close_idle(now=float("inf"))
+        node.receivers.close_all()
     pids = [line.split()[0] for line in peer.received()]
     assert len(pids) == 2 and pids[0] != pids[1]
 

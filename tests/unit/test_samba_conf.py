@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv6Address
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from hafs.service import smbd
 from hafs.service.samba import (
     SambaConfigError,
     SambaDirs,
@@ -200,3 +202,17 @@ def test_add_user_refuses_a_user_smbpasswd_would_misread() -> None:
         add_user_argv(instance(), "-a")
     with pytest.raises(SambaConfigError, match="user '-x'"):
         delete_user_argv(instance(), "-x")
+
+
+def test_smbd_runs_in_a_scope_of_its_own_only_under_systemd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inst = instance()
+    monkeypatch.setattr(smbd, "SYSTEMD_BOOTED", tmp_path / "absent")
+    assert smbd.launch_argv(inst) == start_argv(inst, foreground=False)  # the lab
+    monkeypatch.setattr(smbd, "SYSTEMD_BOOTED", tmp_path)
+    assert smbd.launch_argv(inst) == [
+        "systemd-run", "--scope", "--quiet", "--collect", "--slice=hafs-smbd.slice",
+        "--description=hafs: smbd of VIP vip1", "--",
+        "smbd", "--daemon", "--configfile=/run/hafs/vip1/smb.conf",
+    ]  # fmt: skip

@@ -5,7 +5,10 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
+import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -21,6 +24,7 @@ from hafs.service.cli import format_replication
 from hafs.service.config import ServiceConfig, ShareConfig, VipService
 from hafs.service.daemon import ServiceDaemon
 from hafs.service.node import Look
+from hafs.service.receiver import Receivers
 from hafs.service.replication import Pulled
 from hafs.service.runtime import ServiceError
 from hafs.service.zfs import Snapshot, ZfsError
@@ -66,6 +70,7 @@ class FakeServices:
         self.held = held
         self.smbd: int | None = None
         self.calls: list[str] = []
+        self.receivers = Receivers()  # no peer: never used
 
     def holds(self, vip: VipService) -> bool:
         return self.held
@@ -463,3 +468,28 @@ def test_a_returning_home_does_not_take_back_a_vip_moved_away_from_it(
     assert asked == ["sync vip1 n2"]
     assert holds == [("resync", 0)]
     assert services.calls == []
+
+
+def test_a_reload_re_executes_without_quiescing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGHUP: the round ends and the daemon execs itself; no step-down, no final send (a
+    stop's shutdown would quiesce every VIP held here)."""
+    services = FakeServices(start_ok=True)
+    d, _ = daemon(services)
+    monkeypatch.setattr(d, "start_membership", lambda: None)
+    execs: list[list[str]] = []
+
+    def execv(path: str, argv: list[str]) -> None:
+        execs.append(argv)
+        raise OSError("no such file")
+
+    monkeypatch.setattr(os, "execv", execv)
+    handlers: dict[int, Any] = {}
+    monkeypatch.setattr(signal, "signal", handlers.__setitem__)  # this process keeps its own
+    d.reload_requested()  # what SIGHUP does: the loop below ends at once
+    with pytest.raises(ServiceError, match=r"^reload: cannot re-execute .*: no such file$"):
+        d.run()
+    assert execs == [[sys.executable, *sys.orig_argv[1:]]]
+    assert "stepdown" not in services.calls
+    d.reloading = False
+    handlers[signal.SIGHUP]()
+    assert d.reloading  # the handler run() installed
