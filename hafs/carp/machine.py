@@ -124,8 +124,8 @@ from hafs.carp.wire import (
     COUNTER_MAX,
     MAX_SKEW,
     Advert,
+    Hmac,
     check_range,
-    encode,
     make_key,
 )
 
@@ -138,6 +138,8 @@ class State(enum.Enum):
     INIT = "INIT"
     BACKUP = "BACKUP"
     MASTER = "MASTER"
+
+    __hash__ = object.__hash__  # a member is its only instance: hashed in C, per advert
 
 
 INIT, BACKUP, MASTER = State.INIT, State.BACKUP, State.MASTER
@@ -154,6 +156,7 @@ class VhidConfig:
     passphrase: str = field(default="", repr=False)
     preempt: bool = False
     key: bytes = field(init=False, repr=False, compare=False)
+    hmac: Hmac = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         check_range("vhid", self.vhid, 1, 255)
@@ -171,6 +174,7 @@ class VhidConfig:
         except UnicodeEncodeError as exc:
             raise ValueError(f"passphrase: cannot be encoded as UTF-8 ({exc.reason})") from None
         object.__setattr__(self, "key", key)
+        object.__setattr__(self, "hmac", Hmac(key, self.vhid, addresses))
 
     @property
     def master_down(self) -> float:
@@ -220,15 +224,9 @@ class VhidConfig:
 
     def packet(self, demotion: int, bowout: bool, counter: Callable[[], int]) -> bytes:
         """The CARP header to send: our skew, or the bow-out advbase 255 / advskew 255."""
-        skew, base = (
-            (BOWOUT_ADVSKEW, BOWOUT_ADVBASE)
-            if bowout
-            else (
-                self.advertised(demotion),
-                self.advbase,
-            )
-        )
-        return encode(self.vhid, skew, base, counter(), self.key, self.addresses)
+        if bowout:
+            return self.hmac.header(BOWOUT_ADVSKEW, BOWOUT_ADVBASE, counter())
+        return self.hmac.header(self.advertised(demotion), self.advbase, counter())
 
 
 @dataclass(frozen=True)
@@ -247,6 +245,8 @@ class VrrpConfig:
     interval: int = 100
     addresses: tuple[IPv4Address, ...] = ()
     preempt: bool = True
+    # the message for each priority sent: nothing else in it changes while the config stands
+    _packets: dict[int, bytes] = field(init=False, repr=False, compare=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         check_range("vhid", self.vhid, 1, 255)
@@ -311,7 +311,11 @@ class VrrpConfig:
     def packet(self, demotion: int, bowout: bool, counter: Callable[[], int]) -> bytes:
         """The VRRP message to send (VRRP has no counter): our priority, or 0 to bow out."""
         priority = PRIORITY_BOWOUT if bowout else self.advertised(demotion)
-        return vrrp.encode(self.vhid, priority, self.interval, self.addresses, self.primary)
+        packet = self._packets.get(priority)
+        if packet is None:
+            packet = vrrp.encode(self.vhid, priority, self.interval, self.addresses, self.primary)
+            self._packets[priority] = packet
+        return packet
 
 
 Config = VhidConfig | VrrpConfig
@@ -431,6 +435,8 @@ Action = SendAdvert | AddVips | RemoveVips | Announce | Transition | SetTimer
 
 class _Input(enum.Enum):
     """An event as the tables see it, after classification against the current config."""
+
+    __hash__ = object.__hash__  # the tables are looked up per advert: C's, not Enum's Python
 
     LINK_UP = enum.auto()  # link up and the vhid has addresses
     LINK_UP_OWNER = enum.auto()  # the same, and we own the addresses (VRRP priority 255)
@@ -581,18 +587,17 @@ class VhidMachine:
             self._stopped = True
         if kind is None:
             return []
-        heard = None
+        advert = source = heard = None
         if isinstance(event, AdvertReceived):
-            heard = (event.source, event.advert, self._config.rank(event.advert, event.source))
+            advert, source = event.advert, event.source
+            heard = (source, advert, self._config.rank(advert, source))
         was = self._state
         if heard and was is BACKUP and kind is not _Input.HEARD_BYSTANDER:
             self._master = heard  # before a change: a preempted master is "previous"
-        advert = event.advert if isinstance(event, AdvertReceived) else None
         target = _TRANSITIONS.get((was, kind))
         if target is not None:
             actions = self._change(now, kind, *target, advert)
         else:
-            source = event.source if isinstance(event, AdvertReceived) else None
             actions = self._stay(now, _IN_STATE.get((was, kind)), source, advert)
         if heard and was is not BACKUP and self._state is BACKUP:  # stepped down to its sender
             self._master = heard
@@ -600,7 +605,15 @@ class VhidMachine:
 
     def _classify(self, now: float, event: Event) -> _Input | None:
         """Turn an event into a table input (None: nothing to do), updating counters."""
-        match event:
+        match event:  # the events of every advert first
+            case AdvertReceived(advert=advert):
+                self._adverts_received += 1
+                if isinstance(advert, Advert):  # only CARP counts adverts
+                    self._last_counter = advert.counter
+                return self._rank(advert, event.source)
+            case Timeout():
+                passed = self._deadline is not None and now >= self._deadline
+                return _Input.TIMER if passed else None
             case LinkUp():
                 if not self._config.addresses:
                     return None
@@ -608,9 +621,6 @@ class VhidMachine:
                 return _Input.LINK_UP_OWNER if owner else _Input.LINK_UP
             case LinkDown():
                 return _Input.LINK_DOWN
-            case Timeout():
-                passed = self._deadline is not None and now >= self._deadline
-                return _Input.TIMER if passed else None
             case DemotionChanged(demotion=demotion):
                 changed = demotion != self._demotion
                 self._demotion = demotion
@@ -619,11 +629,6 @@ class VhidMachine:
                 return _Input.DEMOTION if changed else None
             case Shutdown():
                 return _Input.SHUTDOWN
-            case AdvertReceived(advert=advert):
-                self._adverts_received += 1
-                if isinstance(advert, Advert):  # only CARP counts adverts
-                    self._last_counter = advert.counter
-                return self._rank(advert, event.source)
 
     def _rank(self, advert: Advert | VrrpAdvert, source: Address) -> _Input:
         config = self._config
