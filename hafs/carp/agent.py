@@ -433,8 +433,8 @@ class Agent:
 
     def _readable(self, ifname: str) -> None:
         iface = self.interfaces[ifname]
-        while (received := iface.sock.recv()) is not None:
-            self.receive(ifname, received.packet)
+        while (packet := iface.sock.recv()) is not None:
+            self.receive(ifname, packet)
 
     def receive(self, ifname: str, packet: bytes) -> None:
         """Check one IPv4 packet from ``ifname``; drop it with a reason or feed its vhid."""

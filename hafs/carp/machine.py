@@ -582,15 +582,15 @@ class VhidMachine:
         """Process one event at time ``now``; return the actions to apply, in order."""
         if self._stopped:
             return []
-        kind = self._classify(now, event)
+        advert = source = heard = None
+        if isinstance(event, AdvertReceived):  # ranked once, for the tables and to remember
+            advert, source = event.advert, event.source
+            heard = (source, advert, self._config.rank(advert, source))
+        kind = self._classify(now, event, heard)
         if isinstance(event, Shutdown):
             self._stopped = True
         if kind is None:
             return []
-        advert = source = heard = None
-        if isinstance(event, AdvertReceived):
-            advert, source = event.advert, event.source
-            heard = (source, advert, self._config.rank(advert, source))
         was = self._state
         if heard and was is BACKUP and kind is not _Input.HEARD_BYSTANDER:
             self._master = heard  # before a change: a preempted master is "previous"
@@ -603,14 +603,21 @@ class VhidMachine:
             self._master = heard
         return actions
 
-    def _classify(self, now: float, event: Event) -> _Input | None:
-        """Turn an event into a table input (None: nothing to do), updating counters."""
+    def _classify(
+        self,
+        now: float,
+        event: Event,
+        heard: tuple[Address, Advert | VrrpAdvert, tuple[int, ...]] | None,
+    ) -> _Input | None:
+        """Turn an event into a table input (None: nothing to do), updating counters;
+        ``heard``: an advert's source, the advert and its rank."""
         match event:  # the events of every advert first
             case AdvertReceived(advert=advert):
                 self._adverts_received += 1
                 if isinstance(advert, Advert):  # only CARP counts adverts
                     self._last_counter = advert.counter
-                return self._rank(advert, event.source)
+                assert heard is not None
+                return self._rank(*heard)
             case Timeout():
                 passed = self._deadline is not None and now >= self._deadline
                 return _Input.TIMER if passed else None
@@ -630,11 +637,11 @@ class VhidMachine:
             case Shutdown():
                 return _Input.SHUTDOWN
 
-    def _rank(self, advert: Advert | VrrpAdvert, source: Address) -> _Input:
+    def _rank(self, source: Address, advert: Advert | VrrpAdvert, rank: tuple[int, ...]) -> _Input:
         config = self._config
         if config.resigned(advert):
             return _Input.HEARD_RESIGNED
-        if config.rank(advert, source) <= config.own_rank(self._demotion):
+        if rank <= config.own_rank(self._demotion):
             return _Input.HEARD_BETTER
         if self._state is BACKUP and self._follows_another(source):
             return _Input.HEARD_BYSTANDER
