@@ -5,10 +5,12 @@ say, in the order they say it, and feeds them what happens:
 
 - packets: one raw socket per interface (:class:`hafs.carp.linux.CarpSocket`) on the event
   loop; each packet is checked (``wire.decode_ipv4``, vhid, source, digest) and dropped with a
-  counted reason, or handed to its vhid's machine. A bad packet is never an exception.
+  counted reason, or handed to its vhid's machine. A bad packet is never an exception; a
+  packet byte for byte the last one its vhid accepted is not decoded and checked again.
 - time: the loop's monotonic clock; ``SetTimer`` sets the vhid's deadline in
-  :class:`hafs.carp.deadlines.Deadlines`, one ``call_at`` handle for every vhid, which serves
-  the deadlines due within a millisecond of each other in one wake-up.
+  :class:`hafs.carp.deadlines.Deadlines`, one ``call_at`` handle for every vhid. A master's
+  advert may go up to 1 % of advbase early with others due then (one wake-up for them all);
+  a backup's master-down never goes early.
 - links: a netlink monitor turns carrier changes into LinkUp/LinkDown, and a down interface
   adds 240 to the host-wide demotion, as FreeBSD does.
 - addresses: VIP add/remove (pyroute2) runs on one worker thread, in order, off the loop
@@ -565,8 +567,8 @@ class Agent:
             self._timer(vhid, at)
 
     def _timer(self, vhid: Vhid, at: float) -> None:
-        # served up to a millisecond early (Deadlines.window), and asyncio may run a call_at
-        # handle a hair early: the deadline has come all the same
+        # a master's advert may be served a little early (_set_deadline), and asyncio may run a
+        # call_at handle a hair early: the deadline has come all the same
         self._handle(vhid, _TIMEOUT, now=max(self.loop.time(), at))
 
     def _tick(self) -> None:
