@@ -20,12 +20,25 @@ machine delays the agent's wake-ups (advert timing) more than it changes its CPU
 
 Goal (issue 4): 255 vhids under 2% of one core and under 60 MB for hafs.
 
+``--pairs``: a master and its backup instead (issue 16), two nodes on one bridge, the first
+master of every vhid (advskew 0; VRRPv3 priority 200), the second backup of all (advskew 100;
+priority 100), started once the first holds every VIP; the CPU of both over the window, each
+daemon's (keepalived: its parent and its VRRP child) and their sum. The cases: 255 vhids at
+CARP advbase 1 (hafs) beside keepalived's 255 VRRPv3 instances at ``advert_int 1``, and 16
+vhids at VRRPv3 interval 0.1 s (hafs ``protocol = "vrrp3"``) beside keepalived's 16.
+``--before DIR`` also runs the hafs cases with the agent of DIR (a checkout of an earlier
+commit: ``git archive REV | tar -x -C DIR``), each right before the same case of this tree.
+
+Goal (issue 16): the pair of 255 vhids at advbase 1 at most 1.5 % of one core.
+
 Run as root from the repository root:
-``python -m bench.agent_cost [--window S] [--quick] [--prefix P]``.
+``python -m bench.agent_cost [--window S] [--quick] [--prefix P] [--pairs [--before DIR]]``.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -49,6 +62,15 @@ from tests.lab.carp_bed import CarpBed, Peer, wait_for
 
 SUBNET = "10.78.0"
 CPU_GOAL = 2.0  # % of one core
+PAIR_GOAL = 1.5  # % of one core: a master and a backup of 255 vhids at advbase 1 (issue 16)
+PAIR_CASES = (  # implementation, vhids, seconds between adverts
+    ("hafs", 255, 1.0),
+    ("keepalived", 255, 1.0),
+    ("hafs-vrrp3", 16, 0.1),
+    ("keepalived", 16, 0.1),
+)
+PRIORITIES = (200, 100)  # VRRPv3: the master's, the backup's
+ADVSKEWS = (0, 100)  # CARP: the master's, the backup's
 MEMORY_GOAL = 60.0  # MB (VmHWM)
 MASTER_TIMEOUT = 60.0  # seconds for every vhid to become master and install its VIP
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -130,6 +152,123 @@ def measure(
     return Cost(impl, vhids, len(pids), cpu, totals, adverts, timing, all_master, load)
 
 
+@dataclass(frozen=True)
+class PairCost:
+    impl: str
+    vhids: int
+    interval: float
+    before: bool  # the agent of --before's tree
+    cpu: list[tuple[float, float]]  # % of one core (master, backup), one pair per window
+    placed: bool  # every VIP on the master and none on the backup at the end
+    load: float
+
+
+def start_pair_node(
+    bed: CarpBed, peer: Peer, impl: str, vips: list[str], interval: float, rank: int
+) -> list[int]:
+    """Start ``impl`` on ``peer`` as the master (rank 0) or the backup (rank 1) of every VIP;
+    return the pids whose CPU counts (keepalived: the parent and its VRRP child)."""
+    entries = [(i + 1, address) for i, address in enumerate(vips)]
+    if impl == "hafs":
+        bed.hafs(peer, [(vhid, address, ADVSKEWS[rank]) for vhid, address in entries])
+    elif impl == "hafs-vrrp3":
+        bed.hafs_vrrp(peer, [(v, address, PRIORITIES[rank]) for v, address in entries], interval)
+    else:
+        bed.keepalived(peer, [(v, address, PRIORITIES[rank]) for v, address in entries], interval)
+    assert peer.proc is not None
+    if impl != "keepalived":
+        return [peer.proc.pid]
+
+    def vrrp_child() -> bool:
+        with contextlib.suppress(OSError, ValueError):
+            return bed.keepalived_vrrp_pid(peer) > 0
+        return False
+
+    wait_for(vrrp_child, 10, "keepalived's VRRP child")
+    return [peer.proc.pid, bed.keepalived_vrrp_pid(peer)]
+
+
+def measure_pair(
+    prefix: str,
+    case: tuple[str, int, float],
+    before: Path | None,
+    runs: int,
+    window: float,
+    warmup: float,
+) -> PairCost:
+    impl, vhids, interval = case
+    vips = [vip(i) for i in range(vhids)]
+    with tempfile.TemporaryDirectory(prefix="hafs-bench-") as tmp, Lab(prefix) as lab:
+        bed = CarpBed(lab, Path(tmp), subnet=SUBNET, hafs_tree=before)
+        master, backup = bed.node("n1"), bed.node("n2")
+        pids = [start_pair_node(bed, master, impl, vips, interval, 0)]
+        wait_for(lambda: held_vips(master.node) == set(vips), MASTER_TIMEOUT, "all vhids master")
+        pids.append(start_pair_node(bed, backup, impl, vips, interval, 1))
+        time.sleep(warmup)
+        cpu = []
+        for _ in range(runs):
+            start_at = time.monotonic()
+            start_cpu = [sum(map(cpu_seconds, node)) for node in pids]
+            time.sleep(window)
+            used = [
+                sum(map(cpu_seconds, node)) - s for node, s in zip(pids, start_cpu, strict=True)
+            ]
+            elapsed = time.monotonic() - start_at
+            cpu.append((100 * used[0] / elapsed, 100 * used[1] / elapsed))
+        load = load_average()
+        placed = held_vips(master.node) == set(vips) and not held_vips(backup.node)
+        bed.stop_all()
+    return PairCost(impl, vhids, interval, before is not None, cpu, placed, load)
+
+
+def pair_row(cost: PairCost) -> list[str]:
+    master = median([m for m, _ in cost.cpu])
+    backup = median([b for _, b in cost.cpu])
+    pair = median([m + b for m, b in cost.cpu])
+    verdict = "-"
+    if cost.impl == "hafs" and cost.vhids == 255 and cost.interval == 1.0:
+        verdict = "ok" if pair <= PAIR_GOAL else "miss"
+    if not cost.placed:
+        verdict += ", VIPs misplaced"
+    protocol = "CARP advbase" if cost.impl == "hafs" else "VRRPv3 interval"
+    return [
+        f"{cost.impl}{' (before)' if cost.before else ''}",
+        f"{protocol} {cost.interval:g} s",
+        str(cost.vhids),
+        f"{master:.2f} %",
+        f"{backup:.2f} %",
+        f"{pair:.2f} %",
+        f"{cost.load:.1f}",
+        verdict,
+    ]
+
+
+def run_pairs(args: argparse.Namespace, window: float) -> None:
+    """The master+backup cases, hafs of --before's tree first, and their table."""
+    trees = [args.before, None] if args.before else [None]
+    rows = []
+    for case in PAIR_CASES:
+        for tree in trees if case[0] != "keepalived" else [None]:
+            cost = measure_pair(args.prefix, case, tree, args.runs, window, args.warmup)
+            windows = ", ".join(f"{m:.2f} + {b:.2f}" for m, b in cost.cpu)
+            label = pair_row(cost)[0]
+            print(
+                f"  {label} {case[1]} vhids at {case[2]:g} s: CPU {windows} % (load "
+                f"{cost.load:.1f})",
+                flush=True,
+            )
+            rows.append(pair_row(cost))
+    headers = ["impl", "timing", "vhids", "CPU master", "CPU backup", "CPU pair (1 core)"]
+    print()
+    print(table([*headers, "load", "verdict vs goal"], rows))
+    print()
+    print(
+        f"goal (issue 16): the pair of 255 vhids at CARP advbase 1 <= {PAIR_GOAL:g} % of one core; "
+        f"{args.runs} CPU window(s) of {window:.0f} s after {args.warmup:.0f} s warm-up per case; "
+        f"before: {args.before or '-'}; load: 1-min load average ({os.cpu_count()} cores)"
+    )
+
+
 def row(cost: Cost) -> list[str]:
     cpu = median(cost.cpu)
     hwm = cost.memory_mb["VmHWM"]
@@ -159,6 +298,14 @@ def row(cost: Cost) -> list[str]:
     ]
 
 
+def tree(text: str) -> Path:
+    """A directory holding a ``hafs`` package (an earlier commit's checkout)."""
+    path = Path(text).resolve()
+    if not (path / "hafs" / "__init__.py").is_file():
+        raise argparse.ArgumentTypeError(f"{text}: no hafs/__init__.py there; give a checkout")
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = bench_parser("CPU and memory of CARP: hafs agent vs ucarp", "hafs-b")
     parser.add_argument("--window", type=float, help="seconds measured (default 60, --quick 10)")
@@ -167,8 +314,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timing", type=float, help="seconds of advert capture (default 20)")
     parser.add_argument("--quick", action="store_true", help="10 s windows (5 s timing)")
     parser.add_argument("--vhids", default="1,16,255", help="hafs cases; ucarp runs the largest")
+    parser.add_argument(
+        "--pairs", action="store_true", help="a master and a backup, hafs beside keepalived"
+    )
+    parser.add_argument(
+        "--before", type=tree, help="with --pairs: also run the agent of this tree (a checkout)"
+    )
     args = parser.parse_args(argv)
     window = args.window if args.window is not None else 10.0 if args.quick else 60.0
+    if args.before and not args.pairs:
+        parser.error("--before: only with --pairs")
+    if args.pairs:
+        run_pairs(args, window)
+        return 0
     timing = args.timing if args.timing is not None else 5.0 if args.quick else 20.0
     counts = [int(c) for c in args.vhids.split(",")]
     cases = [("hafs", count) for count in counts] + [("ucarp", max(counts))]

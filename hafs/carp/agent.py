@@ -5,8 +5,12 @@ say, in the order they say it, and feeds them what happens:
 
 - packets: one raw socket per interface (:class:`hafs.carp.linux.CarpSocket`) on the event
   loop; each packet is checked (``wire.decode_ipv4``, vhid, source, digest) and dropped with a
-  counted reason, or handed to its vhid's machine. A bad packet is never an exception.
-- time: the loop's monotonic clock; one ``call_at`` handle per vhid follows ``SetTimer``.
+  counted reason, or handed to its vhid's machine. A bad packet is never an exception; a
+  packet byte for byte the last one its vhid accepted is not decoded and checked again.
+- time: the loop's monotonic clock; ``SetTimer`` sets the vhid's deadline in
+  :class:`hafs.carp.deadlines.Deadlines`, one ``call_at`` handle for every vhid. A master's
+  advert may go up to 1 % of advbase early with others due then (one wake-up for them all);
+  a backup's master-down never goes early.
 - links: a netlink monitor turns carrier changes into LinkUp/LinkDown, and a down interface
   adds 240 to the host-wide demotion, as FreeBSD does.
 - addresses: VIP add/remove (pyroute2) runs on one worker thread, in order, off the loop
@@ -113,6 +117,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from hafs.agentconf import AGENT_SOCKET_ENV, PREVIOUS_MASTER_ENV, AgentConfig, VhidEntry
 from hafs.carp import linux, vrrp
 from hafs.carp.control import RELOAD_SECONDS, reload_marker
+from hafs.carp.deadlines import Deadlines
 from hafs.carp.hooks import Command, HookRunner, Result
 from hafs.carp.machine import (
     Action,
@@ -120,6 +125,7 @@ from hafs.carp.machine import (
     AddVips,
     AdvertReceived,
     Announce,
+    Config,
     DemotionChanged,
     Event,
     LinkDown,
@@ -146,7 +152,7 @@ from hafs.carp.wire import (
     Rejected,
     decode_ipv4,
     encode_ipv4,
-    verify,
+    vhid_of,
 )
 from hafs.errors import HafsError
 from hafs.holds import HOLD_DEMOTION, RESYNC_HOLD
@@ -161,6 +167,8 @@ SHUTDOWN_HOOK_WAIT = 10.0  # seconds the agent waits for hooks when it stops
 TICKS_PER_ADVBASE = 4
 HANDOFF_ENV = "HAFS_AGENT_HANDOFF"  # the hand-off from the previous image, on a reload
 STAND_IN_SECONDS = RELOAD_SECONDS  # the longest re-exec the stand-in advertises through
+ADVERT_EARLY = 0.01  # of advbase (VRRPv3: interval): how early an advert may go with others
+_TIMEOUT = Timeout()
 
 
 @dataclass(frozen=True)
@@ -274,15 +282,22 @@ class Vhid:
     ifname: str
     machine: VhidMachine
     vip_ifname: str  # where the VIPs go: the interface, or its macvlan in vmac mode
-    timer: asyncio.TimerHandle | None = None
     drops: Counter[str] = field(default_factory=Counter)
     # another master that does not step down: source -> (first, last) heard, monotonic
     foreign_masters: dict[str, tuple[float, float]] = field(default_factory=dict)
     started: bool = False  # has been BACKUP or MASTER once (for ucarp's --neutral)
+    # the last packet accepted for this vhid, the config it was checked against, and what it
+    # said (Agent._accept)
+    accepted: tuple[bytes, Config, Address, Advert | VrrpAdvert] | None = None
 
     @property
     def name(self) -> str:
         return f"{self.entry.vhid}@{self.ifname}"
+
+    @property
+    def key(self) -> tuple[str, int]:
+        """Its key in ``Agent.vhids``."""
+        return self.ifname, self.entry.vhid
 
 
 class Interface:
@@ -353,6 +368,7 @@ class Agent:
         self.tick = min(intervals) / TICKS_PER_ADVBASE
         self._decode = vrrp.decode_ipv4 if config.protocol == "vrrp3" else decode_ipv4
         self._ticker: asyncio.TimerHandle | None = None
+        self._deadlines: Deadlines[tuple[str, int]] | None = None
         self._watchdog: float | None = None  # seconds between WATCHDOG=1, if systemd asks
         self._watchdog_sent = -math.inf
         self._silence_hold = False  # the resync hold is up for the silence of the peers only
@@ -370,6 +386,13 @@ class Agent:
     def loop(self) -> asyncio.AbstractEventLoop:
         assert self._loop is not None, "the agent is not running"
         return self._loop
+
+    @property
+    def deadlines(self) -> Deadlines[tuple[str, int]]:
+        """Every machine's deadline, on the loop (made with the first one)."""
+        if self._deadlines is None:
+            self._deadlines = Deadlines(self.loop, self._deadline_passed)
+        return self._deadlines
 
     async def run(self, ready: Callable[[], None] | None = None) -> None:
         """Open everything, serve until stopped, then bow out and clean up."""
@@ -460,9 +483,9 @@ class Agent:
                 self._loop.remove_signal_handler(sig)
         if self._ticker is not None:
             self._ticker.cancel()
+        if self._deadlines is not None:
+            self._deadlines.close()
         for vhid in self.vhids.values():
-            if vhid.timer is not None:
-                vhid.timer.cancel()
             if vhid.vip_ifname != vhid.ifname:  # on the netlink thread: pyroute2 refuses the loop
                 self._netlink.submit(linux.delete_vmac, vhid.entry.vhid)
         for iface in self.interfaces.values():
@@ -621,26 +644,15 @@ class Agent:
 
     def _readable(self, ifname: str) -> None:
         iface = self.interfaces[ifname]
-        while (received := iface.sock.recv()) is not None:
-            self.receive(ifname, received.packet)
+        while (packet := iface.sock.recv()) is not None:
+            self.receive(ifname, packet)
 
     def receive(self, ifname: str, packet: bytes) -> None:
         """Check one IPv4 packet from ``ifname``; drop it with a reason or feed its vhid."""
-        decoded = self._decode(packet)
-        if isinstance(decoded, Rejected):
-            self.drops[decoded.reason.value] += 1
+        accepted = self._accept(ifname, packet)
+        if accepted is None:
             return
-        source, advert = decoded
-        vhid = self.vhids.get((ifname, advert.vhid))
-        if vhid is None:
-            self.drops[Drop.VHID.value] += 1
-            return
-        if source in self.interfaces[ifname].own:
-            vhid.drops[Drop.OURS.value] += 1
-            return
-        if not authentic(vhid.machine.config, advert):
-            vhid.drops[Drop.DIGEST.value] += 1
-            return
+        vhid, source, advert = accepted
         now = self.loop.time()
         if self._silence_hold and held_back(advert):  # before its advert is judged
             self._silence_hold = False
@@ -655,6 +667,40 @@ class Agent:
         else:  # a master to follow or yield to; a worse one is about to fall silent
             self.liveness.heard(now)
             self._silence_hold = False
+
+    def _accept(
+        self, ifname: str, packet: bytes
+    ) -> tuple[Vhid, Address, Advert | VrrpAdvert] | None:
+        """The vhid, source and advert of a packet its machine is to hear, or None: dropped,
+        counted by reason.
+
+        A packet byte for byte the one its vhid accepted last, under the same configuration,
+        is accepted again as it was, without a second decode and digest check (both depend on
+        nothing else): a VRRPv3 master sends the same bytes until its priority changes. (A
+        CARP advert never repeats: its counter, and so its digest, change every time.)
+        """
+        vhid = self.vhids.get((ifname, vhid_of(packet)))
+        if vhid is not None and vhid.accepted is not None:
+            last, config, source, advert = vhid.accepted
+            if last == packet and config is vhid.machine.config:
+                return vhid, source, advert
+        decoded = self._decode(packet)
+        if isinstance(decoded, Rejected):
+            self.drops[decoded.reason.value] += 1
+            return None
+        source, advert = decoded
+        vhid = self.vhids.get((ifname, advert.vhid))
+        if vhid is None:
+            self.drops[Drop.VHID.value] += 1
+            return None
+        if source in self.interfaces[ifname].own:
+            vhid.drops[Drop.OURS.value] += 1
+            return None
+        if not authentic(vhid.machine.config, advert):
+            vhid.drops[Drop.DIGEST.value] += 1
+            return None
+        vhid.accepted = (packet, vhid.machine.config, source, advert)
+        return vhid, source, advert
 
     def _foreign_master(self, vhid: Vhid, source: str, advert: Advert | VrrpAdvert) -> None:
         """A worse master keeps advertising while we are master: warn once it persists.
@@ -724,10 +770,15 @@ class Agent:
                 self._handle(vhid, LinkUp() if running else LinkDown())
         self._demotion_changed()
 
+    def _deadline_passed(self, key: tuple[str, int], at: float) -> None:
+        vhid = self.vhids.get(key)
+        if vhid is not None:
+            self._timer(vhid, at)
+
     def _timer(self, vhid: Vhid, at: float) -> None:
-        vhid.timer = None
-        # asyncio may run a call_at handle a hair early: the deadline has come all the same
-        self._handle(vhid, Timeout(), now=max(self.loop.time(), at))
+        # a master's advert may be served a little early (_set_deadline), and asyncio may run a
+        # call_at handle a hair early: the deadline has come all the same
+        self._handle(vhid, _TIMEOUT, now=max(self.loop.time(), at))
 
     def _tick(self) -> None:
         """Every advbase/4: notice a stall, or that no peer is heard any more, even when
@@ -844,9 +895,11 @@ class Agent:
             self._apply(vhid, action)
 
     def _apply(self, vhid: Vhid, action: Action) -> None:
-        match action:
+        match action:  # the two actions of every advert first
             case SendAdvert(packet=packet):
                 self._send(vhid, packet)
+            case SetTimer(at=at):
+                self._set_deadline(vhid, at)
             case AddVips(addresses=addresses):
                 if vhid.vip_ifname != vhid.ifname:
                     self._netlink_call(linux.set_link_up, vhid.vip_ifname, True)
@@ -863,10 +916,14 @@ class Agent:
                 self._netlink_call(self._announce, vhid, addresses)
             case Transition():
                 self._transition(vhid, action)
-            case SetTimer(at=at):
-                if vhid.timer is not None:
-                    vhid.timer.cancel()
-                vhid.timer = None if at is None else self.loop.call_at(at, self._timer, vhid, at)
+
+    def _set_deadline(self, vhid: Vhid, at: float | None) -> None:
+        """A master's next advert may go a little early, with others due then (one wake-up for
+        them all); a backup's master-down decides elections, to 1/256 of an interval: never."""
+        machine = vhid.machine
+        master = machine.state is State.MASTER
+        early = machine.config.base_interval * ADVERT_EARLY if master else 0.0
+        self.deadlines.set(vhid.key, at, early)
 
     def _netlink_call(self, func: Callable[..., Any], *args: Any) -> None:
         """Run ``func`` on the netlink thread, after everything queued before; log failures."""
@@ -1124,7 +1181,7 @@ def authentic(config: VhidConfig | VrrpConfig, advert: Advert | VrrpAdvert) -> b
     """CARP's digest matches; VRRPv3 has no authentication (RFC 5798 section 9), but an
     advert of the other protocol never reaches a machine."""
     if isinstance(config, VhidConfig):
-        return isinstance(advert, Advert) and verify(advert, config.key, config.addresses)
+        return isinstance(advert, Advert) and config.hmac.verify(advert)
     return isinstance(advert, VrrpAdvert)
 
 

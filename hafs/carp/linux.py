@@ -79,14 +79,6 @@ def _ifindex(ifname: str) -> int:
         ) from None
 
 
-@dataclass(frozen=True)
-class Received:
-    """One whole IPv4 packet (header included) read from ``ifname``."""
-
-    packet: bytes
-    ifname: str
-
-
 class CarpSocket:
     """A raw IPv4 protocol-112 socket on one interface; non-blocking, for ``loop.add_reader``.
 
@@ -122,13 +114,12 @@ class CarpSocket:
         """
         self._sock.sendto(packet, (str(CARP_GROUP_V4), 0))
 
-    def recv(self) -> Received | None:
-        """The next packet, or None when none is waiting."""
+    def recv(self) -> bytes | None:
+        """The next whole IPv4 packet (header included), or None when none is waiting."""
         try:
-            packet = self._sock.recv(_RECV_SIZE)
+            return self._sock.recv(_RECV_SIZE)
         except BlockingIOError:
             return None
-        return Received(packet, self.ifname)
 
     def close(self) -> None:
         self._sock.close()

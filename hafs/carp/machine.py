@@ -138,8 +138,8 @@ from hafs.carp.wire import (
     COUNTER_MAX,
     MAX_SKEW,
     Advert,
+    Hmac,
     check_range,
-    encode,
     make_key,
 )
 
@@ -152,6 +152,8 @@ class State(enum.Enum):
     INIT = "INIT"
     BACKUP = "BACKUP"
     MASTER = "MASTER"
+
+    __hash__ = object.__hash__  # a member is its only instance: hashed in C, per advert
 
 
 INIT, BACKUP, MASTER = State.INIT, State.BACKUP, State.MASTER
@@ -168,6 +170,7 @@ class VhidConfig:
     passphrase: str = field(default="", repr=False)
     preempt: bool = False
     key: bytes = field(init=False, repr=False, compare=False)
+    hmac: Hmac = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         check_range("vhid", self.vhid, 1, 255)
@@ -185,6 +188,7 @@ class VhidConfig:
         except UnicodeEncodeError as exc:
             raise ValueError(f"passphrase: cannot be encoded as UTF-8 ({exc.reason})") from None
         object.__setattr__(self, "key", key)
+        object.__setattr__(self, "hmac", Hmac(key, self.vhid, addresses))
 
     @property
     def master_down(self) -> float:
@@ -234,15 +238,9 @@ class VhidConfig:
 
     def packet(self, demotion: int, bowout: bool, counter: Callable[[], int]) -> bytes:
         """The CARP header to send: our skew, or the bow-out advbase 255 / advskew 255."""
-        skew, base = (
-            (BOWOUT_ADVSKEW, BOWOUT_ADVBASE)
-            if bowout
-            else (
-                self.advertised(demotion),
-                self.advbase,
-            )
-        )
-        return encode(self.vhid, skew, base, counter(), self.key, self.addresses)
+        if bowout:
+            return self.hmac.header(BOWOUT_ADVSKEW, BOWOUT_ADVBASE, counter())
+        return self.hmac.header(self.advertised(demotion), self.advbase, counter())
 
 
 @dataclass(frozen=True)
@@ -261,6 +259,8 @@ class VrrpConfig:
     interval: int = 100
     addresses: tuple[IPv4Address, ...] = ()
     preempt: bool = True
+    # the message for each priority sent: nothing else in it changes while the config stands
+    _packets: dict[int, bytes] = field(init=False, repr=False, compare=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         check_range("vhid", self.vhid, 1, 255)
@@ -325,7 +325,11 @@ class VrrpConfig:
     def packet(self, demotion: int, bowout: bool, counter: Callable[[], int]) -> bytes:
         """The VRRP message to send (VRRP has no counter): our priority, or 0 to bow out."""
         priority = PRIORITY_BOWOUT if bowout else self.advertised(demotion)
-        return vrrp.encode(self.vhid, priority, self.interval, self.addresses, self.primary)
+        packet = self._packets.get(priority)
+        if packet is None:
+            packet = vrrp.encode(self.vhid, priority, self.interval, self.addresses, self.primary)
+            self._packets[priority] = packet
+        return packet
 
 
 Config = VhidConfig | VrrpConfig
@@ -479,6 +483,8 @@ Action = SendAdvert | AddVips | RemoveVips | Announce | Transition | SetTimer
 class _Input(enum.Enum):
     """An event as the tables see it, after classification against the current config."""
 
+    __hash__ = object.__hash__  # the tables are looked up per advert: C's, not Enum's Python
+
     LINK_UP = enum.auto()  # link up and the vhid has addresses
     LINK_UP_OWNER = enum.auto()  # the same, and we own the addresses (VRRP priority 255)
     LINK_DOWN = enum.auto()
@@ -624,33 +630,47 @@ class VhidMachine:
         """Process one event at time ``now``; return the actions to apply, in order."""
         if self._stopped:
             return []
-        kind = self._classify(now, event)
+        advert = source = heard = None
+        if isinstance(event, AdvertReceived):  # ranked once, for the tables and to remember
+            advert, source = event.advert, event.source
+            heard = (source, advert, self._config.rank(advert, source))
+        kind = self._classify(now, event, heard)
         if isinstance(event, Shutdown):
             self._stopped = True
         if kind is None:
             return []
         if isinstance(event, Resume):
             return self._resume(now, event)
-        heard = None
-        if isinstance(event, AdvertReceived):
-            heard = (event.source, event.advert, self._config.rank(event.advert, event.source))
         was = self._state
         if heard and was is BACKUP and kind is not _Input.HEARD_BYSTANDER:
             self._master = heard  # before a change: a preempted master is "previous"
-        advert = event.advert if isinstance(event, AdvertReceived) else None
         target = _TRANSITIONS.get((was, kind))
         if target is not None:
             actions = self._change(now, kind, *target, advert)
         else:
-            source = event.source if isinstance(event, AdvertReceived) else None
             actions = self._stay(now, _IN_STATE.get((was, kind)), source, advert)
         if heard and was is not BACKUP and self._state is BACKUP:  # stepped down to its sender
             self._master = heard
         return actions
 
-    def _classify(self, now: float, event: Event) -> _Input | None:
-        """Turn an event into a table input (None: nothing to do), updating counters."""
-        match event:
+    def _classify(
+        self,
+        now: float,
+        event: Event,
+        heard: tuple[Address, Advert | VrrpAdvert, tuple[int, ...]] | None,
+    ) -> _Input | None:
+        """Turn an event into a table input (None: nothing to do), updating counters;
+        ``heard``: an advert's source, the advert and its rank."""
+        match event:  # the events of every advert first
+            case AdvertReceived(advert=advert):
+                self._adverts_received += 1
+                if isinstance(advert, Advert):  # only CARP counts adverts
+                    self._last_counter = advert.counter
+                assert heard is not None
+                return self._rank(*heard)
+            case Timeout():
+                passed = self._deadline is not None and now >= self._deadline
+                return _Input.TIMER if passed else None
             case LinkUp():
                 if not self._config.addresses:
                     return None
@@ -658,9 +678,6 @@ class VhidMachine:
                 return _Input.LINK_UP_OWNER if owner else _Input.LINK_UP
             case LinkDown():
                 return _Input.LINK_DOWN
-            case Timeout():
-                passed = self._deadline is not None and now >= self._deadline
-                return _Input.TIMER if passed else None
             case DemotionChanged(demotion=demotion):
                 changed = demotion != self._demotion
                 self._demotion = demotion
@@ -675,11 +692,6 @@ class VhidMachine:
                 return _Input.SHUTDOWN
             case Resume():
                 return _Input.RESUME if self._state is INIT else None
-            case AdvertReceived(advert=advert):
-                self._adverts_received += 1
-                if isinstance(advert, Advert):  # only CARP counts adverts
-                    self._last_counter = advert.counter
-                return self._rank(advert, event.source)
 
     def _rank_changed(self, changed: bool) -> _Input | None:
         """Our rank changed (demotion, or the configured skew): a backup that now outranks
@@ -688,11 +700,11 @@ class VhidMachine:
             return _Input.HEARD_PREEMPTABLE
         return _Input.DEMOTION if changed else None
 
-    def _rank(self, advert: Advert | VrrpAdvert, source: Address) -> _Input:
+    def _rank(self, source: Address, advert: Advert | VrrpAdvert, rank: tuple[int, ...]) -> _Input:
         config = self._config
         if config.resigned(advert):
             return _Input.HEARD_RESIGNED
-        if config.rank(advert, source) <= config.own_rank(self._demotion):
+        if rank <= config.own_rank(self._demotion):
             return _Input.HEARD_BETTER
         if self._state is BACKUP and self._follows_another(source):
             return _Input.HEARD_BYSTANDER

@@ -18,11 +18,16 @@ Rules:
    which starts above 0 and below all-ones, the all-zeros and all-ones addresses are skipped.
    Stock ucarp hashes its single IPv4 address, which is the same bytes when the vhid has exactly
    one IPv4 address and nothing else; ``ucarp_refusal`` says when that does not hold.
+5. Everything in the digest but the counter is fixed by the vhid's configuration: ``Hmac``
+   (FreeBSD's ``carp_hmac_prepare``) keys and feeds it once, and then signs or checks an
+   advert by hashing its counter alone. The agent signs and checks one advert per vhid every
+   advbase; ``encode``, ``compute_digest`` and ``verify`` build an ``Hmac`` per call.
 """
 
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import hmac
 import struct
@@ -154,11 +159,43 @@ def _auth_prefix(vhid: int, addrs: Sequence[Address]) -> bytes:
     )
 
 
+class Hmac:
+    """The HMAC-SHA1 of one vhid with everything before the counter hashed in (rule 5).
+
+    Built from what a vhid's configuration fixes (key, vhid, addresses); a configuration
+    that changes is a new ``Hmac``, so one can never sign with stale addresses or key.
+    """
+
+    __slots__ = ("_prepared", "vhid")
+
+    def __init__(self, key: bytes, vhid: int, addrs: Sequence[Address]) -> None:
+        self.vhid = vhid
+        self._prepared = hmac.new(key, _auth_prefix(vhid, addrs), hashlib.sha1)
+
+    def digest(self, counter: int) -> bytes:
+        """The 20-byte digest of an advert of this vhid carrying ``counter``."""
+        mac = self._prepared.copy()
+        mac.update(counter.to_bytes(8, "big"))
+        return mac.digest()
+
+    def header(self, advskew: int, advbase: int, counter: int) -> bytes:
+        """The 36-byte CARP header of this vhid (``encode`` without its argument checks: the
+        caller's values come from a checked configuration)."""
+        fields = (CARP_VERSION << 4 | CARP_ADVERTISEMENT, self.vhid, advskew, AUTHLEN, 0, advbase)
+        hi, lo, digest = counter >> 32, counter & 0xFFFFFFFF, self.digest(counter)
+        header = _HEADER.pack(*fields, 0, hi, lo, digest)
+        return _HEADER.pack(*fields, internet_checksum(header), hi, lo, digest)
+
+    def verify(self, advert: Advert) -> bool:
+        """Whether ``advert`` is of this vhid and its digest matches (constant-time compare)."""
+        return advert.vhid == self.vhid and hmac.compare_digest(
+            self.digest(advert.counter), advert.digest
+        )
+
+
 def compute_digest(key: bytes, vhid: int, addrs: Sequence[Address], counter: int) -> bytes:
     """The 20-byte HMAC-SHA1 that authenticates an advert (rule 4)."""
-    mac = hmac.new(key, _auth_prefix(vhid, addrs), hashlib.sha1)
-    mac.update(counter.to_bytes(8, "big"))
-    return mac.digest()
+    return Hmac(key, vhid, addrs).digest(counter)
 
 
 def internet_checksum(data: bytes) -> int:
@@ -188,11 +225,7 @@ def encode(
     check_range("counter", counter, 0, COUNTER_MAX)
     if len(key) != KEY_LEN:
         raise ValueError(f"key: must be {KEY_LEN} bytes from make_key(), got {len(key)}")
-    digest = compute_digest(key, vhid, addrs, counter)
-    fields = (CARP_VERSION << 4 | CARP_ADVERTISEMENT, vhid, advskew, AUTHLEN, 0, advbase)
-    hi, lo = counter >> 32, counter & 0xFFFFFFFF
-    header = _HEADER.pack(*fields, 0, hi, lo, digest)
-    return _HEADER.pack(*fields, internet_checksum(header), hi, lo, digest)
+    return Hmac(key, vhid, addrs).header(advskew, advbase, counter)
 
 
 def decode(data: bytes) -> Advert | Rejected:
@@ -210,8 +243,7 @@ def decode(data: bytes) -> Advert | Rejected:
 
 def verify(advert: Advert, key: bytes, addrs: Sequence[Address]) -> bool:
     """Whether the advert's digest matches this key and address set (constant-time compare)."""
-    expected = compute_digest(key, advert.vhid, addrs, advert.counter)
-    return hmac.compare_digest(expected, advert.digest)
+    return Hmac(key, advert.vhid, addrs).verify(advert)
 
 
 def ipv4_payload(
@@ -236,7 +268,13 @@ def ipv4_payload(
         return Rejected(Drop.SHORT, f"total length {total}, needs {ihl + header_len}")
     if len(packet) < total:
         return Rejected(Drop.SHORT, f"{len(packet)} bytes, total length says {total}")
-    return IPv4Address(src), IPv4Address(dst), bytes(packet[ihl:total])
+    return _address(src), _address(dst), bytes(packet[ihl:total])
+
+
+@functools.lru_cache(maxsize=1024)
+def _address(packed: bytes) -> IPv4Address:
+    """The address of 4 bytes; the few sources and groups a link carries are made once."""
+    return IPv4Address(packed)
 
 
 def decode_ipv4(packet: bytes) -> tuple[IPv4Address, Advert] | Rejected:
@@ -251,11 +289,24 @@ def decode_ipv4(packet: bytes) -> tuple[IPv4Address, Advert] | Rejected:
     return src, advert
 
 
+def vhid_of(packet: bytes) -> int:
+    """The vhid of an IPv4 packet carrying CARP (VRRP: its VRID, in the same place), or 0 (no
+    vhid's) if too short; unchecked: to find a vhid's state, never to accept a packet."""
+    at = (packet[0] & 0x0F) * 4 + 1 if packet else 0
+    return packet[at] if 0 < at < len(packet) else 0
+
+
 def encode_ipv4(src: IPv4Address, carp: bytes, tos: int = 0x10) -> bytes:
     """A whole IPv4 packet carrying ``carp`` to 224.0.0.18: TTL 255, DF, id 0, checksum set."""
+    return _ipv4_header(src, len(carp), tos) + carp
+
+
+@functools.lru_cache(maxsize=1024)
+def _ipv4_header(src: IPv4Address, length: int, tos: int) -> bytes:
+    """The IPv4 header of :func:`encode_ipv4`: the same for every advert of a vhid (its source
+    and length do not change), so it is built once."""
     check_range("tos", tos, 0, 255)
-    total = IPV4_HEADER_LEN + len(carp)
+    total = IPV4_HEADER_LEN + length
     fields = (0x45, tos, total, 0, IP_DF, TTL, CARP_PROTO)
     header = _IPV4.pack(*fields, 0, src.packed, CARP_GROUP_V4.packed)
-    header = _IPV4.pack(*fields, internet_checksum(header), src.packed, CARP_GROUP_V4.packed)
-    return header + carp
+    return _IPV4.pack(*fields, internet_checksum(header), src.packed, CARP_GROUP_V4.packed)

@@ -81,6 +81,9 @@ class CarpBed:
     tmp: Path
     peers: dict[str, Peer] = field(default_factory=dict)
     subnet: str = "10.77.0"
+    # run the agents from this tree's ``hafs`` (a checkout of another commit: a benchmark's
+    # before and after in one run); None: the ``hafs`` this process imports
+    hafs_tree: Path | None = None
 
     def node(self, name: str) -> Peer:
         index = len(self.peers) + 1
@@ -147,6 +150,8 @@ class CarpBed:
         config.write_text("\n".join(lines) + "\n")
         os.chmod(config, 0o600)
         argv = [sys.executable, "-m", "hafs", "agent", "--config", str(config)]
+        if self.hafs_tree is not None:  # -P: not the working directory's hafs either
+            argv = ["env", f"PYTHONPATH={self.hafs_tree}", sys.executable, "-P", *argv[1:]]
         self._start(peer, argv, "hafs")
         wait_for(lambda: Path(peer.socket or "").exists(), 10, f"{peer.name}'s control socket")
         return peer

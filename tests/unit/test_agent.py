@@ -23,10 +23,10 @@ from hafs.carp import control, vrrp
 from hafs.carp.agent import Agent, Demotion, held_back
 from hafs.carp.commands import demote_request, format_status, ucarp_config
 from hafs.carp.control import answer
-from hafs.carp.machine import LinkUp
+from hafs.carp.machine import LinkUp, VhidConfig, VhidMachine
 from hafs.carp.metrics import AgentCollector
 from hafs.carp.vrrp import VrrpAdvert
-from hafs.carp.wire import Advert, encode, encode_ipv4, make_key
+from hafs.carp.wire import Advert, encode, encode_ipv4, internet_checksum, make_key
 from hafs.cli import main
 from hafs.errors import HafsError
 from hafs.service import daemon
@@ -401,3 +401,57 @@ def test_vrrp_metrics_report_the_priority(vrrp_agent: Agent) -> None:
     [sample] = families["hafs_vrrp_priority"].samples
     assert (sample.labels, sample.value) == ({"vhid": "1", "interface": "eth0"}, 70)
     assert families["hafs_carp_advskew"].samples == []
+
+
+# A packet byte for byte the last one its vhid accepted is not decoded and checked again.
+
+
+def counting_decoder(agent: Agent) -> list[bytes]:
+    """Record every packet the agent decodes."""
+    decoded: list[bytes] = []
+    decode = agent._decode
+
+    def counted(packet: bytes) -> Any:
+        decoded.append(packet)
+        return decode(packet)
+
+    agent._decode = counted
+    return decoded
+
+
+def test_a_repeated_vrrp_advert_is_heard_without_a_second_decode(vrrp_agent: Agent) -> None:
+    decoded = counting_decoder(vrrp_agent)
+    for _ in range(3):
+        vrrp_agent.receive("eth0", vrrp_advert(priority=200))
+    vhid = vrrp_agent.status()["vhids"][0]
+    assert vhid["adverts_received"] == 3 and len(decoded) == 1
+    vrrp_agent.receive("eth0", vrrp_advert(priority=150))  # the master was demoted: new bytes
+    vhid = vrrp_agent.status()["vhids"][0]
+    assert vhid["master"]["priority"] == 150 and len(decoded) == 2
+    vrrp_agent.receive("eth0", vrrp_advert(priority=150, source=IPv4Address("10.0.0.3")))
+    assert vrrp_agent.status()["vhids"][0]["master"]["source"] == "10.0.0.3"
+    assert len(decoded) == 3  # another source: other bytes, decoded
+
+
+def test_a_changed_carp_advert_is_checked_again(agent: Agent) -> None:
+    good = advert()
+    agent.receive("eth0", good)
+    carp = bytearray(good[20:])
+    carp[-1] ^= 1  # the digest's last byte, and the checksum made right again
+    carp[6:8] = bytes(2)
+    carp[6:8] = internet_checksum(bytes(carp)).to_bytes(2, "big")
+    agent.receive("eth0", good[:20] + bytes(carp))
+    agent.receive("eth0", good)  # a replay: accepted, as by FreeBSD (no replay check)
+    vhid = agent.status()["vhids"][0]
+    assert vhid["drops"] == {"bad digest": 1} and vhid["adverts_received"] == 2
+
+
+def test_an_accepted_packet_is_checked_again_under_a_new_config(agent: Agent) -> None:
+    decoded = counting_decoder(agent)
+    agent.receive("eth0", advert())
+    vhid = agent.vhids[("eth0", 1)]
+    config = vhid.machine.config
+    assert isinstance(config, VhidConfig)
+    vhid.machine = VhidMachine(replace(config, passphrase="changed"), lambda: 1)
+    agent.receive("eth0", advert())
+    assert len(decoded) == 2 and vhid.drops == {"bad digest": 1}

@@ -23,7 +23,6 @@ from hafs.agentconf import AgentConfig, VhidEntry
 from hafs.carp import linux
 from hafs.carp.agent import Agent, Vhid, cleanup
 from hafs.carp.commands import format_status
-from hafs.carp.linux import Received
 from hafs.carp.wire import encode, encode_ipv4, make_key
 from hafs.errors import HafsError
 
@@ -96,8 +95,8 @@ def make_bed(
     loop.time = lambda: clock[0]  # type: ignore[method-assign]
     agent._loop = loop
 
-    def recv() -> Received | None:
-        return Received(queued.pop(0), "eth0") if queued else None
+    def recv() -> bytes | None:
+        return queued.pop(0) if queued else None
 
     agent.interfaces["eth0"] = SimpleNamespace(  # type: ignore[assignment]
         own={OWN}, running=None, srcip=OWN, sock=SimpleNamespace(recv=recv)

@@ -433,6 +433,27 @@ def test_master_readvertises_at_once_when_demotion_changes() -> None:
     assert m.demotion == 0
 
 
+def test_a_master_signs_every_advert_with_its_own_configs_key_and_addresses() -> None:
+    """The digest's prepared part (wire.Hmac) comes with the config: a config with other
+    addresses or another pass signs for those, never with the first one's."""
+    first = master(advskew=10)
+    config = first.config
+    assert isinstance(config, VhidConfig)
+    other_vips = (IPv4Address("10.0.0.102"),)
+    second = VhidMachine(replace(config, addresses=other_vips), randoms())
+    second.handle(0.0, LinkUp())
+    second.handle(second.deadline or 0.0, Timeout())  # master too
+    for m, addresses, key in ((first, VIPS, KEY), (second, other_vips, KEY)):
+        [sent, _] = m.handle(m.deadline or 0.0, Timeout())
+        assert isinstance(sent, SendAdvert)
+        decoded = wire.decode(sent.packet)
+        assert isinstance(decoded, Advert) and decoded.advskew == 10
+        assert wire.verify(decoded, key, addresses)
+        assert not wire.verify(decoded, key, VIPS if addresses is other_vips else other_vips)
+    renamed = replace(config, passphrase="other")
+    assert renamed.hmac.digest(7) == wire.compute_digest(wire.make_key("other"), 1, VIPS, 7)
+
+
 # Counter.
 
 
@@ -796,6 +817,22 @@ def test_vrrp_shutdown_bows_out_with_priority_zero() -> None:
         RemoveVips(VRRP_VIPS),
         SetTimer(None),
     ]
+
+
+def test_vrrp_master_message_follows_every_priority_change() -> None:
+    """The message is built once per priority sent (the config keeps it): a demotion, its
+    end, the bow-out and another configured priority each send their own."""
+    m = vrrp_machine(priority=100)
+    m.handle(0.0, LinkUp())
+    assert m.handle(3.609375, Timeout())[1] == vrrp_sent(100)
+    assert m.handle(4.0, DemotionChanged(30))[0] == vrrp_sent(70)
+    assert m.handle(m.deadline or 0.0, Timeout())[0] == vrrp_sent(70)
+    assert m.handle(5.5, DemotionChanged(0))[0] == vrrp_sent(100)
+    assert m.handle(m.deadline or 0.0, Timeout())[0] == vrrp_sent(100)
+    assert isinstance(m.config, VrrpConfig)
+    other = replace(m.config, priority=150)
+    assert other.packet(0, False, lambda: 0) == vrrp_sent(150).packet
+    assert m.handle(7.0, Shutdown())[1] == vrrp_sent(0)
 
 
 def test_vrrp_address_owner_is_master_at_once_unless_demoted() -> None:

@@ -114,6 +114,19 @@ def test_decode_and_verify_vector(v: Vector) -> None:
 
 
 @pytest.mark.parametrize("v", VECTORS, ids=VECTOR_IDS)
+def test_a_prepared_hmac_signs_and_checks_the_vector(v: Vector) -> None:
+    """wire.Hmac, which the agent keeps per vhid, gives the same bytes as FreeBSD."""
+    prepared = wire.Hmac(wire.make_key(v.passphrase), v.vhid, v.addrs)
+    assert prepared.digest(v.counter) == v.md
+    assert prepared.header(v.wire_skew, v.advbase, v.counter) == v.header
+    advert = wire.decode(v.header)
+    assert isinstance(advert, Advert) and prepared.verify(advert)
+    assert prepared.digest(v.counter ^ 1) != v.md  # the counter is hashed every time
+    other_vhid = wire.Hmac(wire.make_key(v.passphrase), v.vhid % 255 + 1, v.addrs)
+    assert not other_vhid.verify(advert)
+
+
+@pytest.mark.parametrize("v", VECTORS, ids=VECTOR_IDS)
 def test_vectors_are_ones_stock_ucarp_accepts(v: Vector) -> None:
     assert wire.ucarp_refusal(v.passphrase, v.addrs) is None
 
@@ -314,6 +327,25 @@ def test_encode_ipv4_builds_the_freebsd_header() -> None:
 
 def test_decode_ipv4_round_trip() -> None:
     assert wire.decode_ipv4(PACKET) == (SRC, wire.decode(GOOD))
+
+
+def test_each_source_and_length_gets_its_own_ip_header() -> None:
+    """The IPv4 header is built once per source and length: never another one's."""
+    other = IPv4Address("172.21.0.2")
+    longer = GOOD + bytes(8)
+    for src, payload in ((SRC, GOOD), (other, GOOD), (SRC, longer), (other, longer)):
+        packet = wire.encode_ipv4(src, payload)
+        assert packet[12:16] == src.packed and packet[20:] == payload
+        assert struct.unpack("!H", packet[2:4]) == (20 + len(payload),)
+        assert wire.internet_checksum(packet[:20]) == 0
+
+
+def test_vhid_of_finds_the_vhid_byte_or_none() -> None:
+    assert wire.vhid_of(PACKET) == 1
+    with_options = bytearray(PACKET[:20] + b"\x01\x01\x01\x01" + GOOD)
+    with_options[0] = 0x46
+    assert wire.vhid_of(bytes(with_options)) == 1
+    assert [wire.vhid_of(PACKET[:n]) for n in (0, 1, 21)] == [0, 0, 0]
 
 
 def test_decode_ipv4_skips_ip_options_and_link_padding() -> None:
