@@ -6,7 +6,7 @@ say, in the order they say it, and feeds them what happens:
 - packets: one raw socket per interface (:class:`hafs.carp.linux.CarpSocket`) on the event
   loop; each packet is checked (``wire.decode_ipv4``, vhid, source, digest) and dropped with a
   counted reason, or handed to its vhid's machine. A bad packet is never an exception; a
-  packet byte for byte the last one its vhid accepted is not decoded and checked again.
+  VRRPv3 packet byte for byte the last one its vhid accepted is not decoded again.
 - time: the loop's monotonic clock; ``SetTimer`` sets the vhid's deadline in
   :class:`hafs.carp.deadlines.Deadlines`, one ``call_at`` handle for every vhid. A master's
   advert may go up to 1 % of advbase early with others due then (one wake-up for them all);
@@ -286,8 +286,8 @@ class Vhid:
     # another master that does not step down: source -> (first, last) heard, monotonic
     foreign_masters: dict[str, tuple[float, float]] = field(default_factory=dict)
     started: bool = False  # has been BACKUP or MASTER once (for ucarp's --neutral)
-    # the last packet accepted for this vhid, the config it was checked against, and what it
-    # said (Agent._accept)
+    # VRRPv3: the last packet accepted for this vhid, the config it was checked against, and
+    # what it said (Agent._accept)
     accepted: tuple[bytes, Config, Address, Advert | VrrpAdvert] | None = None
 
     @property
@@ -367,6 +367,9 @@ class Agent:
         intervals = [v.machine.config.base_interval for v in self.vhids.values()]
         self.tick = min(intervals) / TICKS_PER_ADVBASE
         self._decode = vrrp.decode_ipv4 if config.protocol == "vrrp3" else decode_ipv4
+        # VRRPv3 masters repeat their bytes until their priority changes; a CARP advert never
+        # does (its counter, and so its digest, change every time): no repeat to look for
+        self._repeats = config.protocol == "vrrp3"
         self._ticker: asyncio.TimerHandle | None = None
         self._deadlines: Deadlines[tuple[str, int]] | None = None
         self._watchdog: float | None = None  # seconds between WATCHDOG=1, if systemd asks
@@ -674,16 +677,16 @@ class Agent:
         """The vhid, source and advert of a packet its machine is to hear, or None: dropped,
         counted by reason.
 
-        A packet byte for byte the one its vhid accepted last, under the same configuration,
-        is accepted again as it was, without a second decode and digest check (both depend on
-        nothing else): a VRRPv3 master sends the same bytes until its priority changes. (A
-        CARP advert never repeats: its counter, and so its digest, change every time.)
+        VRRPv3: a packet byte for byte the one its vhid accepted last, under the same
+        configuration, is accepted again as it was, without a second decode (nothing else
+        decides it): a master sends the same bytes until its priority changes.
         """
-        vhid = self.vhids.get((ifname, vhid_of(packet)))
-        if vhid is not None and vhid.accepted is not None:
-            last, config, source, advert = vhid.accepted
-            if last == packet and config is vhid.machine.config:
-                return vhid, source, advert
+        if self._repeats:
+            vhid = self.vhids.get((ifname, vhid_of(packet)))
+            if vhid is not None and vhid.accepted is not None:
+                last, config, source, advert = vhid.accepted
+                if last == packet and config is vhid.machine.config:
+                    return vhid, source, advert
         decoded = self._decode(packet)
         if isinstance(decoded, Rejected):
             self.drops[decoded.reason.value] += 1
@@ -699,7 +702,8 @@ class Agent:
         if not authentic(vhid.machine.config, advert):
             vhid.drops[Drop.DIGEST.value] += 1
             return None
-        vhid.accepted = (packet, vhid.machine.config, source, advert)
+        if self._repeats:
+            vhid.accepted = (packet, vhid.machine.config, source, advert)
         return vhid, source, advert
 
     def _foreign_master(self, vhid: Vhid, source: str, advert: Advert | VrrpAdvert) -> None:
