@@ -27,9 +27,10 @@ the RPO (seconds between the kill and the last write acknowledged before it that
 A power loss (or the holder's ZFS daemon killed: its dirty data dies with it) may lose the
 writes acknowledged after the newest snapshot its backup had received (replication is
 asynchronous): lost writes count as a failure only if they were
-acknowledged before both that snapshot and one replication interval before the kill, or after
-the kill. The suite exits 1 if a scenario lost a write that counts, missed its goal for the
-outage after the repair, or could not be judged.
+acknowledged before both that snapshot and one replication interval before the kill, or began
+(the client's connect) after the kill; each one counted is printed with its times. The
+suite exits 1 if a scenario lost a write that counts, missed its goal for the outage after the
+repair, or could not be judged.
 
 Run as root from the repository root:
 ``sudo python3 bench/faults.py [--scenario NAME ...] [--interval 5] [--json FILE] [--prefix P]
@@ -90,6 +91,12 @@ class BenchError(HafsError):
 
 def log(message: str) -> None:
     print(f"{time.strftime('%H:%M:%S')} {message}", file=sys.stderr, flush=True)
+
+
+def clock(monotonic: float) -> str:
+    """The wall clock time (to the ms, as the nodes' logs say it) of a monotonic time."""
+    wall = time.time() - (time.monotonic() - monotonic)
+    return time.strftime("%H:%M:%S", time.localtime(wall)) + f",{int(wall % 1 * 1000):03d}"
 
 
 # --- the lab, the writer, the watcher ---------------------------------------------------------
@@ -165,7 +172,9 @@ def two_holders(s: ServiceLab) -> Iterator[list[float]]:
 
 @dataclass(frozen=True)
 class Kill:
-    """A power loss at ``at``; writes acknowledged after ``replicated`` may die with it."""
+    """A power loss at ``at``; writes acknowledged after ``replicated`` may die with it, if
+    they began before ``at`` (a write that began later can only be acknowledged by a node
+    that is up)."""
 
     at: float
     replicated: float
@@ -214,8 +223,8 @@ def lose(s: ServiceLab, node: str, what: str, kill: Callable[[], None]) -> Kill:
     report = s.lab.run(node, ["cat", "/run/hafs/replication.json"], check=False)
     began, began_wall = time.monotonic(), time.time()
     kill()
-    # the node answers until kill() has cut its cable (0.03-0.5 s under load): a write it
-    # acknowledged meanwhile is in its lag like the ones just before
+    # the node answers until kill() has cut its cable (0.03-0.5 s under load): a write that
+    # began meanwhile is in its lag like the ones just before
     at = time.monotonic()
     replicated = began - s.cluster.replication_interval
     try:
@@ -329,12 +338,16 @@ def zfs_kill(s: ServiceLab) -> Fault:
     zfs = s.lab.procs(node).get("zfs-fuse")
     if zfs is None:
         raise BenchError(f"{node}: no zfs-fuse runs")
-    # its dirty data (the open transaction groups) dies with it, as in a power loss
-    kill = lose(s, node, "zfs-fuse killed on", lambda: zfs.signal(signal.SIGKILL))
+
+    def kill() -> None:  # its dirty data (the open transaction groups) dies with it
+        zfs.signal(signal.SIGKILL)
+        wait_for(lambda: not zfs.alive, RESTART_TIMEOUT, "zfs-fuse gone", step=0.01)
+
+    kill_at = lose(s, node, "zfs-fuse killed on", kill)
     time.sleep(FAULT)
     s.lab.stop(node)
     s.lab.start(node)
-    return Fault([kill], time.monotonic())
+    return Fault([kill_at], time.monotonic())
 
 
 def full(s: ServiceLab) -> Fault:
@@ -530,10 +543,23 @@ def judge(
     now_served = served(s, VHID) & acked.keys()  # retried while the VIP settles
     kept = (kept_aside(s, VHID) & acked.keys()) - now_served
     made = [copy for found in copies(s).values() for copy in found]
+    began = {f"{name}.{n}": at for n, at in writes.began.items()}
     lost = {f: at for f, at in acked.items() if f not in now_served and f not in kept}
     kills = fault.kills
-    counted = [at for at in lost.values() if not any(k.replicated < at <= k.at for k in kills)]
+    counted = [
+        f
+        for f, at in lost.items()
+        if not any(k.replicated < at and began[f] <= k.at for k in kills)
+    ]
+    for f in counted:
+        since = ", ".join(
+            f"began {began[f] - k.at:+.3f}s, acknowledged {lost[f] - k.at:+.3f}s from a kill"
+            for k in kills
+        )
+        log(f"{name}: LOST {f}: {since or 'no kill'}")
     times = [writes.started, *sorted(acked.values()), writes.stopped]
+    a, b = max(pairwise(times), key=lambda gap: gap[1] - gap[0])
+    log(f"{name}: the longest outage, {b - a:.1f}s: from {clock(a)} to {clock(b)}")
     after = None
     if fault.repaired is not None:
         later = [fault.repaired, *(t for t in times if t > fault.repaired)]
@@ -550,7 +576,7 @@ def judge(
         lost=len(lost),
         lost_counted=len(counted),
         two_holders=doubled,
-        outage=max(b - a for a, b in pairwise(times)),
+        outage=b - a,
         after_repair=after,
         goal=REPAIR_GOALS.get(name),
         rpo=max(rpos, default=None),

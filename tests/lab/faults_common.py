@@ -59,9 +59,11 @@ def kept_aside(s: ServiceLab, vhid: int) -> set[str]:
 
 @dataclass
 class Writes:
-    """What the writer's server acknowledged: {n: monotonic time}, and when it ran."""
+    """What the writer's server acknowledged: {n: monotonic time}, when each of those writes
+    began (its connect), and when the writer ran."""
 
     acked: dict[int, float]
+    began: dict[int, float]
     started: float
     stopped: float = 0.0
     last: float = 0.0  # the newest acknowledgement
@@ -77,12 +79,13 @@ def writer(s: ServiceLab, vhid: int, name: str, period: float = 0.2) -> Iterator
         text=True,
         cwd=REPO,
     )
-    writes = Writes({}, time.monotonic())
+    writes = Writes({}, {}, time.monotonic())
 
     def read() -> None:
         assert proc.stdout is not None
         for line in proc.stdout:
-            n, at = line.split()
+            n, began, at = line.split()
+            writes.began[int(n)] = float(began)
             writes.acked[int(n)] = writes.last = float(at)
 
     reader = threading.Thread(target=read)

@@ -5,7 +5,8 @@
 - ``wait TIMEOUT`` retries ``get`` every 0.1 s and prints ``<monotonic time> <content>``
   on the first success (CLOCK_MONOTONIC is the same in every namespace);
 - ``writer SECONDS [PERIOD]`` writes PATH.<n> every PERIOD (0.2) s and prints ``<n>
-  <monotonic time>`` per acknowledged write (the RPO measurement);
+  <began> <acknowledged>`` (monotonic times: before its connect, after its reply) per
+  acknowledged write (the RPO measurement);
 - ``list`` prints the names in directory PATH of the share, one per line;
 - ``fill`` writes 1 MiB files PATH.<n> until the server refuses one, and prints
   ``<n> <sha256>`` per acknowledged file, then the refusal's NT status on stderr;
@@ -91,11 +92,12 @@ def main() -> int:
         period = float(rest[1]) if len(rest) > 1 else 0.2
         n = 0
         while time.monotonic() < end:
+            began = time.monotonic()
             try:
                 conn = connect(vip, user, password, timeout=0.5)
                 conn.storeFile(share, f"{path}.{n}", io.BytesIO(str(n).encode()), timeout=2)
                 conn.close()
-                print(f"{n} {time.monotonic():.3f}", flush=True)
+                print(f"{n} {began:.3f} {time.monotonic():.3f}", flush=True)
                 n += 1
             except Exception:
                 pass
