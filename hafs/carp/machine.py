@@ -56,7 +56,14 @@ skew*1_000_000//256), compared as tuples; smaller is better. The rules, per rece
 
 Becoming MASTER emits Transition, SendAdvert, AddVips, Announce, SetTimer(next advert): the
 addresses are installed before the gratuitous ARP, so the VIP answers as soon as peers
-learn it (on FreeBSD the CARP address exists before carp_send_arp runs).
+learn it (on FreeBSD the CARP address exists before carp_send_arp runs). The first advert
+:data:`ANNOUNCE_AGAIN` seconds or more after that carries an Announce again, as keepalived's
+``garp_master_delay`` does: when a master demotes itself, every backup that outranks it
+preempts at the same moment and all but the best step down again within milliseconds, but
+each sent its gratuitous ARP; a Linux client keeps the first one it heard and ignores the
+next ones for a second (its neighbour ``locktime``), so the winner's own ARP may be ignored and
+the client sends to a node without the VIP until its entry times out (measured: 7-12 s
+outages after a dead ZFS daemon demoted its holder). FreeBSD announces once.
 Leaving MASTER emits RemoveVips after the Transition. ``LinkDown`` sends any state to INIT
 ("hardware interface down") with no timer; ``Shutdown`` does the same ("shutdown"), but a master
 first sends one bow-out advert so the backups take over at once, and the machine then ignores
@@ -541,6 +548,9 @@ def timing(advbase: int, skew: int) -> tuple[int, int]:
     return advbase, skew * 1_000_000 // 256
 
 
+ANNOUNCE_AGAIN = 2.0  # seconds after becoming master; beyond Linux's neighbour locktime (1 s)
+
+
 class VhidMachine:
     """One vhid's CARP or VRRPv3 state machine, as ``config`` says. Feed it
     ``handle(now, event)``; apply what it returns."""
@@ -561,6 +571,7 @@ class VhidMachine:
         self._adverts_received = 0
         self._foreign_masters_seen = 0
         self._answered: dict[Address, float] = {}  # foreign master -> when we last answered it
+        self._announce_again: float | None = None  # a new master's second Announce, not before
 
     # Read-only status.
 
@@ -744,10 +755,12 @@ class VhidMachine:
             actions.append(RemoveVips(addresses))
         self._state, self._since, self._reason = new, now, reason
         self._master = None
+        self._announce_again = None
         if new is MASTER:
             actions.append(self._advert())
             actions += [AddVips(addresses), Announce(addresses)]
             actions.append(self._set_timer(now + self.advert_interval))
+            self._announce_again = now + ANNOUNCE_AGAIN
         elif new is BACKUP:
             actions.append(self._set_timer(now + self._master_down(heard)))
         else:
@@ -781,6 +794,9 @@ class VhidMachine:
                 last = now if self._deadline is None else self._deadline
                 due = last + self.advert_interval
                 nxt = due if due > now else now + self.advert_interval
+                if self._announce_again is not None and now >= self._announce_again:
+                    self._announce_again = None
+                    return [self._advert(), Announce(self._config.addresses), self._set_timer(nxt)]
                 return [self._advert(), self._set_timer(nxt)]
             case _Effect.READVERTISE:
                 return [self._advert(), self._set_timer(now + self.advert_interval)]

@@ -360,7 +360,8 @@ def test_master_advertises_on_a_drift_free_rhythm() -> None:
     m = master()  # master since 3.0, next advert due at 4.0
     assert m.handle(3.9, Timeout()) == []
     assert m.handle(4.0, Timeout()) == [advert(0, 1111), SetTimer(5.0)]
-    assert m.handle(5.25, Timeout()) == [advert(0, 1222), SetTimer(6.0)]  # late wake-up
+    late_and_2s_on = [advert(0, 1222), Announce(VIPS), SetTimer(6.0)]  # see the next test
+    assert m.handle(5.25, Timeout()) == late_and_2s_on
     assert m.handle(8.5, Timeout()) == [advert(0, 1333), SetTimer(9.5)]  # missed a whole slot
     assert m.adverts_sent == 4
 
@@ -369,7 +370,33 @@ def test_master_interval_includes_the_advertised_skew() -> None:
     m = master(advbase=2, advskew=64)
     start = 6 + 64 / 256
     assert m.deadline == start + 2.25
-    assert m.handle(start + 2.25, Timeout()) == [advert(64, 1111, 2), SetTimer(start + 4.5)]
+    first = [advert(64, 1111, 2), Announce(VIPS), SetTimer(start + 4.5)]  # 2 s on: announced
+    assert m.handle(start + 2.25, Timeout()) == first
+    assert m.handle(start + 4.5, Timeout()) == [advert(64, 1222, 2), SetTimer(start + 6.75)]
+
+
+def test_a_new_master_announces_again_with_its_first_advert_two_seconds_on() -> None:
+    """A master demotes itself: both backups that outrank it preempt at the same moment and
+    both announce; c steps down at b's first advert, but a client may have kept c's ARP and
+    ignore b's for a second. b announces again with its first advert ANNOUNCE_AGAIN (2 s)
+    after it became master, once."""
+    b, c = backup(preempt=True, advskew=100), backup(preempt=True, advskew=200)
+    for m in (b, c):
+        m.handle(1.0, heard(advskew=0))
+        assert Announce(VIPS) in m.handle(10.0, heard(advskew=240))  # the demoted master
+    assert (b.state, c.state) == (MASTER, MASTER)
+    b_advert = b.handle(b.deadline or 0.0, Timeout())[0]
+    assert isinstance(b_advert, SendAdvert)
+    decoded = wire.decode(b_advert.packet)
+    assert isinstance(decoded, Advert)
+    c.handle(b.deadline or 0.0, AdvertReceived(decoded, IPv4Address("10.0.0.2")))
+    assert c.state is BACKUP
+    announced = []
+    while (b.deadline or 20.0) < 20.0:
+        now = b.deadline or 0.0
+        if Announce(VIPS) in b.handle(now, Timeout()):
+            announced.append(now)
+    assert announced == [10 + 2 * (1 + 100 / 256)]  # the adverts at 11.39, 12.78: the second
 
 
 # (our advbase, our advskew, demotion, heard advbase, heard advskew, steps down): a master
