@@ -3,13 +3,16 @@
 On a service lab of its own (the example cluster: vip1's home ha-file-server-1, three
 backups), with ``--interval`` seconds between replications:
 
-1. once the first rounds are done, the newest snapshot every backup has (``P``) is also
-   received, untimed, into a scratch dataset on every backup: the raw pipes' base;
-2. ``--mb`` MB of incompressible data are written into vip1's share on its holder (straight
-   into the file system, not over SMB: this measures replication, not the client);
-3. the holder's next round snapshots it (``S``) and sends it to every backup at once; its
-   report (``/run/hafs/replication.json``) says, per backup, the seconds from the snapshot
-   to that backup's acknowledgement;
+1. once the first rounds are done, the newest snapshot every backup has is also received,
+   untimed, into a scratch dataset on every backup;
+2. 4 KB are written into vip1's share on its holder and the holder's next round sends them
+   (what a send costs whatever it carries); that snapshot (``P``) goes to the scratch
+   datasets too, untimed: the raw pipes' base;
+3. ``--mb`` MB of incompressible data are written into the share (straight into the file
+   system, not over SMB: this measures replication, not the client); the holder's next
+   round snapshots it (``S``) and sends it to every backup at once; its report
+   (``/run/hafs/replication.json``) says, per backup, the seconds from the snapshot to that
+   backup's acknowledgement;
 4. the same data as a raw ``zfs send -I P S | zfs recv`` from the holder's namespace into
    the first backup's scratch dataset: one pipe, no ssh, no hafs, timed; then the same to
    every backup at once, one pipe each (what the lab's CPUs allow when all of its nodes'
@@ -131,15 +134,18 @@ def measure(s: ServiceLab, mb: int, runs: int) -> list[list[str]]:
         s.lab.run(holder, ["rm", "-f", f"{share}/throughput.bin"])  # the share holds one
         log(f"run {run}: 4 KB into {share} on {holder}: what a send costs whatever it carries")
         small = write_and_wait(s, holder, f"{share}/small{run}.bin", 4, "K")
+        previous = max(peer["snapshot"] for peer in small.values())
+        raw_pipes(s, holder, backups, dataset, base, previous)  # untimed: the raw pipes' base
+        base = previous
         log(f"run {run}: {mb} MB")
         peers = write_and_wait(s, holder, f"{share}/throughput.bin", mb, "M")
         snap = max(peer["snapshot"] for peer in peers.values())
         log(f"run {run}: every backup has it; raw pipes of the same data, to {first}, to all")
-        for node in backups:
-            s.lab.run(node, ["zfs", "rollback", "-r", f"{s.cluster.zfs_pool}/{SCRATCH}@{base}"])
         raw = raw_pipes(s, holder, [first], dataset, base, snap)
         s.lab.run(first, ["zfs", "rollback", "-r", f"{s.cluster.zfs_pool}/{SCRATCH}@{base}"])
         fanned = raw_pipes(s, holder, backups, dataset, base, snap)
+        for node in backups:
+            s.lab.run(node, ["zfs", "rollback", "-r", f"{s.cluster.zfs_pool}/{SCRATCH}@{base}"])
         took = [float(peers[b]["seconds"]) for b in backups]
         figures.append((raw, fanned, took, [float(small[b]["seconds"]) for b in backups]))
 
