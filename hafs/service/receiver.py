@@ -254,12 +254,12 @@ class Receivers:
             return None  # an older hafs there: not asked again until it may have been updated
         argv = [*nice, *services.transport.remote_argv(peer, ["receiver", vip.name], shared=True)]
         with self.lock:
-            session = self.sessions.pop(key, None)
+            session = self.sessions.get(key)
         if session is not None and session.alive() and session.argv == argv:
-            with self.lock:
-                self.sessions[key] = session
             return session
-        if session is not None:
+        if session is not None:  # ended, or the peer's address or key changed (a reload)
+            with self.lock:
+                self.sessions.pop(key, None)
             session.close()
         session = Session(f"{vip.name}: {peer}", argv)
         if not session.hello():
