@@ -304,8 +304,12 @@ class NodeServices:
         stream: Any,
         keep: Sequence[str] = (),
         theirs: Sequence[str] = (),
+        then_prune: bool = True,
     ) -> None:
-        replication.receive(self, vip, base, stream, keep, theirs)
+        replication.receive(self, vip, base, stream, keep, theirs, then_prune)
+
+    def prune_replica(self, vip: VipService, keep: Sequence[str]) -> None:
+        replication.prune_replica(self, vip, keep)
 
     def replicate(
         self,

@@ -209,7 +209,8 @@ def receive(
 ) -> None:
     """The receiving end: become the sender's copy, keeping aside whatever existed here only
     (:mod:`hafs.service.divergence`), receive, stay a read-only replica. ``then_prune``: off
-    for a handover's receive (the clients wait; this node prunes as the holder soon)."""
+    for a handover's receive (the clients wait; this node prunes as the holder soon) and for
+    a receiver's (it prunes once it has answered: :func:`prune_replica`)."""
     zfs, dataset = services.zfs, services.dataset(vip)
     with services.receiving(vip), services.locked(vip):
         if services.smbd_pid(vip) is not None:
@@ -231,6 +232,13 @@ def receive(
         zfs.set(dataset, "readonly", "on")
         if then_prune:
             prune(services, vip, keep)
+
+
+def prune_replica(services: NodeServices, vip: VipService, keep: Sequence[str]) -> None:
+    """A replica's retention after a receive that did not prune (``receive``'s
+    ``then_prune``), under the VIP's lock as the receive was."""
+    with services.locked(vip):
+        prune(services, vip, keep)
 
 
 def prune(services: NodeServices, vip: VipService, keep: Sequence[str] = ()) -> None:

@@ -28,7 +28,7 @@ CONFIG = ServiceConfig(
 # The peer: each receive reads its "stream" (one line, as zfs recv reads a stream to its end
 # record and no further) and records it; a stream "fail" fails as a full pool would.
 PEER = """
-import logging, os, sys
+import logging, os, sys, time, types
 from hafs.service import receiver
 from hafs.service.runtime import ServiceError
 
@@ -37,15 +37,24 @@ logging.basicConfig(level=logging.INFO, stream=sys.stderr,
 record = sys.argv[1]
 
 class Node:
-    def receive(self, vip, base, fd, keep, theirs):
-        stream = receiver.read_line(fd).decode().strip()
+    def receive(self, vip, base, fd, keep, theirs, then_prune):
+        assert not then_prune  # the receiver prunes once it has answered
+        self.stream = stream = receiver.read_line(fd).decode().strip()
         if stream == "fail":
             raise ServiceError("vip1: zfs recv into tank/hafs/vip1 failed: out of space")
         logging.getLogger("hafs.service").warning("vip1: DIVERGED: kept as x")
         with open(record, "a") as f:
             f.write(f"{os.getpid()} {base} {','.join(keep)} {','.join(theirs)} {stream}\\n")
 
-sys.exit(receiver.serve(Node(), None, 0, sys.stdout.buffer))
+    def prune_replica(self, vip, keep):
+        if self.stream == "unprunable":
+            raise ServiceError("zfs destroy tank/hafs/vip1@s0: dataset is busy")
+        while self.stream == "slow-prune" and not os.path.exists(record + ".go"):
+            time.sleep(0.01)
+        with open(record + ".pruned", "a") as f:
+            f.write(f"{self.stream} {','.join(keep)}\\n")
+
+sys.exit(receiver.serve(Node(), types.SimpleNamespace(name="vip1"), 0, sys.stdout.buffer))
 """
 
 
@@ -126,6 +135,27 @@ def test_a_failed_receive_ends_the_session_and_the_next_send_starts_one(
         node.receivers.close_all()
     pids = [line.split()[0] for line in peer.received()]
     assert len(pids) == 2 and pids[0] != pids[1]
+
+
+def test_the_peer_answers_before_it_prunes_and_a_failed_prune_ends_nothing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The holder's send returns once the stream is in, while the peer still prunes; a prune
+    that fails is said in the holder's log and the session goes on."""
+    node = node_with(monkeypatch, peer := Peer(tmp_path))
+    pruned = tmp_path / "received.pruned"
+    try:
+        send(node, "unprunable")
+        send(node, "slow-prune")  # returns while the peer's prune waits for "go"
+        assert not pruned.exists()
+        (tmp_path / "received.go").touch()
+        send(node, "last")
+    finally:
+        node.receivers.close_all()
+    assert len({line.split()[0] for line in peer.received()}) == 1  # one peer process
+    assert pruned.read_text().splitlines() == ["slow-prune s0", "last s0"]
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("old snapshots not pruned: zfs destroy" in w for w in warned)
 
 
 def test_a_failed_zfs_send_ends_the_session_at_once(
