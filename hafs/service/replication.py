@@ -91,28 +91,28 @@ def send(services: NodeServices, vip: VipService, peer: str, urgent: bool = Fals
 
 
 def _send(services: NodeServices, vip: VipService, peer: str, urgent: bool) -> str:
-    local = services.zfs.snapshots(services.dataset(vip))
-    if not local:
+    names = [s.name for s in services.zfs.snapshots(services.dataset(vip))]
+    if not names:
         raise ServiceError(f"{vip.name}: nothing to send: no snapshot")
-    newest, names = local[-1], [s.name for s in local]
+    known = bases(services, vip)
     acked = services.acked.get((vip.name, peer))
     if acked is not None:
-        acked = bases(services, vip).get(peer, acked)
-    if acked == newest.name:
+        acked = known.get(peer, acked)
+    if acked == names[-1]:
         services.acked[(vip.name, peer)] = acked
         return acked
     if acked in names:
         try:
-            return _stream(services, vip, peer, newest.name, acked, urgent)
+            return _stream(services, vip, peer, names, known, acked, urgent)
         except ServiceError as exc:
             log.info(
                 "%s: incremental to %s from %s failed (%s): asking it", vip.name, peer, acked, exc
             )
     theirs = _peer_snapshots(services, vip, peer)
-    if newest.name in theirs:
-        _acked(services, vip, peer, newest.name)
-        return newest.name
-    return _stream(services, vip, peer, newest.name, _newest_of(names, theirs), urgent)
+    if names[-1] in theirs:
+        _acked(services, vip, peer, names[-1])
+        return names[-1]
+    return _stream(services, vip, peer, names, known, _newest_of(names, theirs), urgent)
 
 
 def _peer_snapshots(services: NodeServices, vip: VipService, peer: str) -> set[str]:
@@ -128,28 +128,28 @@ def _newest_of(names: Sequence[str], theirs: set[str]) -> str | None:
 
 
 def _for_receiver(
-    services: NodeServices, vip: VipService, snapshot: str, base: str | None
+    names: Sequence[str], known: dict[str, str], base: str | None
 ) -> tuple[list[str], list[str]]:
-    """What a receiver of ``base``..``snapshot`` is told: the snapshots it keeps (this node's
-    peers' bases) and ours after the base (it may have some from a send that raced this one:
-    they are not its own, not a divergence)."""
-    keep = sorted(bases(services, vip).values())
-    names = [s.name for s in services.zfs.snapshots(services.dataset(vip))]
-    ours = names[names.index(base) + 1 : names.index(snapshot) + 1] if base in names else []
-    return keep, ours
+    """What a receiver of ``base``..``names[-1]`` (our snapshots, oldest first) is told: the
+    snapshots it keeps (this node's peers' bases, ``known``) and ours after the base (it may
+    have some from a send that raced this one: they are not its own, not a divergence)."""
+    ours = list(names[names.index(base) + 1 :]) if base in names else []
+    return sorted(known.values()), ours
 
 
 def _stream(
     services: NodeServices,
     vip: VipService,
     peer: str,
-    snapshot: str,
+    names: Sequence[str],
+    known: dict[str, str],
     base: str | None,
     urgent: bool,
 ) -> str:
-    """Send ``base``..``snapshot`` through the peer's receiver (:mod:`hafs.service.receiver`)."""
-    dataset = services.dataset(vip)
-    keep, ours = _for_receiver(services, vip, snapshot, base)
+    """Send ``base``..``names[-1]`` (our snapshots, oldest first) through the peer's
+    receiver (:mod:`hafs.service.receiver`); ``known``: every peer's base, as recorded."""
+    dataset, snapshot = services.dataset(vip), names[-1]
+    keep, ours = _for_receiver(names, known, base)
     send = services.zfs.send_command(f"{dataset}@{snapshot}", f"{dataset}@{base}" if base else None)
     request = Request(base, keep, ours)
     try:
@@ -337,9 +337,9 @@ def _serve_pull(
         snapshot(services, vip)
     header: dict[str, Any] = {"snapshot": None, "base": None, "keep": [], "theirs": []}
     if services.zfs.exists(dataset):  # else it never had a copy: nothing to send
-        newest = services.zfs.snapshots(dataset)[-1].name
-        keep, ours = _for_receiver(services, vip, newest, base)
-        header = {"snapshot": newest, "base": base, "keep": keep, "theirs": ours}
+        names = [s.name for s in services.zfs.snapshots(dataset)]
+        keep, ours = _for_receiver(names, bases(services, vip), base)
+        header = {"snapshot": names[-1], "base": base, "keep": keep, "theirs": ours}
     out.write(json.dumps(header).encode() + b"\n")
     out.flush()
     if header["snapshot"] is None:

@@ -557,7 +557,8 @@ def test_what_a_receiver_warns_of_is_said_in_the_senders_log(
     vip, config = PAIR_VIP, PAIR
     monkeypatch.setattr(NodeServices, "transport", Receiver())
     node = NodeServices(config, zfs=cast(Zfs, Sending({})))
-    assert replication._stream(node, vip, "n2", "s19", "s18", urgent=False) == "s19"
+    sent = replication._stream(node, vip, "n2", ["s18", "s19"], {}, "s18", urgent=False)
+    assert sent == "s19"
     said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert said == [
         "vip1: n2 says: 2026-12-05 20:00:01,000 WARNING hafs.service: vip1: DIVERGED: kept as x"

@@ -7,6 +7,7 @@ and a receive reads the stream (a real ``zfs send`` stand-in, ``echo``, piped ov
 
 from __future__ import annotations
 
+import collections
 import subprocess
 import threading
 import time
@@ -36,6 +37,7 @@ class Pool(Zfs):
         self.written = 0
         self.taken: dict[str, int] = {}  # snapshot -> what the dataset held, oldest first
         self.props: dict[str, str] = {}
+        self.reads: collections.Counter[str] = collections.Counter()  # zfs list and zfs get
 
     def snapshot(self, snapshot: str) -> None:
         self.taken[snapshot.split("@")[1]] = self.written
@@ -44,6 +46,7 @@ class Pool(Zfs):
         return True
 
     def snapshots(self, dataset: str) -> list[Snapshot]:
+        self.reads["snapshots"] += 1
         return [Snapshot(dataset, name) for name in self.taken]
 
     def unchanged(self, older: str, newer: str) -> bool:
@@ -56,6 +59,7 @@ class Pool(Zfs):
         self.props[prop] = value
 
     def user_properties(self, name: str) -> dict[str, str]:
+        self.reads["properties"] += 1
         return self.props
 
     def send_command(
@@ -137,6 +141,23 @@ def test_a_write_is_snapshotted_and_sent_and_an_idle_round_takes_and_sends_nothi
     assert round_(services, peers) == {"n2": (s2 := list(pool.taken)[-1]), "n3": s2}
     assert list(pool.taken) == [s1, s2]
     assert sorted(peers.logins) == [("n2", "receive"), ("n3", "receive")]  # from s1, known
+
+
+def test_a_send_lists_the_snapshots_and_reads_the_bases_once(
+    holder: tuple[NodeServices, Pool, Peers],
+) -> None:
+    """Each zfs command costs the sending node's pool 10-30 ms; a send to a peer whose base
+    is known needs the snapshots and the recorded bases once each."""
+    services, pool, peers = holder
+    pool.written = 1
+    round_(services, peers)
+    pool.written = 2
+    replication.snapshot(services, VIP)
+    pool.reads.clear()
+    replication.send(services, VIP, "n2")
+    assert pool.reads == {"snapshots": 1, "properties": 1}
+    (first, _second) = pool.taken
+    assert peers.bases[-1] == ("n2", first)
 
 
 def test_a_peer_behind_gets_its_send_in_a_round_with_nothing_written(
