@@ -100,7 +100,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import heapq
 import json
 import logging
@@ -171,9 +170,6 @@ LINK_DOWN_DEMOTION = 240  # FreeBSD's net.inet.carp.ifdown_demotion_factor
 SEND_ERROR_DEMOTION = 240  # FreeBSD's net.inet.carp.senderr_demotion_factor
 SEND_ERRORS_TO_DEMOTE = 3  # CARP_SENDAD_MAX_ERRORS
 SENDS_TO_UNDEMOTE = 3  # CARP_SENDAD_MIN_SUCCESS
-# a unicast peer that does not answer ARP: the kernel refuses sends to it for a while; that
-# peer is down (a failover's normal case), not this node's link: no send-error demotion
-PEER_UNREACHABLE = (errno.EHOSTUNREACH, errno.EHOSTDOWN)
 SHUTDOWN_HOOK_WAIT = 10.0  # seconds the agent waits for hooks when it stops
 TICKS_PER_ADVBASE = 4
 HANDOFF_ENV = "HAFS_AGENT_HANDOFF"  # the hand-off from the previous image, on a reload
@@ -976,13 +972,9 @@ class Agent:
         iface = self.interfaces[vhid.ifname]
         sock = self.vmac_socks.get(vhid.entry.vhid, iface.sock)
         try:
-            if vhid.peers:
+            if vhid.peers:  # a dead peer (its neighbour entry FAILED) is no send error
                 for ipv4, peer in self._unicast(vhid, iface.srcip, packet):
-                    try:
-                        sock.send(ipv4, peer)
-                    except OSError as exc:  # a dead peer is no send error of ours
-                        if exc.errno not in PEER_UNREACHABLE:
-                            raise
+                    sock.send(ipv4, peer)
             else:
                 sock.send(encode_ipv4(iface.srcip, packet))
         except OSError as exc:

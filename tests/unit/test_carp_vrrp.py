@@ -85,6 +85,21 @@ def test_readdress_gives_each_unicast_peer_its_own_checksum() -> None:
     assert vrrp.decode_ipv4(packet) == (SRC, peer, advert)
 
 
+# keepalived 2.2.7 with unicast_peer, captured by tcpdump in the lab (10.77.0.1 -> 10.77.0.2,
+# VRID 1, priority 200, 0.2 s, 10.77.0.100): TTL 255, and a checksum over the peer's address
+KEEPALIVED_UNICAST = bytes.fromhex(
+    "45c000200001 0000ff70a6100a4d00010a4d0002 3101c8010014e71e0a4d0064"
+)
+
+
+def test_readdress_reproduces_keepalived_unicast() -> None:
+    src, peer = IPv4Address("10.77.0.1"), IPv4Address("10.77.0.2")
+    group = vrrp.encode(1, 200, 20, [IPv4Address("10.77.0.100")], src)
+    assert vrrp.readdress(group, src, peer) == KEEPALIVED_UNICAST[20:]
+    decoded = vrrp.decode_ipv4(KEEPALIVED_UNICAST)
+    assert decoded == (src, peer, VrrpAdvert(1, 200, 20, (IPv4Address("10.77.0.100"),)))
+
+
 @pytest.mark.parametrize("position", range(12))
 def test_any_changed_byte_fails_the_checksum(position: int) -> None:
     damaged = bytearray(GOOD)
