@@ -1055,6 +1055,7 @@ class Agent:
                 "vhid": vhid.entry.vhid,
                 "interface": vhid.ifname,
                 "addresses": [str(a) for a in vhid.entry.addresses],
+                "peers": [str(a) for a in vhid.entry.peers],  # none: multicast
                 "state": m.state.value,
                 "since": None if m.since is None else wall - (now - m.since),
                 "reason": m.reason,

@@ -488,6 +488,7 @@ def test_a_unicast_vhid_hears_its_peers_only(unicast_agent: Agent) -> None:
     for source, dst in ((STRANGER, OWN), (STRANGER, None), (PEER, OWN), (OTHER, None)):
         unicast_agent.receive("eth0", advert_to(unicast_agent, source, dst))
     vhid = unicast_agent.status()["vhids"][0]
+    assert vhid["peers"] == [str(PEER), str(OTHER)]
     assert vhid["drops"] == {"not a peer": 2}
     assert vhid["adverts_received"] == 2 and vhid["master"]["source"] == str(OTHER)
 
