@@ -148,7 +148,7 @@ def adverts(args: argparse.Namespace) -> int:
             decoded = decode_ipv4(packet)
             if pkttype == PACKET_OUTGOING or isinstance(decoded, Rejected):
                 continue
-            source, advert = decoded
+            source, _, advert = decoded
             period = advert.advbase + advert.advskew / 256
             seen[(source, advert.vhid)].append((kernel_time(ancillary), period))
     deviations: list[float] = []

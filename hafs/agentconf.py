@@ -31,6 +31,14 @@ CARP node, ``hafs ucarp``) nobody would release the hold, so the agent raises no
     advbase = 1
     advskew = 4
 
+``peers`` (optional, per ``[[vhid]]``) sends that vhid's adverts by unicast to each of these
+addresses instead of to 224.0.0.18, for networks that drop multicast (FreeBSD 14's ``peer``,
+keepalived's ``unicast_peer``); the vhid then hears only adverts from these addresses:
+
+    peers = ["172.21.0.201", "172.21.0.202"]
+
+IPv4 addresses, each once, not this node's ``srcip``. Without ``peers`` the vhid multicasts.
+
 ``protocol = "vrrp3"`` speaks VRRPv3 (RFC 5798) instead of CARP, as keepalived and FreeBSD
 14.1+'s ``carpver 3`` do: each ``[[vhid]]`` (the VRID) then takes ``priority`` (1..255, higher
 wins, 255 owns the addresses; default 100) and ``interval`` (seconds in 0.01 steps,
@@ -85,6 +93,7 @@ class VhidEntry:
     link_mode: LinkMode | None = None
     priority: int = 100  # VRRPv3
     interval: int = 100  # VRRPv3, centiseconds
+    peers: tuple[IPv4Address, ...] = ()  # unicast to these instead of 224.0.0.18
 
 
 @dataclass(frozen=True)
@@ -169,6 +178,8 @@ def render(
             ]
         else:
             lines += [f"advbase = {vip.advbase}", f"advskew = {vip.advskew[node.name]}"]
+        if cluster.unicast:
+            lines.append(f"peers = {_toml([str(a) for a in cluster.peers(vip, node)])}")
     return "\n".join(lines) + "\n"
 
 
@@ -190,7 +201,7 @@ TOP_KEYS = {
     "state_file",
     "vhid",
 }
-VHID_KEYS = {"vhid", "addresses", *CARP_ONLY, *VRRP_ONLY, "interface", "link_mode"}
+VHID_KEYS = {"vhid", "addresses", *CARP_ONLY, *VRRP_ONLY, "interface", "link_mode", "peers"}
 
 
 def load(path: str | os.PathLike[str]) -> AgentConfig:
@@ -226,7 +237,8 @@ def parse(data: Mapping[str, Any], path: Path) -> AgentConfig:
     entries = data.get("vhid")
     if not isinstance(entries, list) or not entries:
         raise AgentConfigError(f"{where}: vhid: add at least one [[vhid]] table")
-    vhids = tuple(_entry(e, f"{where}: vhid[{i}]", protocol) for i, e in enumerate(entries))
+    srcip = _ipv4(data["srcip"], f"{where}: srcip") if "srcip" in data else None
+    vhids = tuple(_entry(e, f"{where}: vhid[{i}]", protocol, srcip) for i, e in enumerate(entries))
     seen: set[int] = set()
     for entry in vhids:
         if entry.vhid in seen:
@@ -237,7 +249,6 @@ def parse(data: Mapping[str, Any], path: Path) -> AgentConfig:
     command = data.get("event_command", list(DEFAULT_EVENT_COMMAND))
     if not isinstance(command, list) or not all(isinstance(c, str) for c in command):
         raise AgentConfigError(f"{where}: event_command: must be a list of strings (argv)")
-    srcip = _ipv4(data["srcip"], f"{where}: srcip") if "srcip" in data else None
     return AgentConfig(
         node=_str(data, "node", where),
         interface=_str(data, "interface", where),
@@ -283,7 +294,7 @@ def _passphrase(data: Mapping[str, Any], path: Path) -> str:
     return value
 
 
-def _entry(raw: Any, where: str, protocol: str) -> VhidEntry:
+def _entry(raw: Any, where: str, protocol: str, srcip: IPv4Address | None) -> VhidEntry:
     if not isinstance(raw, dict):
         raise AgentConfigError(f"{where}: must be a [[vhid]] table")
     unknown = sorted(set(raw) - VHID_KEYS)
@@ -324,7 +335,30 @@ def _entry(raw: Any, where: str, protocol: str) -> VhidEntry:
         link_mode=None if mode is None else _link_mode(mode, where),
         priority=priority,
         interval=_interval(_typed(raw, "interval", (int, float), where, 1), where),
+        peers=_peers(raw["peers"], where, srcip) if "peers" in raw else (),
     )
+
+
+def _peers(value: Any, where: str, srcip: IPv4Address | None) -> tuple[IPv4Address, ...]:
+    """The unicast peers of a vhid: IPv4 unicast addresses, each once, none of them srcip."""
+    if not isinstance(value, list) or not value:
+        raise AgentConfigError(
+            f'{where}: peers: must be a non-empty list like ["10.0.0.2"] (or no peers: '
+            f"multicast), got {value!r}"
+        )
+    peers = tuple(_ipv4(a, f"{where}: peers") for a in value)
+    for peer in peers:
+        if peer.is_multicast or peer.is_unspecified or peer == IPv4Address("255.255.255.255"):
+            raise AgentConfigError(
+                f"{where}: peers: {peer} is not a unicast address: list the peers' own addresses"
+            )
+        if peers.count(peer) > 1:
+            raise AgentConfigError(f"{where}: peers: {peer} is listed twice: list it once")
+        if peer == srcip:
+            raise AgentConfigError(
+                f"{where}: peers: {peer} is this node's srcip: list the other nodes only"
+            )
+    return peers
 
 
 def _interval(seconds: float, where: str) -> int:

@@ -221,19 +221,25 @@ def smb_users(cluster: Cluster) -> Iterator[Problem]:
                     )
 
 
+def _freebsd_before(cluster: Cluster, version: tuple[int, int]) -> Iterator[tuple[str, str]]:
+    """The FreeBSD nodes older than ``version``, or of unknown version: name, version said."""
+    for node in cluster.nodes:
+        if node.os == "freebsd" and (node.freebsd_version or (0, 0)) < version:
+            said = ".".join(map(str, node.freebsd_version)) if node.freebsd_version else "unknown"
+            yield node.name, said
+
+
 def vrrp3_support(cluster: Cluster) -> Iterator[Problem]:
     """VRRPv3: FreeBSD's carp speaks it from 14.1 (``carpver 3``); every priority is 1..254."""
     if cluster.protocol != "vrrp3":
         return
-    for node in cluster.nodes:
-        if node.os == "freebsd" and (node.freebsd_version or (0, 0)) < (14, 1):
-            said = ".".join(map(str, node.freebsd_version)) if node.freebsd_version else "unknown"
-            yield Problem(
-                "error",
-                f"node {node.name}",
-                f"VRRPv3 needs FreeBSD 14.1 or later (freebsd_version: {said})",
-                "upgrade it and set freebsd_version = '14.1', or use protocol = 'carp'",
-            )
+    for name, said in _freebsd_before(cluster, (14, 1)):
+        yield Problem(
+            "error",
+            f"node {name}",
+            f"VRRPv3 needs FreeBSD 14.1 or later (freebsd_version: {said})",
+            "upgrade it and set freebsd_version = '14.1', or use protocol = 'carp'",
+        )
     for vip in cluster.vips:
         for name, skew in sorted(vip.advskew.items()):
             if not 1 <= vip.priority(name) <= 254:
@@ -243,6 +249,31 @@ def vrrp3_support(cluster: Cluster) -> Iterator[Problem]:
                     f"advskew {skew} of {name} gives VRRPv3 priority {vip.priority(name)}",
                     "use advskews 0..253 with protocol = 'vrrp3'",
                 )
+
+
+def unicast_support(cluster: Cluster) -> Iterator[Problem]:
+    """Unicast: FreeBSD's carp takes one ``peer`` per vhid, from 14.0 on."""
+    if not cluster.unicast:
+        return
+    for name, said in _freebsd_before(cluster, (14, 0)):
+        yield Problem(
+            "error",
+            f"node {name}",
+            f"unicast needs FreeBSD 14.0 or later (its carp's 'peer'; freebsd_version: {said})",
+            "upgrade it and set freebsd_version = '14.0', or set unicast = False",
+        )
+    freebsd = {n.name for n in cluster.nodes if n.os == "freebsd"}
+    for vip in cluster.vips:
+        on_freebsd = sorted(freebsd.intersection(vip.carriers))
+        if len(vip.carriers) > 2 and on_freebsd:
+            yield Problem(
+                "error",
+                _vip(vip),
+                f"unicast with {len(vip.carriers)} carriers, but FreeBSD's carp sends to one "
+                f"peer only (on {', '.join(on_freebsd)})",
+                "limit the VIP's carriers to two with an explicit advskew map, or set "
+                "unicast = False (multicast)",
+            )
 
 
 RULES: tuple[Callable[[Cluster], Iterator[Problem]], ...] = (
@@ -259,6 +290,7 @@ RULES: tuple[Callable[[Cluster], Iterator[Problem]], ...] = (
     lone_vips,
     smb_users,
     vrrp3_support,
+    unicast_support,
 )
 
 

@@ -20,7 +20,9 @@ inventory, read by pyinfra's own loader so that hafs and ``pyinfra`` always agre
     (a TOML file, mode 0600, that may hold ``carp_pass`` and ``[smb_users]``),
     ``quorum_witness`` (the address a node that hears no peer pings: default, each node's
     ``gateway``), ``protocol`` ("carp", or "vrrp3": VRRPv3, priority 254 - advskew, FreeBSD
-    nodes need ``freebsd_version`` 14.1 or later) and ``vrrp_interval`` (1 s, 0.01 steps).
+    nodes need ``freebsd_version`` 14.1 or later), ``vrrp_interval`` (1 s, 0.01 steps) and
+    ``unicast`` (False; True: each carrier sends a VIP's adverts to the VIP's other carriers'
+    addresses instead of multicasting them, see :meth:`Cluster.peers`).
 
 A VIP is a dict: ``vhid``, ``address`` (optionally with the subnet prefix, as the
 seed's ``172.21.0.211/20``), ``name`` (default ``vip<vhid>``), ``advbase``,
@@ -185,6 +187,7 @@ class Cluster:
     quorum_witness: IPv4Address | None = None
     protocol: Protocol = "carp"  # "vrrp3": VRRPv3 (RFC 5798), priorities from the advskews
     vrrp_interval: float = 1.0  # VRRPv3's advertisement interval, seconds (0.01 steps)
+    unicast: bool = False  # adverts to the other carriers' addresses, not to 224.0.0.18
 
     def witness_of(self, node: Node) -> IPv4Address | None:
         """What ``node`` pings when it hears no peer: the inventory's witness, or its gateway."""
@@ -215,6 +218,13 @@ class Cluster:
             if vip.home == node.name and vip.prefixlen is not None:
                 return IPv4Interface(f"{vip.address}/{vip.prefixlen}").network
         return None
+
+    def peers(self, vip: Vip, node: Node) -> list[IPv4Address]:
+        """Where ``node`` sends ``vip``'s adverts with ``unicast``: the source addresses of the
+        VIP's other carriers, in takeover order (a carrier without one is reported by
+        ``hafs check``)."""
+        others = (self.node(name) for name in vip.carriers if name != node.name)
+        return [a for a in map(self.source_address, others) if a is not None]
 
     def source_address(self, node: Node) -> IPv4Address | None:
         """The address the node sends adverts from: its fixed address, else its home VIP."""
@@ -358,6 +368,7 @@ def from_pyinfra(inventory: Any, source: Path) -> Cluster:
     return Cluster(
         protocol=cast(Protocol, protocol),
         vrrp_interval=_vrrp_interval(cluster_data.get("vrrp_interval", 1.0)),
+        unicast=_bool(cluster_data, "unicast", "group_data", default=False),
         source=source,
         nodes=nodes,
         vips=vips,
@@ -389,6 +400,7 @@ def _vrrp_interval(value: Any) -> float:
 CLUSTER_KEYS = (
     "protocol",
     "vrrp_interval",
+    "unicast",
     "carp_pass",
     "carp_advbase",
     "failback",

@@ -29,7 +29,8 @@ def _assign(key: str, value: str, quote_numbers: bool = True) -> str:
 
 def carp_args(cluster: Cluster, node: Node, vip: Vip, prefixlen: int, up: bool = False) -> str:
     """ifconfig arguments of one CARP address, as FreeBSD's rc.conf takes them (VRRPv3:
-    ``carpver 3`` with its priority and interval in centiseconds, FreeBSD 14.1+, no pass)."""
+    ``carpver 3`` with its priority and interval in centiseconds, FreeBSD 14.1+, no pass;
+    unicast: ``peer`` and the other carrier's address, FreeBSD 14.0+, one peer per vhid)."""
     words = [f"vhid {vip.vhid}"]
     if cluster.protocol == "vrrp3":
         words.append(f"carpver 3 vrrpprio {vip.priority(node.name)}")
@@ -40,6 +41,15 @@ def carp_args(cluster: Cluster, node: Node, vip: Vip, prefixlen: int, up: bool =
         if vip.advskew[node.name]:
             words.append(f"advskew {vip.advskew[node.name]}")
         words.append(f"pass {cluster.carp_pass}")
+    if cluster.unicast:
+        peers = cluster.peers(vip, node)
+        if len(peers) != 1:
+            raise HafsError(
+                f"rc.conf: vhid {vip.vhid}: unicast to {len(peers)} peers, but FreeBSD's carp "
+                "takes one: limit the VIP's carriers to two (an explicit advskew map), or set "
+                "unicast = False"
+            )
+        words.append(f"peer {peers[0]}")
     words.append(f"{vip.address}/{prefixlen}")
     if up:
         words.append("up")
@@ -121,7 +131,9 @@ def keepalived_conf(cluster: Cluster, node: Node, hafs_command: str = HAFS_BIN) 
     """keepalived's VRRP instances for the VIPs ``node`` carries, as the hafs agent would run
     them (VRRPv3, same priorities, interval and preemption): keepalived moves the address and
     calls ``hafs event <vhid>@<if> <STATE>`` on each change, as devd does on FreeBSD. It
-    takes no demotion holds: a node that comes back preempts without its resync (as ucarp)."""
+    takes no demotion holds: a node that comes back preempts without its resync (as ucarp).
+    With ``unicast``: ``unicast_src_ip`` (the node's source address) and ``unicast_peer`` (the
+    VIP's other carriers), and ``check_unicast_src``, as the hafs agent hears only its peers."""
     if cluster.protocol != "vrrp3":
         raise HafsError(
             'keepalived.conf: keepalived speaks VRRP, not CARP: set protocol = "vrrp3" in '
@@ -137,8 +149,18 @@ def keepalived_conf(cluster: Cluster, node: Node, hafs_command: str = HAFS_BIN) 
         "    enable_script_security",
         "}",
     ]
+    src = cluster.source_address(node)
     for vip in cluster.vips_of(node.name):
         event = f"{hafs_command} event {vip.vhid}@{ifname}"
+        unicast = []
+        if cluster.unicast:
+            unicast = [
+                *([] if src is None else [f"    unicast_src_ip {src}"]),
+                "    check_unicast_src",
+                "    unicast_peer {",
+                *(f"        {peer}" for peer in cluster.peers(vip, node)),
+                "    }",
+            ]
         lines += [
             f"vrrp_instance hafs_{vip.name} {{",
             "    state BACKUP",
@@ -147,6 +169,7 @@ def keepalived_conf(cluster: Cluster, node: Node, hafs_command: str = HAFS_BIN) 
             f"    priority {vip.priority(node.name)}",
             f"    advert_int {cluster.vrrp_interval:g}",
             *([] if node.preempt else ["    nopreempt"]),
+            *unicast,
             "    virtual_ipaddress {",
             f"        {vip.address}/32 dev {ifname}",
             "    }",

@@ -7,6 +7,12 @@ say, in the order they say it, and feeds them what happens:
   loop; each packet is checked (``wire.decode_ipv4``, vhid, source, digest) and dropped with a
   counted reason, or handed to its vhid's machine. A bad packet is never an exception; a
   VRRPv3 packet byte for byte the last one its vhid accepted is not decoded again.
+- unicast (a vhid with ``peers`` in agent.toml): its adverts go to each peer's address instead
+  of 224.0.0.18, one packet per peer (VRRPv3: each with its own checksum, which covers the
+  destination), and it hears adverts from its peers only; a vhid without peers takes only
+  adverts sent to the group. The machine never knows: the destination is chosen here, where
+  packets are sent (:meth:`Agent._send`), and a multicast vhid's send and receive are as
+  before.
 - time: the loop's monotonic clock; ``SetTimer`` sets the vhid's deadline in
   :class:`hafs.carp.deadlines.Deadlines`, one ``call_at`` handle for every vhid. A master's
   advert may go up to 1 % of advbase early with others due then (one wake-up for them all);
@@ -146,6 +152,7 @@ from hafs.carp.machine import (
 )
 from hafs.carp.vrrp import VrrpAdvert
 from hafs.carp.wire import (
+    CARP_GROUP_V4,
     MAX_SKEW,
     Advert,
     Drop,
@@ -289,6 +296,10 @@ class Vhid:
     # VRRPv3: the last packet accepted for this vhid, the config it was checked against, and
     # what it said (Agent._accept)
     accepted: tuple[bytes, Config, Address, Advert | VrrpAdvert] | None = None
+    peers: frozenset[IPv4Address] = frozenset()  # unicast: its adverts go to these, not the group
+    # unicast: the last advert sent, and its IPv4 packet to each peer (a VRRPv3 master repeats
+    # its message: the per-peer checksums are computed once)
+    unicast_sent: tuple[bytes, list[tuple[bytes, str]]] | None = None
 
     @property
     def name(self) -> str:
@@ -354,6 +365,7 @@ class Agent:
                 ifname=ifname,
                 machine=VhidMachine(vhid_config, random64),
                 vip_ifname=linux.vmac_ifname(entry.vhid) if vmac else ifname,
+                peers=frozenset(entry.peers),
             )
         masters_down = [v.machine.config.master_down for v in self.vhids.values()]
         self.liveness = Liveness(stall_after=min(masters_down), silence_after=max(masters_down))
@@ -570,8 +582,14 @@ class Agent:
                 continue
             iface = self.interfaces[vhid.ifname]
             sock = self.vmac_socks.get(vhid.entry.vhid, iface.sock)
-            ipv4 = [encode_ipv4(iface.srcip, packet) for packet in packets]
-            plan.append((sock, ipv4, m.deadline, interval))
+            if not vhid.peers:
+                ipv4 = [encode_ipv4(iface.srcip, packet) for packet in packets]
+                plan.append((sock, linux.GROUP, ipv4, m.deadline, interval))
+                continue
+            to_peers = [self._unicast(vhid, iface.srcip, packet) for packet in packets]
+            for i, (_, peer) in enumerate(to_peers[0]):
+                ipv4 = [each[i][0] for each in to_peers]
+                plan.append((sock, peer, ipv4, m.deadline, interval))
         if not plan:
             return None
         pid = os.fork()
@@ -691,13 +709,16 @@ class Agent:
         if isinstance(decoded, Rejected):
             self.drops[decoded.reason.value] += 1
             return None
-        source, advert = decoded
+        source, dst, advert = decoded
         vhid = self.vhids.get((ifname, advert.vhid))
         if vhid is None:
             self.drops[Drop.VHID.value] += 1
             return None
         if source in self.interfaces[ifname].own:
             vhid.drops[Drop.OURS.value] += 1
+            return None
+        if (vhid.peers or dst is not CARP_GROUP_V4) and source not in vhid.peers:
+            vhid.drops[(Drop.PEER if vhid.peers else Drop.DESTINATION).value] += 1
             return None
         if not authentic(vhid.machine.config, advert):
             vhid.drops[Drop.DIGEST.value] += 1
@@ -951,7 +972,11 @@ class Agent:
         iface = self.interfaces[vhid.ifname]
         sock = self.vmac_socks.get(vhid.entry.vhid, iface.sock)
         try:
-            sock.send(encode_ipv4(iface.srcip, packet))
+            if vhid.peers:  # a dead peer (its neighbour entry FAILED) is no send error
+                for ipv4, peer in self._unicast(vhid, iface.srcip, packet):
+                    sock.send(ipv4, peer)
+            else:
+                sock.send(encode_ipv4(iface.srcip, packet))
         except OSError as exc:
             iface.sends_ok = 0
             iface.send_errors += 1
@@ -965,6 +990,23 @@ class Agent:
         if iface.sends_ok == SENDS_TO_UNDEMOTE and iface.name in self.demotion.send_failing:
             self.demotion.send_failing.discard(iface.name)
             self.loop.call_soon(self._demotion_changed)
+
+    def _unicast(self, vhid: Vhid, src: IPv4Address, packet: bytes) -> list[tuple[bytes, str]]:
+        """The IPv4 packets of one advert of a unicast vhid, one per peer, with the peer's
+        address; a VRRPv3 message is re-checksummed for each peer (it covers the destination)."""
+        last = vhid.unicast_sent
+        if last is not None and last[0] == packet:
+            return last[1]
+        vrrp3 = isinstance(vhid.machine.config, VrrpConfig)
+        packets = [
+            (
+                encode_ipv4(src, vrrp.readdress(packet, src, peer) if vrrp3 else packet, dst=peer),
+                str(peer),
+            )
+            for peer in vhid.entry.peers
+        ]
+        vhid.unicast_sent = (packet, packets)
+        return packets
 
     def _transition(self, vhid: Vhid, action: Transition) -> None:
         previous = action.previous_master
@@ -1013,6 +1055,7 @@ class Agent:
                 "vhid": vhid.entry.vhid,
                 "interface": vhid.ifname,
                 "addresses": [str(a) for a in vhid.entry.addresses],
+                "peers": [str(a) for a in vhid.entry.peers],  # none: multicast
                 "state": m.state.value,
                 "since": None if m.since is None else wall - (now - m.since),
                 "reason": m.reason,
@@ -1121,12 +1164,12 @@ def _present(ifname: str, addresses: list[str]) -> bool | None:
 
 
 def _stand_in(
-    plan: list[tuple[linux.CarpSocket, list[bytes], float, float]], until: float
+    plan: list[tuple[linux.CarpSocket, str, list[bytes], float, float]], until: float
 ) -> NoReturn:
-    """The forked stand-in: send each master's prepared adverts (socket, packets, first
-    due, interval) on its schedule until ``until`` or SIGTERM; nothing else (no logging, no
-    loop: the parent had threads), every other descriptor closed (a listening port would keep
-    the new image from binding it)."""
+    """The forked stand-in: send each master's prepared adverts (socket, destination, packets,
+    first due, interval; a unicast vhid has one entry per peer) on its schedule until
+    ``until`` or SIGTERM; nothing else (no logging, no loop: the parent had threads), every
+    other descriptor closed (a listening port would keep the new image from binding it)."""
     try:
         signal.set_wakeup_fd(-1)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -1137,16 +1180,16 @@ def _stand_in(
             if fd > 2 and fd not in keep:
                 with contextlib.suppress(OSError):
                     os.close(fd)
-        queue = [(due, i, 0) for i, (_, _, due, _) in enumerate(plan)]
+        queue = [(due, i, 0) for i, (_, _, _, due, _) in enumerate(plan)]
         heapq.heapify(queue)
         while queue:
             due, i, n = heapq.heappop(queue)
             if due > until:
                 break
             time.sleep(max(0.0, due - time.monotonic()))
-            sock, packets, _, interval = plan[i]
+            sock, dst, packets, _, interval = plan[i]
             with contextlib.suppress(OSError):
-                sock.send(packets[n])
+                sock.send(packets[n], dst)
             if n + 1 < len(packets):
                 heapq.heappush(queue, (due + interval, i, n + 1))
     finally:

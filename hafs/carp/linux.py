@@ -15,7 +15,8 @@ Measured on Linux 6.x with iproute2 6.1, pyroute2 0.9.7 and stock ucarp 1.5.2 (`
 - With IP_MULTICAST_LOOP off, no socket of this namespace sees our own adverts, but a peer's
   advert with our source address (a duplicate address) still arrives: drop by source address.
 - Receiving needs the IP_ADD_MEMBERSHIP on the interface: without any member there, the kernel
-  drops 224.0.0.18 before raw sockets see it. Raw sockets get the whole IPv4 packet.
+  drops 224.0.0.18 before raw sockets see it. Raw sockets get the whole IPv4 packet, and also
+  every protocol-112 packet sent to one of the node's own addresses (unicast peers' adverts).
 - pyroute2 0.9's synchronous ``IPRoute`` runs its own asyncio loop and raises RuntimeError when
   called from a running loop: the agent calls the netlink functions here through
   ``asyncio.to_thread``. The link monitor uses a plain netlink socket (pyroute2 only parses), so
@@ -62,6 +63,7 @@ _ARP_REQUEST = 1
 _ARP_REPLY = 2
 _RECV_SIZE = 65535
 _NETLINK_RECV_SIZE = 65536
+GROUP = str(CARP_GROUP_V4)
 _LABEL_RE = re.compile(r"(?P<ifname>.+):(?P<vhid>[0-9]{1,3})")
 
 
@@ -106,13 +108,15 @@ class CarpSocket:
     def fileno(self) -> int:
         return self._sock.fileno()
 
-    def send(self, packet: bytes) -> None:
-        """Send one whole IPv4 packet (``wire.encode_ipv4``) to 224.0.0.18 on the interface.
+    def send(self, packet: bytes, dst: str = GROUP) -> None:
+        """Send one whole IPv4 packet (``wire.encode_ipv4``) to 224.0.0.18 on the interface,
+        or to the unicast peer ``dst`` that its header names (the kernel routes by ``dst``;
+        the peer must be on the interface's subnet: SO_BINDTODEVICE keeps it there).
 
         Raises OSError when the kernel refuses (interface down: ENETUNREACH; send buffer full:
         BlockingIOError): the agent counts these as send failures.
         """
-        self._sock.sendto(packet, (str(CARP_GROUP_V4), 0))
+        self._sock.sendto(packet, (dst, 0))
 
     def recv(self) -> bytes | None:
         """The next whole IPv4 packet (header included), or None when none is waiting."""

@@ -15,7 +15,9 @@ Rules:
    "sent by us" need configuration, so the agent checks them, as it does for CARP.
 3. The checksum covers an IPv4 pseudo-header (source, destination, zero, protocol 112, VRRP
    length) before the VRRP message, section 5.2.8; keepalived sums the same ``ipv4_phdr``.
-   Unlike CARP's, it therefore depends on the source address: ``encode`` takes it.
+   Unlike CARP's, it therefore depends on the source address: ``encode`` takes it. And on the
+   destination: an advert sent by unicast to each peer (keepalived's ``unicast_peer``,
+   FreeBSD's ``peer``) has a checksum of its own per peer (``readdress``).
 4. There is no authentication (RFC 5798 removed it), hence no key, pass or counter.
 5. The interval is carried in centiseconds, 12 bits (1..4095, 0.01..40.95 s); the 4 bits above
    it are reserved, sent as zero and ignored on receipt.
@@ -91,6 +93,13 @@ def encode(
     return _HEADER.pack(*fields, _checksum(src, dst, message)) + body
 
 
+def readdress(message: bytes, src: IPv4Address, dst: IPv4Address) -> bytes:
+    """``message`` (from :func:`encode`) with its checksum for ``src`` -> ``dst``: the same
+    advert, sent to a unicast peer instead of the group (rule 3)."""
+    body = message[:6] + b"\0\0" + message[HEADER_LEN:]
+    return message[:6] + _checksum(src, dst, body).to_bytes(2, "big") + message[HEADER_LEN:]
+
+
 def decode(message: bytes, src: IPv4Address, dst: IPv4Address) -> VrrpAdvert | Rejected:
     """Parse the VRRP message that ``src`` sent to ``dst`` (rule 2)."""
     if len(message) < HEADER_LEN:
@@ -112,8 +121,9 @@ def decode(message: bytes, src: IPv4Address, dst: IPv4Address) -> VrrpAdvert | R
     return VrrpAdvert(vhid, priority, interval & MAX_INTERVAL, addresses)
 
 
-def decode_ipv4(packet: bytes) -> tuple[IPv4Address, VrrpAdvert] | Rejected:
-    """Parse a whole IPv4 packet as a raw socket returns it: source address and advert."""
+def decode_ipv4(packet: bytes) -> tuple[IPv4Address, IPv4Address, VrrpAdvert] | Rejected:
+    """Parse a whole IPv4 packet as a raw socket returns it: source, destination (the group
+    is ``CARP_GROUP_V4`` itself) and advert."""
     parts = ipv4_payload(packet, HEADER_LEN)
     if isinstance(parts, Rejected):
         return parts
@@ -121,4 +131,4 @@ def decode_ipv4(packet: bytes) -> tuple[IPv4Address, VrrpAdvert] | Rejected:
     advert = decode(message, src, dst)
     if isinstance(advert, Rejected):
         return advert
-    return src, advert
+    return src, dst, advert

@@ -18,7 +18,14 @@ Rules:
    which starts above 0 and below all-ones, the all-zeros and all-ones addresses are skipped.
    Stock ucarp hashes its single IPv4 address, which is the same bytes when the vhid has exactly
    one IPv4 address and nothing else; ``ucarp_refusal`` says when that does not hold.
-5. Everything in the digest but the counter is fixed by the vhid's configuration: ``Hmac``
+5. Unicast (FreeBSD's ``peer``, keepalived's ``unicast_peer``): an advert may go to a peer's
+   own address instead of 224.0.0.18. It is sent with TTL 255 as always, but only an advert to
+   the group must arrive with TTL 255 (FreeBSD's ``carp_input_c`` checks the TTL only in
+   multicast mode; keepalived checks none in unicast mode). Whether a vhid takes an advert sent
+   to this node depends on its peers, which only the agent knows (``Drop.PEER``,
+   ``Drop.DESTINATION``). Neither the digest nor CARP's checksum covers the IP destination, so
+   a CARP advert is the same bytes to every peer (VRRPv3's checksum does cover it).
+6. Everything in the digest but the counter is fixed by the vhid's configuration: ``Hmac``
    (FreeBSD's ``carp_hmac_prepare``) keys and feeds it once, and then signs or checks an
    advert by hashing its counter alone. The agent signs and checks one advert per vhid every
    advbase; ``encode``, ``compute_digest`` and ``verify`` build an ``Hmac`` per call.
@@ -57,6 +64,7 @@ IP_DF = 0x4000
 # version<<4|type, vhid, advskew, authlen, reserved, advbase, checksum, counter hi, counter lo, md
 _HEADER = struct.Struct("!BBBBBBHII20s")
 _IPV4 = struct.Struct("!BBHHHBBH4s4s")
+_GROUP = CARP_GROUP_V4.packed
 _V4_SKIP = (0, (1 << 32) - 1)
 _V6_SKIP = (bytes(16), b"\xff" * 16)
 
@@ -90,6 +98,8 @@ class Drop(enum.Enum):
     DIGEST = "bad digest"
     NOT_CARP = "not carp"
     BAD_IP = "bad ip header"
+    PEER = "not a peer"
+    DESTINATION = "not to the group"
 
 
 @dataclass(frozen=True)
@@ -160,7 +170,7 @@ def _auth_prefix(vhid: int, addrs: Sequence[Address]) -> bytes:
 
 
 class Hmac:
-    """The HMAC-SHA1 of one vhid with everything before the counter hashed in (rule 5).
+    """The HMAC-SHA1 of one vhid with everything before the counter hashed in (rule 6).
 
     Built from what a vhid's configuration fixes (key, vhid, addresses); a configuration
     that changes is a new ``Hmac``, so one can never sign with stale addresses or key.
@@ -249,7 +259,8 @@ def verify(advert: Advert, key: bytes, addrs: Sequence[Address]) -> bool:
 def ipv4_payload(
     packet: bytes, header_len: int
 ) -> tuple[IPv4Address, IPv4Address, bytes] | Rejected:
-    """Source, destination and payload of an IPv4 packet of protocol 112 and TTL 255.
+    """Source, destination and payload of an IPv4 packet of protocol 112, with TTL 255 if it
+    was sent to the group (rule 5); the destination is :data:`CARP_GROUP_V4` itself then.
 
     ``header_len`` is the shortest payload the protocol accepts (CARP's header, VRRP's); IP
     options are skipped and link-layer padding past the total length is cut off.
@@ -262,13 +273,15 @@ def ipv4_payload(
         return Rejected(Drop.BAD_IP, f"version {vihl >> 4}, header length {ihl}")
     if proto != CARP_PROTO:
         return Rejected(Drop.NOT_CARP, f"protocol {proto}")
-    if ttl != TTL:
+    to_group = dst == _GROUP
+    if ttl != TTL and to_group:
         return Rejected(Drop.TTL, f"ttl {ttl}")
     if total < ihl + header_len:
         return Rejected(Drop.SHORT, f"total length {total}, needs {ihl + header_len}")
     if len(packet) < total:
         return Rejected(Drop.SHORT, f"{len(packet)} bytes, total length says {total}")
-    return _address(src), _address(dst), bytes(packet[ihl:total])
+    destination = CARP_GROUP_V4 if to_group else _address(dst)
+    return _address(src), destination, bytes(packet[ihl:total])
 
 
 @functools.lru_cache(maxsize=1024)
@@ -277,16 +290,17 @@ def _address(packed: bytes) -> IPv4Address:
     return IPv4Address(packed)
 
 
-def decode_ipv4(packet: bytes) -> tuple[IPv4Address, Advert] | Rejected:
-    """Parse a whole IPv4 packet as a raw socket returns it: source address and advert."""
+def decode_ipv4(packet: bytes) -> tuple[IPv4Address, IPv4Address, Advert] | Rejected:
+    """Parse a whole IPv4 packet as a raw socket returns it: source, destination (the
+    group is :data:`CARP_GROUP_V4` itself) and advert."""
     parts = ipv4_payload(packet, HEADER_LEN)
     if isinstance(parts, Rejected):
         return parts
-    src, _dst, payload = parts
+    src, dst, payload = parts
     advert = decode(payload)
     if isinstance(advert, Rejected):
         return advert
-    return src, advert
+    return src, dst, advert
 
 
 def vhid_of(packet: bytes) -> int:
@@ -296,17 +310,21 @@ def vhid_of(packet: bytes) -> int:
     return packet[at] if 0 < at < len(packet) else 0
 
 
-def encode_ipv4(src: IPv4Address, carp: bytes, tos: int = 0x10) -> bytes:
-    """A whole IPv4 packet carrying ``carp`` to 224.0.0.18: TTL 255, DF, id 0, checksum set."""
-    return _ipv4_header(src, len(carp), tos) + carp
+def encode_ipv4(
+    src: IPv4Address, carp: bytes, tos: int = 0x10, dst: IPv4Address | None = None
+) -> bytes:
+    """A whole IPv4 packet carrying ``carp`` to 224.0.0.18, or to the unicast peer ``dst``:
+    TTL 255 either way (rule 5), DF, id 0, checksum set."""
+    return _ipv4_header(src, len(carp), tos, dst) + carp
 
 
 @functools.lru_cache(maxsize=1024)
-def _ipv4_header(src: IPv4Address, length: int, tos: int) -> bytes:
-    """The IPv4 header of :func:`encode_ipv4`: the same for every advert of a vhid (its source
-    and length do not change), so it is built once."""
+def _ipv4_header(src: IPv4Address, length: int, tos: int, dst: IPv4Address | None) -> bytes:
+    """The IPv4 header of :func:`encode_ipv4`: the same for every advert of a vhid to one
+    destination (its source and length do not change), so it is built once."""
     check_range("tos", tos, 0, 255)
     total = IPV4_HEADER_LEN + length
     fields = (0x45, tos, total, 0, IP_DF, TTL, CARP_PROTO)
-    header = _IPV4.pack(*fields, 0, src.packed, CARP_GROUP_V4.packed)
-    return _IPV4.pack(*fields, internet_checksum(header), src.packed, CARP_GROUP_V4.packed)
+    to = (dst or CARP_GROUP_V4).packed
+    header = _IPV4.pack(*fields, 0, src.packed, to)
+    return _IPV4.pack(*fields, internet_checksum(header), src.packed, to)

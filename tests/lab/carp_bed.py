@@ -7,6 +7,7 @@ through netlink (``ip -n``) and the agents' control sockets.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -37,10 +38,17 @@ vrrp_instance hafs_test_{vhid} {{
     virtual_router_id {vhid}
     priority {priority}
     advert_int {interval}
-    virtual_ipaddress {{
+{unicast}    virtual_ipaddress {{
         {vip}/32 dev eth0
     }}
 }}
+"""
+
+KEEPALIVED_UNICAST = """\
+    unicast_src_ip {src}
+    check_unicast_src
+    unicast_peer {{
+{peers}    }}
 """
 
 
@@ -107,17 +115,31 @@ class CarpBed:
         passphrase: str = "testok",
         preempt: bool = True,
         extra: str = "",
+        peers: list[Peer] | None = None,
     ) -> Peer:
-        """Start `hafs agent` on ``peer`` for (vhid, vip, advskew) entries."""
+        """Start `hafs agent` on ``peer`` for (vhid, vip, advskew) entries; with ``peers``,
+        every vhid advertises to their addresses by unicast."""
         tables = [
-            ["[[vhid]]", f"vhid = {vhid}", f'addresses = ["{vip}"]', f"advskew = {skew}"]
+            [
+                "[[vhid]]",
+                f"vhid = {vhid}",
+                f'addresses = ["{vip}"]',
+                f"advskew = {skew}",
+                *_peers_line(peers),
+            ]
             for vhid, vip, skew in vhids
         ]
         return self._agent(peer, [f'pass = "{passphrase}"', extra], tables, preempt)
 
-    def hafs_vrrp(self, peer: Peer, vhids: list[tuple[int, str, int]], interval: float) -> Peer:
+    def hafs_vrrp(
+        self,
+        peer: Peer,
+        vhids: list[tuple[int, str, int]],
+        interval: float,
+        peers: list[Peer] | None = None,
+    ) -> Peer:
         """Start `hafs agent` speaking VRRPv3 on ``peer`` for (vhid, vip, priority) entries,
-        every one advertising each ``interval`` seconds."""
+        every one advertising each ``interval`` seconds (with ``peers``: to them, unicast)."""
         tables = [
             [
                 "[[vhid]]",
@@ -125,6 +147,7 @@ class CarpBed:
                 f'addresses = ["{vip}"]',
                 f"priority = {priority}",
                 f"interval = {interval}",
+                *_peers_line(peers),
             ]
             for vhid, vip, priority in vhids
         ]
@@ -156,14 +179,29 @@ class CarpBed:
         wait_for(lambda: Path(peer.socket or "").exists(), 10, f"{peer.name}'s control socket")
         return peer
 
-    def keepalived(self, peer: Peer, vhids: list[tuple[int, str, int]], interval: float) -> Peer:
+    def keepalived(
+        self,
+        peer: Peer,
+        vhids: list[tuple[int, str, int]],
+        interval: float,
+        peers: list[Peer] | None = None,
+    ) -> Peer:
         """Start keepalived (VRRP only, VRRPv3, preempt) on ``peer`` in the foreground for
         (vhid, vip, priority) entries, its config and pid files in this bed's directory;
         stopped by its pid like the others. Its VRRP child (:meth:`keepalived_vrrp_pid`) sends
-        the adverts; the parent does not respawn it (``--dont-respawn``) but exits with it."""
+        the adverts; the parent does not respawn it (``--dont-respawn``) but exits with it.
+        With ``peers``: ``unicast_src_ip``, ``unicast_peer`` and ``check_unicast_src``, as
+        ``hafs render NODE keepalived.conf`` writes them for a unicast cluster."""
+        unicast = ""
+        if peers is not None:
+            unicast = KEEPALIVED_UNICAST.format(
+                src=peer.address, peers="".join(f"        {p.address}\n" for p in peers)
+            )
         config = self.tmp / f"{peer.name}-keepalived.conf"
         instances = [
-            KEEPALIVED_INSTANCE.format(vhid=vhid, vip=vip, priority=priority, interval=interval)
+            KEEPALIVED_INSTANCE.format(
+                vhid=vhid, vip=vip, priority=priority, interval=interval, unicast=unicast
+            )
             for vhid, vip, priority in vhids
         ]
         config.write_text("".join([KEEPALIVED_CONF.format(name=peer.name), *instances]))
@@ -232,6 +270,13 @@ class CarpBed:
                 peer.stop()
             except subprocess.TimeoutExpired:
                 peer.stop(signal.SIGKILL)
+
+
+def _peers_line(peers: list[Peer] | None) -> list[str]:
+    """agent.toml's ``peers`` of a vhid (none: multicast)."""
+    if peers is None:
+        return []
+    return [f"peers = {json.dumps([p.address for p in peers])}"]
 
 
 @contextlib.contextmanager

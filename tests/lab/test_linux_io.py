@@ -143,7 +143,7 @@ def test_advert_crosses_the_bridge_whole_and_is_not_looped_back(pair: Pair) -> N
         assert (tos, frag, ttl) == (0x10, 0x4000, 255)
         decoded = wire.decode_ipv4(got)
         assert not isinstance(decoded, wire.Rejected)
-        source, adv = decoded
+        source, _, adv = decoded
         assert source == A
         assert (adv.vhid, adv.advskew, adv.advbase, adv.counter) == (1, 0, 1, 7)
         assert wire.verify(adv, KEY, [VIP])

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hafs.agentconf import AgentConfig, VhidEntry
-from hafs.carp import control, vrrp
+from hafs.carp import control, linux, vrrp, wire
 from hafs.carp.agent import Agent, Demotion, held_back
 from hafs.carp.commands import demote_request, format_status, ucarp_config
 from hafs.carp.control import answer
@@ -455,3 +455,87 @@ def test_an_accepted_packet_is_checked_again_under_a_new_config(agent: Agent) ->
     vhid.machine = VhidMachine(replace(config, passphrase="changed"), lambda: 1)
     agent.receive("eth0", advert())
     assert len(decoded) == 2 and vhid.drops == {"bad digest": 1}
+
+
+# Unicast peers: a vhid with peers sends to each of them and hears them only.
+
+OTHER = IPv4Address("10.0.0.3")
+STRANGER = IPv4Address("10.0.0.9")
+PEERS = (PEER, OTHER)
+
+
+@pytest.fixture(params=["carp", "vrrp3"])
+def unicast_agent(request: pytest.FixtureRequest) -> Iterator[Agent]:
+    """The packet path with vhid 1's peers 10.0.0.2 and 10.0.0.3, in either protocol."""
+    if request.param == "carp":
+        vhids = (VhidEntry(1, (VIP,), advskew=10, peers=PEERS),)
+        yield from packet_path(replace(CONFIG, vhids=vhids))
+    else:
+        vhids = (VhidEntry(1, (VIP,), priority=100, interval=10, peers=PEERS),)
+        config = replace(CONFIG, passphrase="", vhids=vhids, protocol="vrrp3")
+        yield from packet_path(config)
+
+
+def advert_to(agent: Agent, source: IPv4Address, dst: IPv4Address | None) -> bytes:
+    """A master's advert from ``source`` to ``dst`` (None: the group), in the agent's protocol."""
+    if agent.config.protocol == "vrrp3":
+        message = vrrp.encode(1, 200, 10, [VIP], source, dst=dst or wire.CARP_GROUP_V4)
+        return encode_ipv4(source, message, dst=dst)
+    return encode_ipv4(source, encode(1, 0, 1, 5, make_key("testok"), [VIP]), dst=dst)
+
+
+def test_a_unicast_vhid_hears_its_peers_only(unicast_agent: Agent) -> None:
+    for source, dst in ((STRANGER, OWN), (STRANGER, None), (PEER, OWN), (OTHER, None)):
+        unicast_agent.receive("eth0", advert_to(unicast_agent, source, dst))
+    vhid = unicast_agent.status()["vhids"][0]
+    assert vhid["peers"] == [str(PEER), str(OTHER)]
+    assert vhid["drops"] == {"not a peer": 2}
+    assert vhid["adverts_received"] == 2 and vhid["master"]["source"] == str(OTHER)
+
+
+def test_a_multicast_vhid_takes_adverts_to_the_group_only(agent: Agent) -> None:
+    agent.receive("eth0", advert_to(agent, PEER, OWN))  # unicast to us, from no peer of ours
+    vhid = agent.status()["vhids"][0]
+    assert vhid["drops"] == {"not to the group": 1} and vhid["adverts_received"] == 0
+    agent.receive("eth0", advert_to(agent, PEER, None))
+    assert agent.status()["vhids"][0]["adverts_received"] == 1
+
+
+def sends(agent: Agent) -> list[tuple[bytes, str]]:
+    """Record what the agent sends: (packet, destination)."""
+    sent: list[tuple[bytes, str]] = []
+
+    def send(packet: bytes, dst: str = linux.GROUP) -> None:
+        sent.append((packet, dst))
+
+    agent.interfaces["eth0"] = SimpleNamespace(  # type: ignore[assignment]
+        own={OWN},
+        running=True,
+        srcip=OWN,
+        send_errors=0,
+        sends_ok=0,
+        name="eth0",
+        sock=SimpleNamespace(send=send),
+    )
+    return sent
+
+
+def test_a_unicast_advert_goes_to_each_peer(unicast_agent: Agent) -> None:
+    vhid = unicast_agent.vhids[("eth0", 1)]
+    sent = sends(unicast_agent)
+    packet = vhid.machine.config.packet(0, False, lambda: 5)
+    unicast_agent._send(vhid, packet)
+    decode = vrrp.decode_ipv4 if unicast_agent.config.protocol == "vrrp3" else wire.decode_ipv4
+    assert [dst for _, dst in sent] == [str(PEER), str(OTHER)]
+    for (ipv4, _), peer in zip(sent, PEERS, strict=True):
+        decoded = decode(ipv4)  # a VRRPv3 checksum made for this peer checks only there
+        assert not isinstance(decoded, wire.Rejected) and decoded[:2] == (OWN, peer)
+        assert ipv4[8] == 255  # TTL 255, as FreeBSD and keepalived send in unicast mode too
+
+
+def test_a_multicast_advert_goes_to_the_group(agent: Agent) -> None:
+    vhid = agent.vhids[("eth0", 1)]
+    sent = sends(agent)
+    agent._send(vhid, vhid.machine.config.packet(0, False, lambda: 5))
+    [(ipv4, dst)] = sent
+    assert dst == linux.GROUP and ipv4[16:20] == wire.CARP_GROUP_V4.packed

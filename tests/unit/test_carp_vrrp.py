@@ -52,7 +52,7 @@ def test_ipv4_packet_is_protocol_112_ttl_255_to_the_group() -> None:
     src, advert, message = VECTORS[0]
     packet = wire.encode_ipv4(src, bytes.fromhex(message))
     assert (packet[8], packet[9], packet[16:20]) == (255, 112, GROUP.packed)
-    assert vrrp.decode_ipv4(packet) == (src, advert)
+    assert vrrp.decode_ipv4(packet) == (src, GROUP, advert)
 
 
 SRC = IPv4Address("10.0.0.1")
@@ -66,6 +66,38 @@ def test_checksum_covers_the_pseudo_header() -> None:
         Drop.CHECKSUM, "checksum field 0x75a5"
     )
     assert isinstance(vrrp.decode(GOOD, SRC, IPv4Address("224.0.0.19")), Rejected)
+
+
+def test_readdress_gives_each_unicast_peer_its_own_checksum() -> None:
+    """keepalived's unicast_peer: the pseudo-header's destination is the peer, so the same
+    advert has another checksum per peer; the group's message does not check at a peer."""
+    peer, other = IPv4Address("10.0.0.2"), IPv4Address("10.0.0.3")
+    to_peer = vrrp.readdress(GOOD, SRC, peer)
+    assert to_peer == vrrp.encode(1, 100, 100, [VIP], SRC, dst=peer) != GOOD
+    assert to_peer[:6] + to_peer[8:] == GOOD[:6] + GOOD[8:]  # only the checksum differs
+    assert vrrp.readdress(GOOD, SRC, other) != to_peer
+    assert vrrp.readdress(to_peer, SRC, GROUP) == GOOD
+    advert = VrrpAdvert(1, 100, 100, (VIP,))
+    assert vrrp.decode(to_peer, SRC, peer) == advert
+    assert isinstance(vrrp.decode(GOOD, SRC, peer), Rejected)
+    assert isinstance(vrrp.decode(to_peer, SRC, other), Rejected)
+    packet = wire.encode_ipv4(SRC, to_peer, dst=peer)
+    assert vrrp.decode_ipv4(packet) == (SRC, peer, advert)
+
+
+# keepalived 2.2.7 with unicast_peer, captured by tcpdump in the lab (10.77.0.1 -> 10.77.0.2,
+# VRID 1, priority 200, 0.2 s, 10.77.0.100): TTL 255, and a checksum over the peer's address
+KEEPALIVED_UNICAST = bytes.fromhex(
+    "45c000200001 0000ff70a6100a4d00010a4d0002 3101c8010014e71e0a4d0064"
+)
+
+
+def test_readdress_reproduces_keepalived_unicast() -> None:
+    src, peer = IPv4Address("10.77.0.1"), IPv4Address("10.77.0.2")
+    group = vrrp.encode(1, 200, 20, [IPv4Address("10.77.0.100")], src)
+    assert vrrp.readdress(group, src, peer) == KEEPALIVED_UNICAST[20:]
+    decoded = vrrp.decode_ipv4(KEEPALIVED_UNICAST)
+    assert decoded == (src, peer, VrrpAdvert(1, 200, 20, (IPv4Address("10.77.0.100"),)))
 
 
 @pytest.mark.parametrize("position", range(12))
@@ -157,7 +189,7 @@ def test_round_trip(
 ) -> None:
     packet = wire.encode_ipv4(src, vrrp.encode(vhid, priority, interval, addresses, src))
     advert = VrrpAdvert(vhid, priority, interval, tuple(addresses))
-    assert vrrp.decode_ipv4(packet) == (src, advert)
+    assert vrrp.decode_ipv4(packet) == (src, GROUP, advert)
 
 
 @given(st.binary(max_size=80), ipv4s)

@@ -326,7 +326,29 @@ def test_encode_ipv4_builds_the_freebsd_header() -> None:
 
 
 def test_decode_ipv4_round_trip() -> None:
-    assert wire.decode_ipv4(PACKET) == (SRC, wire.decode(GOOD))
+    assert wire.decode_ipv4(PACKET) == (SRC, wire.CARP_GROUP_V4, wire.decode(GOOD))
+
+
+PEER = IPv4Address("172.21.0.2")
+
+
+def test_unicast_packet_goes_to_the_peer_with_ttl_255_and_the_same_carp_bytes() -> None:
+    packet = wire.encode_ipv4(SRC, GOOD, dst=PEER)
+    assert (packet[8], packet[12:16], packet[16:20]) == (255, SRC.packed, PEER.packed)
+    assert wire.internet_checksum(packet[:20]) == 0
+    assert packet[20:] == GOOD == PACKET[20:]  # neither digest nor checksum covers the dst
+    assert wire.decode_ipv4(packet) == (SRC, PEER, wire.decode(GOOD))
+
+
+def test_only_an_advert_to_the_group_must_keep_ttl_255() -> None:
+    """FreeBSD checks the TTL in multicast mode only: a unicast advert may have been routed;
+    whose it is (a peer of a unicast vhid) the agent decides."""
+    routed = patched(8, b"\x40", wire.encode_ipv4(SRC, GOOD, dst=PEER))
+    routed = patched(
+        10, wire.internet_checksum(patched(10, b"\0\0", routed)[:20]).to_bytes(2, "big"), routed
+    )
+    assert wire.decode_ipv4(routed) == (SRC, PEER, wire.decode(GOOD))
+    assert wire.decode_ipv4(patched(8, b"\x40")) == Rejected(Drop.TTL, "ttl 64")
 
 
 def test_each_source_and_length_gets_its_own_ip_header() -> None:
@@ -352,7 +374,8 @@ def test_decode_ipv4_skips_ip_options_and_link_padding() -> None:
     with_options = bytearray(PACKET[:20] + b"\x01\x01\x01\x01" + GOOD)
     with_options[0] = 0x46
     with_options[2:4] = struct.pack("!H", 60)
-    assert wire.decode_ipv4(bytes(with_options) + bytes(6)) == (SRC, wire.decode(GOOD))
+    expected = (SRC, wire.CARP_GROUP_V4, wire.decode(GOOD))
+    assert wire.decode_ipv4(bytes(with_options) + bytes(6)) == expected
 
 
 def patched(offset: int, value: bytes, packet: bytes = PACKET) -> bytes:
@@ -423,7 +446,7 @@ def test_round_trip(
         counter,
     )
     assert wire.verify(advert, key, list(reversed(addrs)))
-    assert wire.decode_ipv4(wire.encode_ipv4(SRC, header)) == (SRC, advert)
+    assert wire.decode_ipv4(wire.encode_ipv4(SRC, header)) == (SRC, wire.CARP_GROUP_V4, advert)
 
 
 @given(st.binary(max_size=80))
