@@ -35,7 +35,9 @@ def writer(s: ServiceLab, vhid: int, prefix: str, seconds: float) -> Iterator[di
     try:
         yield acked
         out, _ = proc.communicate(timeout=seconds + 60)
-        acked.update({int(n): float(t) for n, t in (line.split() for line in out.splitlines())})
+        acked.update(
+            {int(n): float(t) for n, _began, t in (line.split() for line in out.splitlines())}
+        )
     finally:
         proc.kill()
         proc.wait()
