@@ -40,8 +40,14 @@ skew*1_000_000//256), compared as tuples; smaller is better. The rules, per rece
   ``carp_input_c`` (case MASTER) only acts on a better or equal advert and ignores a worse
   one; our answer is an extra advert of the same kind and a gratuitous ARP, both harmless
   to FreeBSD and ucarp peers.
-* BACKUP hears a slower master, T(received) > T(ours, S), while preempt is on: MASTER now
-  ("preempting a slower master").
+* BACKUP hears a slower master, T(received) > T(ours, S), while preempt is on: MASTER
+  after its skew time, S/256 s ("preempting a slower master"), unless a better advert comes
+  first; at once with S = 0. Here hafs diverges from FreeBSD, which preempts at once: when
+  a master demotes itself (a dead pool, a drain), every backup that outranks it would take
+  the addresses at the same moment, and all but the best give them back within
+  milliseconds, each having announced them (measured: clients' ARP entries on a loser, 7-12
+  s outages). Waiting its skew time, the best backup (lowest skew) goes first and the next
+  hears its advert in time. A slower master's later adverts do not postpone the preemption.
 * BACKUP hears a master slower than its own master-down, T(3*advbase, S) < T(received):
   MASTER now ("master will time out"). A bow-out advert (advbase 255, advskew 255), sent by
   a master that shuts down gracefully, always lands here.
@@ -58,12 +64,12 @@ Becoming MASTER emits Transition, SendAdvert, AddVips, Announce, SetTimer(next a
 addresses are installed before the gratuitous ARP, so the VIP answers as soon as peers
 learn it (on FreeBSD the CARP address exists before carp_send_arp runs). The first advert
 :data:`ANNOUNCE_AGAIN` seconds or more after that carries an Announce again, as keepalived's
-``garp_master_delay`` does: when a master demotes itself, every backup that outranks it
-preempts at the same moment and all but the best step down again within milliseconds, but
-each sent its gratuitous ARP; a Linux client keeps the first one it heard and ignores the
-next ones for a second (its neighbour ``locktime``), so the winner's own ARP may be ignored and
-the client sends to a node without the VIP until its entry times out (measured: 7-12 s
-outages after a dead ZFS daemon demoted its holder). FreeBSD announces once.
+``garp_master_delay`` does: when several backups take over at the same moment (a bow-out,
+which every backup takes over at once; two whose skew times end together) all but the best
+step down again within milliseconds, but each sent its gratuitous ARP; a Linux client keeps
+the first one it heard and ignores the next ones for a second (its neighbour ``locktime``),
+so the winner's own ARP may be ignored and the client sends to a node without the VIP until
+its entry times out (measured: 7-12 s outages). FreeBSD announces once.
 Leaving MASTER emits RemoveVips after the Transition. ``LinkDown`` sends any state to INIT
 ("hardware interface down") with no timer; ``Shutdown`` does the same ("shutdown"), but a master
 first sends one bow-out advert so the backups take over at once, and the machine then ignores
@@ -122,9 +128,10 @@ With a ``VrrpConfig`` the same machine speaks RFC 5798 section 6.4, as keepalive
 * There is no counter and no "master will time out" (``doomed``) case.
 
 Here hafs diverges from RFC 5798 as it does from FreeBSD for CARP: a backup with preempt on
-that hears a lower-priority master takes over at once ("preempting a slower master"); the
-RFC discards the advert and lets the master-down timer run out. The outcome is the same
-(the old master steps down on our advert, section 6.4.3), a Master_Down_Interval sooner.
+that hears a lower-priority master takes over after its Skew_Time ("preempting a slower
+master"); the RFC discards the advert and lets the master-down timer run out. The outcome is
+the same (the old master steps down on our advert, section 6.4.3), 3 intervals sooner, and
+the backups go in the same order.
 The master's answer to a worse master (``REASSERT``) holds for VRRPv3 too; keepalived and
 FreeBSD ignore the extra advert.
 """
@@ -243,6 +250,11 @@ class VhidConfig:
         """FreeBSD's master-down does not depend on the master heard, nor on demotion."""
         return self.master_down
 
+    def skew_time(self, demotion: int) -> float:
+        """S/256 seconds: how long a backup waits before it preempts a slower master (the
+        part of its advert interval its skew adds)."""
+        return self.advertised(demotion) / 256
+
     def packet(self, demotion: int, bowout: bool, counter: Callable[[], int]) -> bytes:
         """The CARP header to send: our skew, or the bow-out advbase 255 / advskew 255."""
         if bowout:
@@ -328,6 +340,11 @@ class VrrpConfig:
         if heard is not None and heard.priority == PRIORITY_BOWOUT:
             return skew / 100
         return (3 * interval + skew) / 100
+
+    def skew_time(self, demotion: int) -> float:
+        """Skew_Time at our own interval, in seconds: how long a backup waits before it
+        preempts a slower master."""
+        return (256 - self.advertised(demotion)) * self.interval / 256 / 100
 
     def packet(self, demotion: int, bowout: bool, counter: Callable[[], int]) -> bytes:
         """The VRRP message to send (VRRP has no counter): our priority, or 0 to bow out."""
@@ -500,7 +517,9 @@ class _Input(enum.Enum):
     SHUTDOWN = enum.auto()
     HEARD_BETTER = enum.auto()  # T(received) <= T(ours, S)
     HEARD_WORSE = enum.auto()  # slower than us, preempt off, within our master-down
-    HEARD_PREEMPTABLE = enum.auto()  # slower than us, preempt on
+    HEARD_PREEMPTABLE = enum.auto()  # slower than us, preempt on: preempt now
+    HEARD_PREEMPTABLE_SOON = enum.auto()  # the same, heard as a backup: after our skew time
+    PREEMPT_DUE = enum.auto()  # the skew time since a slower master was heard has passed
     HEARD_DOOMED = enum.auto()  # slower than T(3*advbase, S), preempt off: it will time out
     HEARD_BYSTANDER = enum.auto()  # slower than us, from a second master while we follow a better
     HEARD_RESIGNED = enum.auto()  # a VRRP master bows out (priority 0)
@@ -513,6 +532,7 @@ class _Effect(enum.Enum):
     ADVERTISE = enum.auto()  # send an advert, next one an interval after the last deadline
     READVERTISE = enum.auto()  # send an advert now, next one an interval from now
     WAIT = enum.auto()  # restart the master-down timer
+    PREEMPT_SOON = enum.auto()  # preempt once our skew time has passed, unless a better comes
     REASSERT = enum.auto()  # a worse master while we are master: count it, answer it
 
 
@@ -522,6 +542,7 @@ _TRANSITIONS: dict[tuple[State, _Input], tuple[State, str]] = {
     (BACKUP, _Input.LINK_DOWN): (INIT, "hardware interface down"),
     (BACKUP, _Input.TIMER): (MASTER, "master timed out"),
     (BACKUP, _Input.HEARD_PREEMPTABLE): (MASTER, "preempting a slower master"),
+    (BACKUP, _Input.PREEMPT_DUE): (MASTER, "preempting a slower master"),
     (BACKUP, _Input.HEARD_DOOMED): (MASTER, "master will time out"),
     (BACKUP, _Input.SHUTDOWN): (INIT, "shutdown"),
     (MASTER, _Input.LINK_DOWN): (INIT, "hardware interface down"),
@@ -533,6 +554,7 @@ _IN_STATE: dict[tuple[State, _Input], _Effect] = {
     (BACKUP, _Input.HEARD_BETTER): _Effect.WAIT,
     (BACKUP, _Input.HEARD_WORSE): _Effect.WAIT,
     (BACKUP, _Input.HEARD_RESIGNED): _Effect.WAIT,  # for Skew_Time only
+    (BACKUP, _Input.HEARD_PREEMPTABLE_SOON): _Effect.PREEMPT_SOON,
     (MASTER, _Input.TIMER): _Effect.ADVERTISE,
     (MASTER, _Input.DEMOTION): _Effect.READVERTISE,
     (MASTER, _Input.HEARD_WORSE): _Effect.REASSERT,
@@ -572,6 +594,7 @@ class VhidMachine:
         self._foreign_masters_seen = 0
         self._answered: dict[Address, float] = {}  # foreign master -> when we last answered it
         self._announce_again: float | None = None  # a new master's second Announce, not before
+        self._preempt_at: float | None = None  # a backup's preemption of a slower master, due
 
     # Read-only status.
 
@@ -680,8 +703,9 @@ class VhidMachine:
                 assert heard is not None
                 return self._rank(*heard)
             case Timeout():
-                passed = self._deadline is not None and now >= self._deadline
-                return _Input.TIMER if passed else None
+                if self._deadline is None or now < self._deadline:
+                    return None
+                return _Input.TIMER if self._preempt_at is None else _Input.PREEMPT_DUE
             case LinkUp():
                 if not self._config.addresses:
                     return None
@@ -720,6 +744,9 @@ class VhidMachine:
         if self._state is BACKUP and self._follows_another(source):
             return _Input.HEARD_BYSTANDER
         if config.preempt:
+            soon = self._state is BACKUP and not config.doomed(advert, self._demotion)
+            if soon and config.skew_time(self._demotion) > 0:
+                return _Input.HEARD_PREEMPTABLE_SOON
             return _Input.HEARD_PREEMPTABLE
         if config.doomed(advert, self._demotion):
             return _Input.HEARD_DOOMED
@@ -755,7 +782,7 @@ class VhidMachine:
             actions.append(RemoveVips(addresses))
         self._state, self._since, self._reason = new, now, reason
         self._master = None
-        self._announce_again = None
+        self._announce_again = self._preempt_at = None
         if new is MASTER:
             actions.append(self._advert())
             actions += [AddVips(addresses), Announce(addresses)]
@@ -801,7 +828,12 @@ class VhidMachine:
             case _Effect.READVERTISE:
                 return [self._advert(), self._set_timer(now + self.advert_interval)]
             case _Effect.WAIT:
+                self._preempt_at = None
                 return [self._set_timer(now + self._master_down(heard))]
+            case _Effect.PREEMPT_SOON:  # the first of the slower master's adverts counts
+                if self._preempt_at is None:
+                    self._preempt_at = now + self._config.skew_time(self._demotion)
+                    return [self._set_timer(self._preempt_at)]
             case _Effect.REASSERT:
                 self._foreign_masters_seen += 1
                 if source is not None and self._may_answer(now, source):

@@ -133,9 +133,8 @@ def prefer(services: NodeServices, vip: VipService, to: str, handing: bool = Fal
 
     ``handing``: the holder's rank while it hands the VIP to ``to``: just behind ``to``,
     ahead of every other carrier, so that only ``to`` preempts it. At its final rank every
-    backup that outranks it would preempt it at once, each one master for a moment and
-    announcing the VIP (measured: the client's ARP entry then pointed at such a transient
-    master, and it waited 10 s)."""
+    backup that outranks it would preempt it, the best first (each waits its skew time),
+    and ``to`` need not be the best."""
     config = services.config
     if to not in vip.carriers:
         raise HafsError(
