@@ -47,7 +47,8 @@ skew*1_000_000//256), compared as tuples; smaller is better. The rules, per rece
   the addresses at the same moment, and all but the best give them back within
   milliseconds, each having announced them (measured: clients' ARP entries on a loser, 7-12
   s outages). Waiting its skew time, the best backup (lowest skew) goes first and the next
-  hears its advert in time. A slower master's later adverts do not postpone the preemption.
+  hears its advert in time. A slower master's later adverts do not postpone the preemption;
+  a backup demoted meanwhile below that master waits its master-down instead.
 * BACKUP hears a master slower than its own master-down, T(3*advbase, S) < T(received):
   MASTER now ("master will time out"). A bow-out advert (advbase 255, advskew 255), sent by
   a master that shuts down gracefully, always lands here.
@@ -520,6 +521,7 @@ class _Input(enum.Enum):
     HEARD_PREEMPTABLE = enum.auto()  # slower than us, preempt on: preempt now
     HEARD_PREEMPTABLE_SOON = enum.auto()  # the same, heard as a backup: after our skew time
     PREEMPT_DUE = enum.auto()  # the skew time since a slower master was heard has passed
+    PREEMPT_VOID = enum.auto()  # the same, but we no longer outrank it (demoted meanwhile)
     HEARD_DOOMED = enum.auto()  # slower than T(3*advbase, S), preempt off: it will time out
     HEARD_BYSTANDER = enum.auto()  # slower than us, from a second master while we follow a better
     HEARD_RESIGNED = enum.auto()  # a VRRP master bows out (priority 0)
@@ -555,6 +557,7 @@ _IN_STATE: dict[tuple[State, _Input], _Effect] = {
     (BACKUP, _Input.HEARD_WORSE): _Effect.WAIT,
     (BACKUP, _Input.HEARD_RESIGNED): _Effect.WAIT,  # for Skew_Time only
     (BACKUP, _Input.HEARD_PREEMPTABLE_SOON): _Effect.PREEMPT_SOON,
+    (BACKUP, _Input.PREEMPT_VOID): _Effect.WAIT,
     (MASTER, _Input.TIMER): _Effect.ADVERTISE,
     (MASTER, _Input.DEMOTION): _Effect.READVERTISE,
     (MASTER, _Input.HEARD_WORSE): _Effect.REASSERT,
@@ -705,7 +708,9 @@ class VhidMachine:
             case Timeout():
                 if self._deadline is None or now < self._deadline:
                     return None
-                return _Input.TIMER if self._preempt_at is None else _Input.PREEMPT_DUE
+                if self._preempt_at is None:
+                    return _Input.TIMER
+                return _Input.PREEMPT_DUE if self._outranks_master() else _Input.PREEMPT_VOID
             case LinkUp():
                 if not self._config.addresses:
                     return None

@@ -380,6 +380,14 @@ def test_master_interval_includes_the_advertised_skew() -> None:
     assert m.handle(start + 4.5, Timeout()) == [advert(64, 1222, 2), SetTimer(start + 6.75)]
 
 
+def test_a_backup_demoted_while_it_waits_to_preempt_does_not() -> None:
+    m = backup(preempt=True, advskew=100)
+    assert m.handle(1.0, heard(advskew=200)) == [SetTimer(1.0 + 100 / 256)]
+    m.handle(1.2, DemotionChanged(240))  # a stall: the resync hold
+    assert m.handle(1.0 + 100 / 256, Timeout()) == [SetTimer(1.0 + 100 / 256 + 3 + 100 / 256)]
+    assert m.state is BACKUP
+
+
 def test_a_new_master_announces_again_with_its_first_advert_two_seconds_on() -> None:
     """Another node may have been master for a moment beside us (every backup takes over a
     bow-out at once) and announced too; a client that kept its gratuitous ARP ignores ours
