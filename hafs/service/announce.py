@@ -41,11 +41,16 @@ def connections_file(mountpoint: Path) -> Path:
 def record_connections(address: IPv4Address, mountpoint: Path) -> None:
     """Save the VIP's SMB clients (replicated with the data, read by the next holder). The
     same clients as saved: the file is not rewritten (a write, even of the same bytes, is a
-    change to snapshot and send)."""
+    change to snapshot and send). A write that fails (the share full: EDQUOT) is logged and
+    left: the snapshot and the sends that follow carry the clients' acknowledged files, and
+    must not wait for room; the next holder tickles the clients recorded before."""
     clients = json.dumps([list(client) for client in host.smb_clients(address)])
     path = connections_file(mountpoint)
     if read_text(path) != clients:
-        path.write_text(clients)
+        try:
+            path.write_text(clients)
+        except OSError as exc:
+            log.warning("%s: its SMB clients not recorded: %s", address, exc)
 
 
 def tickle(name: str, address: IPv4Address, mountpoint: Path) -> None:

@@ -669,3 +669,19 @@ def test_one_look_gives_the_vips_whose_address_is_here_and_those_whose_smbd_runs
     seen = NodeServices(config).look()
     assert seen == Look(addressed=frozenset({"vip2"}), smbd=frozenset({"vip1"}))
     assert looked == ["addresses", "processes"]
+
+
+def test_clients_not_recorded_on_a_full_share_stop_nothing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The share is full (EDQUOT) and the clients changed: the round's record fails, and the
+    snapshot and sends after it, which carry every acknowledged file, must go on (CI run of
+    2026-12-06: a full share was not replicated for as long as it stayed full)."""
+    monkeypatch.setattr(host, "smb_clients", lambda address: [("10.0.0.9", 50123)])
+
+    def full(self: Path, data: str) -> int:
+        raise OSError(errno.EDQUOT, os.strerror(errno.EDQUOT))
+
+    monkeypatch.setattr(Path, "write_text", full)
+    announce.record_connections(IPv4Address("10.0.0.100"), tmp_path)
+    assert "10.0.0.100: its SMB clients not recorded: [Errno 122]" in caplog.text
