@@ -48,6 +48,10 @@ log = logging.getLogger("hafs.service")
 STATUS_FILE = RUN_DIR / "replication.json"
 HELD_TIMEOUT = 10.0  # ssh's connect timeout and a remote python's start, with room
 TAKE_BACK_WAIT = 2.0  # seconds for the agent to preempt once the resync hold is released
+# a round running this long since it began or since the pool's last probe: probe it (again)
+# beside the round, which may be waiting on a hung pool (its zfs commands: up to 120 s)
+POOL_WATCH_AFTER = health.PROBE_TIMEOUT
+POOL_WATCH_STEP = 1.0  # seconds between two looks at the round
 
 
 class ServiceDaemon:
@@ -64,6 +68,9 @@ class ServiceDaemon:
         self.lost_quorum = False
         self.pool_ok = True
         self.pool_low = False
+        self.probing = threading.Lock()  # one probe at a time: the round's or the watch's
+        self.probed = 0.0  # monotonic: when the last probe began
+        self.round_began: float | None = None  # monotonic, while a round runs
         self.limited: set[str] = set()  # VIPs whose limit this daemon set (hafs.service.space)
 
     # --- demotion (the agent's holds on Linux, the kernel's counter on FreeBSD) ---------------
@@ -120,13 +127,16 @@ class ServiceDaemon:
             self.config.replication_interval,
         )
         self.start_membership()
+        threading.Thread(target=self.watch_pool, name="hafs-pool-watch", daemon=True).start()
         while not self.stopping.is_set():
-            began = time.monotonic()
+            began = self.round_began = time.monotonic()
             self.reload()
             if self.pool_healthy() and self.quorate() and self.resync_pending():
                 self.resync()
             seen = self.services.look()
-            for vip in self.config.vips if self.pool_ok else ():
+            for vip in self.config.vips:
+                if not self.pool_ok:  # the watch found it hung meanwhile
+                    break
                 try:
                     self.tend(vip, seen)
                 except (ServiceError, ZfsError, OSError, subprocess.SubprocessError) as exc:
@@ -135,6 +145,7 @@ class ServiceDaemon:
                     log.exception("%s: unexpected error", vip.name)
             self.publish()
             self.services.receivers.close_idle()
+            self.round_began = None
             self.stopping.wait(
                 max(0.5, self.config.replication_interval - (time.monotonic() - began))
             )
@@ -162,8 +173,27 @@ class ServiceDaemon:
 
     # --- the pool's health (hafs.service.health) -------------------------------------------------
 
+    def watch_pool(self) -> None:
+        """Beside the rounds: probe the pool while a round runs long. A pool that hangs in
+        the middle of a round (a dying disk; zfs-fuse stopped) holds the round in a ``zfs``
+        command for up to two minutes, and the next round's probe would come after it: the
+        VIP would stay here, unserved, all that time."""
+        while not self.stopping.wait(POOL_WATCH_STEP):
+            if self.round_overdue(time.monotonic()):
+                self.pool_healthy()
+
+    def round_overdue(self, now: float) -> bool:
+        """A round has run :data:`POOL_WATCH_AFTER` s since it began or the last probe."""
+        began = self.round_began
+        return began is not None and now - max(began, self.probed) >= POOL_WATCH_AFTER
+
     def pool_healthy(self) -> bool:
         """Check the pool; on a change, raise or release the hold (see the module)."""
+        with self.probing:
+            self.probed = time.monotonic()
+            return self._pool_healthy()
+
+    def _pool_healthy(self) -> bool:
         problem = health.pool_problem(self.services.zfs, self.config.pool)
         if problem is not None:
             if self.pool_ok:
@@ -270,7 +300,10 @@ class ServiceDaemon:
             log.info("%s: its shares may hold %s", vip.name, space.mib(services.limit(vip)))
             self.limited.add(vip.name)
         services.refresh(vip)
-        self.report[vip.name] = services.replicate(vip)
+        # a send still running after an interval goes on alone: a hung backup, or a long
+        # first send, holds up neither the other backups nor the other VIPs
+        wait = self.config.replication_interval
+        self.report[vip.name] = services.replicate(vip, wait_at_most=wait)
 
     def publish(self) -> None:
         """The round's report: lag per VIP and peer, and the kept-aside copies (so `hafs

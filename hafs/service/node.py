@@ -80,6 +80,8 @@ class NodeServices:
         self.config = config
         self.zfs = zfs or Zfs()
         self.acked: dict[tuple[str, str], str] = {}  # (vip, peer) -> last snapshot it took
+        # (vip, peer) -> a send that outlived its round (replication.replicate)
+        self.in_flight: dict[tuple[str, str], replication.Sending] = {}
         self.receivers = Receivers()  # this node's sessions with its peers' receivers
 
     # --- where things are -----------------------------------------------------------------
@@ -288,8 +290,16 @@ class NodeServices:
 
     def forget_acks(self, vip: VipService) -> None:
         """The next send of the VIP to each peer asks it which snapshots it has."""
-        for key in [k for k in self.acked if k[0] == vip.name]:
-            del self.acked[key]
+        for key in list(self.acked):  # list(): a send that outlived its round may add one
+            if key[0] == vip.name:
+                self.acked.pop(key, None)
+
+    def sending_still(self, vip: VipService) -> dict[str, replication.Sending]:
+        """By peer, the sends of the VIP that outlived their round and still run."""
+        for key, sending in list(self.in_flight.items()):
+            if sending.result.done():
+                del self.in_flight[key]
+        return {peer: s for (name, peer), s in self.in_flight.items() if name == vip.name}
 
     def snapshot(self, vip: VipService) -> str:
         return replication.snapshot(self, vip)
@@ -317,8 +327,9 @@ class NodeServices:
         record_clients: bool = True,
         urgent: bool = False,
         to: str | None = None,
+        wait_at_most: float | None = None,
     ) -> dict[str, dict[str, Any]]:
-        return replication.replicate(self, vip, record_clients, urgent, to)
+        return replication.replicate(self, vip, record_clients, urgent, to, wait_at_most)
 
     def serve_pull(
         self, vip: VipService, peer: str, since: str | None, out: IO[bytes], handover: bool

@@ -35,7 +35,6 @@ import collections
 import contextlib
 import json
 import logging
-import math
 import os
 import select
 import subprocess
@@ -145,6 +144,7 @@ class Session:
         )
         self.said: collections.deque[str] = collections.deque(maxlen=3)
         self.started = self.used = time.monotonic()
+        self.busy = False  # a send runs through it (one may outlive the daemon's round)
         self.relay = threading.Thread(target=self._relay, name=f"said {name}", daemon=True)
         self.relay.start()
 
@@ -177,6 +177,13 @@ class Session:
     def send(self, request: Request, send_argv: Sequence[str]) -> None:
         """Write ``request`` and the output of ``send_argv`` (``zfs send ...``); return when
         the peer received it, else raise :class:`ServiceError` (then the session is over)."""
+        self.busy = True
+        try:
+            self._send(request, send_argv)
+        finally:
+            self.busy = False
+
+    def _send(self, request: Request, send_argv: Sequence[str]) -> None:
         assert self.process.stdin is not None
         try:
             self.process.stdin.write(request.line())
@@ -281,21 +288,26 @@ class Receivers:
 
     def close_idle(self, now: float | None = None) -> None:
         """Close every session unused for :data:`IDLE_CLOSE` s, older than :data:`MAX_AGE`
-        s, or ended (the daemon, every round: none is in use then)."""
+        s, or ended (the daemon, every round), unless a send runs through it."""
         now = time.monotonic() if now is None else now
         with self.lock:
             idle = [
                 k
                 for k, s in self.sessions.items()
-                if now - s.used > IDLE_CLOSE or now - s.started > MAX_AGE or not s.alive()
+                if not s.busy
+                and (now - s.used > IDLE_CLOSE or now - s.started > MAX_AGE or not s.alive())
             ]
             closing = [self.sessions.pop(k) for k in idle]
         for session in closing:
             session.close()
 
     def close_all(self) -> None:
-        """Close every session (the daemon re-executes itself)."""
-        self.close_idle(now=math.inf)
+        """Close every session, a send's too (the daemon re-executes itself)."""
+        with self.lock:
+            closing = list(self.sessions.values())
+            self.sessions.clear()
+        for session in closing:
+            session.close()
 
 
 def one_shot(

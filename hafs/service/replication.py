@@ -3,7 +3,11 @@
 - :func:`replicate` (the service daemon, every ``replication_interval``): record the SMB
   clients, snapshot, send to every peer at once, prune. A VIP with nothing written since
   its newest snapshot gets no new one, and its peers that have that one get nothing: idle,
-  replication costs a few local ``zfs`` commands a round, no ssh.
+  replication costs a few local ``zfs`` commands a round, no ssh. The daemon's round waits
+  for its sends a bounded time: a send still running then (a backup whose pool hangs
+  takes the stream and never answers; a first send of a big dataset) goes on alone, and
+  its peer is skipped until it ends (:class:`Sending`), so the other backups and VIPs
+  stay as current as before.
 - :func:`send`: incremental from the newest snapshot the peer has (remembered per peer, else
   asked), streamed over ssh into the receiver this node keeps running there
   (:mod:`hafs.service.receiver`), at nice 10.
@@ -22,9 +26,10 @@ import json
 import logging
 import subprocess
 import tempfile
+import threading
 import time
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, wait
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -243,11 +248,13 @@ def prune_replica(services: NodeServices, vip: VipService, keep: Sequence[str]) 
 
 def prune(services: NodeServices, vip: VipService, keep: Sequence[str] = ()) -> None:
     """Keep the newest ``keep_snapshots``, the newest one each carrier is known to have
-    (on the holder: the base of its next incremental, however long it has been away) and
-    ``keep`` (on a receiver: the holder's list of those). A snapshot a kept-aside copy was
-    cloned from stays too (zfs refuses to destroy it: that copy's common history)."""
+    (on the holder: the base of its next incremental, however long it has been away), the
+    one a send that outlived its round carries, and ``keep`` (on a receiver: the holder's
+    list of those). A snapshot a kept-aside copy was cloned from stays too (zfs refuses to
+    destroy it: that copy's common history)."""
     snapshots = services.zfs.snapshots(services.dataset(vip))
-    kept = {*keep, *bases(services, vip).values()}
+    sending = [s.snapshot for s in services.sending_still(vip).values()]
+    kept = {*keep, *bases(services, vip).values(), *sending}
     for old in snapshots[: -services.config.keep_snapshots]:
         if old.name in kept:
             continue
@@ -258,26 +265,47 @@ def prune(services: NodeServices, vip: VipService, keep: Sequence[str] = ()) -> 
                 raise
 
 
+@dataclass(frozen=True)
+class Sending:
+    """A send that outlived the round that started it: its peer is skipped until it ends."""
+
+    snapshot: str  # what it sends: retention keeps it meanwhile
+    began: float  # wall clock
+    result: Future[dict[str, Any]]
+
+    def still(self) -> dict[str, Any]:
+        """The report of its peer while it runs."""
+        began = datetime.fromtimestamp(self.began).strftime("%H:%M:%S")
+        error = f"still sending @{self.snapshot} (since {began})"
+        return {"ok": False, "error": error, "at": time.time()}
+
+
 def replicate(
     services: NodeServices,
     vip: VipService,
     record_clients: bool = True,
     urgent: bool = False,
     to: str | None = None,
+    wait_at_most: float | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Snapshot the VIP and send it to every other carrier that lacks it (``to``: to that
     one only; ``urgent``: see :func:`send`); per peer: outcome and lag. Nothing written since
     the newest snapshot: no new one (:func:`snapshot`), and a peer that acknowledged it gets
     nothing, not even an ssh login; with no send, nothing new to prune either. ``as_of``:
     the peer has every write made before then (this node's clock), whether its snapshot was
-    taken in this round or is an older one that nothing was written after."""
+    taken in this round or is an older one that nothing was written after.
+
+    ``wait_at_most`` (the daemon's round): a send still running after that many seconds
+    goes on alone (:class:`Sending`), and its peer is skipped until it ends; None: wait for
+    every send (a final incremental, a drain's)."""
     if record_clients:
         services.record_connections(vip)
     taken = time.time()  # every write made before this is in the snapshot that follows
     name = snapshot(services, vip)
     config = services.config
     peers = [p for p in vip.carriers if p != config.node and p in config.peers and to in (None, p)]
-    behind = [p for p in peers if services.acked.get((vip.name, p)) != name]
+    busy = {} if wait_at_most is None else services.sending_still(vip)
+    behind = [p for p in peers if p not in busy and services.acked.get((vip.name, p)) != name]
 
     def send_to(peer: str) -> dict[str, Any]:
         try:
@@ -290,12 +318,38 @@ def replicate(
 
     current = {"ok": True, "snapshot": name, "as_of": taken, "at": taken, "seconds": 0.0}
     report = {peer: current for peer in peers}
+    report.update({peer: sending.still() for peer, sending in busy.items() if peer in report})
     if behind:
-        with ThreadPoolExecutor(len(behind)) as pool:  # every backup at once
-            report.update(zip(behind, pool.map(send_to, behind), strict=True))
+        sends = {peer: _in_thread(f"send {vip.name} to {peer}", send_to, peer) for peer in behind}
+        wait(sends.values(), timeout=wait_at_most)  # every backup at once
+        for peer, result in sends.items():
+            if result.done():
+                report[peer] = result.result()
+            else:
+                log.warning("%s: the send to %s goes on after the round", vip.name, peer)
+                sending = Sending(name, taken, result)
+                services.in_flight[(vip.name, peer)] = sending
+                report[peer] = sending.still()
         prune(services, vip)
     log.debug("%s snapshot %s sent: %s", vip.name, name, report)
     return report
+
+
+def _in_thread(
+    name: str, func: Callable[[str], dict[str, Any]], arg: str
+) -> Future[dict[str, Any]]:
+    """``func(arg)`` on a thread of its own (a daemon thread: a send stuck on a hung peer
+    never holds up the daemon's exit; its ssh ends with the daemon)."""
+    result: Future[dict[str, Any]] = Future()
+
+    def run() -> None:
+        try:
+            result.set_result(func(arg))
+        except BaseException as exc:  # handed to whoever reads the result
+            result.set_exception(exc)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return result
 
 
 def serve_pull(

@@ -218,6 +218,35 @@ def test_a_holder_whose_zfs_daemon_dies_hands_its_vip_to_a_backup(
     assert '"pool-unhealthy": 240' in status, status
 
 
+def test_a_backup_whose_pool_hangs_holds_up_neither_the_other_backups_nor_the_holder(
+    service_lab: ServiceLab,
+) -> None:
+    """zfs-fuse stopped (SIGSTOP: a hung pool) on vip1's first backup, whose sshd and
+    receiver still take a stream but never answer it: the holder's rounds do not wait for
+    that backup, so every write still reaches the other backups within two intervals, round
+    after round, and the holder's report says the hung one is still being sent to."""
+    s = service_lab
+    holder = "ha-file-server-1"
+    hung, other = s.cluster.vip(1).backups[:2]
+    interval = s.cluster.replication_interval
+    s.put(1, "before.txt", "written before the backup's pool hung")
+    s.wait_replicated(1, hung, time.time())
+    zfs = s.lab.procs(hung)["zfs-fuse"]
+    zfs.signal(signal.SIGSTOP)
+    try:
+        for n in range(3):
+            s.put(1, f"during-{n}.txt", "written while a backup's pool hangs")
+            written = time.monotonic()
+            s.wait_replicated(1, other, time.time(), timeout=3 * interval + 5)
+            print(f"\nwrite {n} on {other} {time.monotonic() - written:.1f}s later")
+        report = json.loads(s.lab.run(holder, ["cat", "/run/hafs/replication.json"]))
+        item = report["vips"]["vip1"][hung]
+        assert not item["ok"] and "still sending" in item["error"], item
+    finally:
+        zfs.signal(signal.SIGCONT)
+    assert s.holders(1) == [holder] and s.smbd_nodes(1) == [holder]
+
+
 DISK_FULL = "NT status 0xC000007F"  # what Samba answers for ENOSPC and EDQUOT
 
 

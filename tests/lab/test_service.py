@@ -117,8 +117,10 @@ class ServiceLab:
     def snapshots(self, node: str, vhid: int) -> list[str]:
         """The names of ``node``'s snapshots of the VIP, oldest first."""
         dataset = f"{self.cluster.zfs_pool}/hafs/{self.cluster.vip(vhid).name}"
-        argv = ["zfs", "list", "-H", "-t", "snapshot", "-o", "name", "-s", "createtxg"]
-        return [n.split("@")[1] for n in self.lab.run(node, [*argv, "-d", "1", dataset]).split()]
+        # a time limit: a node whose pool hangs (a fault test) must not hang the diagnosis
+        argv = ["timeout", "10", "zfs", "list", "-H", "-t", "snapshot", "-o", "name"]
+        argv += ["-s", "createtxg", "-d", "1", dataset]
+        return [n.split("@")[1] for n in self.lab.run(node, argv).split()]
 
     def idle_snapshots(self, vhids: list[int], rounds: int = 2) -> dict[int, list[str]]:
         """The holders' snapshots of the VIPs, once ``rounds`` replication intervals passed

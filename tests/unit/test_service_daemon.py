@@ -70,6 +70,7 @@ class FakeServices:
         self.held = held
         self.smbd: int | None = None
         self.calls: list[str] = []
+        self.waited: float | None = None  # how long the last replicate waited for its sends
         self.receivers = Receivers()  # no peer: never used
 
     def holds(self, vip: VipService) -> bool:
@@ -127,8 +128,9 @@ class FakeServices:
         self.calls.append("limit")
         return 1 << 30
 
-    def replicate(self, vip: VipService) -> dict[str, Any]:
+    def replicate(self, vip: VipService, wait_at_most: float | None = None) -> dict[str, Any]:
         self.calls.append("replicate")
+        self.waited = wait_at_most
         return {}
 
 
@@ -146,6 +148,7 @@ def test_dead_smbd_is_restarted_then_replication_goes_on() -> None:
     d, holds = daemon(services)
     d.tend(VIP, services.look())
     assert services.calls == ["start_smbd", "limit", "refresh []", "replicate"]
+    assert services.waited == CONFIG.replication_interval  # then a send goes on alone
     assert holds == [("smb-vip1", 0)]  # any earlier health demotion is released
 
 
@@ -422,6 +425,43 @@ def test_a_pool_that_stops_answering_stops_every_smbd_and_demotes_until_it_answe
     services.zfs.health = "ONLINE"  # back: its replicas missed every send: resync first
     assert d.pool_healthy()
     assert holds[1:] == [("resync", 240), ("pool-unhealthy", 0)]
+
+
+def test_a_pool_that_hangs_in_the_middle_of_a_round_is_probed_beside_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A round stuck in a zfs command of a hung pool (up to two minutes) does not delay the
+    probe: the watch probes once the round has run long, demotes and stops the smbds; between
+    rounds it probes nothing (the round's own probe is enough)."""
+    monkeypatch.setattr("hafs.service.daemon.POOL_WATCH_AFTER", 0.2)
+    monkeypatch.setattr("hafs.service.daemon.POOL_WATCH_STEP", 0.01)
+    services = FakeServices(start_ok=True)
+    services.smbd = 4242
+    probes: list[str] = []
+    answer = services.zfs.pool_health
+
+    def probe(pool: str, timeout: float) -> str:
+        probes.append(pool)
+        return answer(pool, timeout)
+
+    services.zfs.pool_health = probe  # type: ignore[method-assign]
+    d, holds = daemon(services)
+    watch = threading.Thread(target=d.watch_pool)
+    watch.start()
+    try:
+        time.sleep(0.5)
+        assert probes == []  # no round runs
+        d.round_began = time.monotonic()  # a round begins: its own probe comes first
+        assert d.pool_healthy() and probes == ["tank"]
+        services.zfs.health = None  # and then the pool hangs, the round waits in a command
+        deadline = time.monotonic() + 5
+        while not holds and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert holds == [("pool-unhealthy", 240)] and services.calls == ["stop_smbd"]
+        assert len(probes) == 2
+    finally:
+        d.stopping.set()
+        watch.join()
 
 
 @pytest.mark.parametrize(("health", "ok"), [("DEGRADED", True), ("SUSPENDED", False)])

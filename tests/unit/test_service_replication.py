@@ -8,6 +8,7 @@ and a receive reads the stream (a real ``zfs send`` stand-in, ``echo``, piped ov
 from __future__ import annotations
 
 import collections
+import dataclasses
 import subprocess
 import threading
 import time
@@ -77,6 +78,8 @@ class Peers:
         self.logins: list[tuple[str, str]] = []  # (peer, operation)
         self.has: dict[str, list[str]] = {"n2": [], "n3": []}  # what each peer received
         self.down: set[str] = set()
+        # a peer whose pool hangs: it takes the stream, then answers once the file exists
+        self.hung: dict[str, Path] = {}
         self.bases: list[tuple[str, str | None]] = []  # (peer, base) of every stream sent
 
     def remote_argv(self, peer: str, args: Sequence[str], shared: bool = False) -> list[str]:
@@ -88,6 +91,9 @@ class Peers:
         self.bases.append((peer, args[args.index("--base") + 1] if "--base" in args else None))
         if peer in self.down:
             return ["sh", "-c", "cat >/dev/null; echo 'ssh: connect timed out' >&2; exit 255"]
+        if peer in self.hung:
+            answered = self.hung[peer]
+            return ["sh", "-c", f"cat >/dev/null; until [ -e {answered} ]; do sleep 0.02; done"]
         return ["sh", "-c", "cat >/dev/null"]
 
     def remote(
@@ -177,6 +183,49 @@ def test_a_peer_behind_gets_its_send_in_a_round_with_nothing_written(
     assert round_(services, peers) == {"n2": s2, "n3": s2}  # idle, but n3 lacked s2
     assert list(pool.taken) == [s1, s2]  # no new snapshot
     assert sorted(peers.logins) == [("n3", "receive"), ("n3", "snapshots")]  # n2: nothing
+
+
+def test_a_send_that_outlives_its_round_goes_on_and_its_peer_waits_until_it_ends(
+    holder: tuple[NodeServices, Pool, Peers], tmp_path: Path
+) -> None:
+    """A backup whose pool hangs takes the stream and never answers: the round waits for it
+    no longer than it is told, and says so; the rounds that follow send to the others and
+    skip it (no second send beside the first), and retention keeps the snapshot its send
+    carries. Once that send ends, the peer is sent to again, from there."""
+    services, pool, peers = holder
+    services.config = dataclasses.replace(CONFIG, keep_snapshots=1)
+    pool.written = 1
+    round_(services, peers)
+    answered = tmp_path / "n3-answers"
+    peers.hung["n3"] = answered
+    pool.written = 2
+    began = time.monotonic()
+    first = replication.replicate(services, VIP, record_clients=False, wait_at_most=0.2)
+    took = time.monotonic() - began
+    s1, s2 = pool.taken
+    assert took < 5 and first["n2"]["snapshot"] == s2, (took, first)
+    assert not first["n3"]["ok"] and first["n3"]["error"].startswith(f"still sending @{s2} ")
+
+    pool.written = 3
+    peers.logins.clear()
+    second = replication.replicate(services, VIP, record_clients=False, wait_at_most=0.2)
+    s3 = list(pool.taken)[-1]
+    assert second["n2"]["snapshot"] == s3 and second["n3"] == first["n3"] | {
+        "at": second["n3"]["at"]
+    }
+    assert peers.logins == [("n2", "receive")]  # n3: not while its send runs
+    assert list(pool.taken) == [s1, s2, s3]  # s1: n3's base; s2: its send's; s3: the newest
+
+    answered.touch()
+    deadline = time.monotonic() + 10
+    while services.sending_still(VIP) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not services.sending_still(VIP)
+    pool.written = 4
+    third = replication.replicate(services, VIP, record_clients=False, wait_at_most=5)
+    s4 = list(pool.taken)[-1]
+    assert third["n2"]["snapshot"] == third["n3"]["snapshot"] == s4
+    assert peers.bases[-2:] in ([("n2", s3), ("n3", s2)], [("n3", s2), ("n2", s3)])
 
 
 def test_a_push_starts_where_a_pull_served_by_another_process_ended(
