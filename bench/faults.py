@@ -45,6 +45,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run by path as well as with -m
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -350,6 +351,34 @@ def zfs_kill(s: ServiceLab) -> Fault:
     return Fault([kill_at], time.monotonic())
 
 
+def zfs_stall(s: ServiceLab) -> Fault:
+    """the holder's ZFS daemon (zfs-fuse) SIGSTOPped 25 s while its service daemon's round
+    waits on a zfs command (a hung pool: a dying disk), then SIGCONT"""
+    node = holder(s)
+    zfs, daemon = s.lab.procs(node).get("zfs-fuse"), s.lab.service(node)
+    if zfs is None or daemon is None:
+        raise BenchError(f"{node}: no zfs-fuse or no hafs service runs")
+    wait_for(lambda: runs_zfs(daemon.pid), FAULT, "a round's zfs command", step=0.005)
+    kill_at = lose(s, node, "zfs-fuse stopped on", lambda: zfs.signal(signal.SIGSTOP))
+    try:
+        time.sleep(FAULT)
+    finally:
+        zfs.signal(signal.SIGCONT)
+    return Fault([kill_at], time.monotonic())
+
+
+def runs_zfs(pid: int) -> bool:
+    """Whether the process (any of its threads) has a ``zfs`` command running."""
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                for child in (task / "children").read_text().split():
+                    with contextlib.suppress(OSError):
+                        if Path(f"/proc/{child}/comm").read_text().strip() == "zfs":
+                            return True
+    return False
+
+
 def full(s: ServiceLab) -> Fault:
     """vip1's share filled to disk full; once a backup has it all, its holder loses power;
     the filler's files deleted on the new holder, the old one started again"""
@@ -427,6 +456,7 @@ SCENARIOS: dict[str, Callable[[ServiceLab], Fault]] = {
     "agent-kill": agent_kill,
     "service-kill": service_kill,
     "zfs-kill": zfs_kill,
+    "zfs-stall": zfs_stall,
     "full": full,
     "power": power,
     "two-nodes": two_nodes,
