@@ -159,6 +159,7 @@ from hafs.carp.wire import (
     Rejected,
     decode_ipv4,
     encode_ipv4,
+    ipv4_header,
     vhid_of,
 )
 from hafs.errors import HafsError
@@ -312,22 +313,50 @@ class Vhid:
 
 
 class Interface:
-    """The sockets of one interface (plus the send socket of each vmac)."""
+    """One interface: its sockets (plus the send socket of each vmac: ``Agent.vmac_socks``),
+    its addresses, its link state and how its sends go. :meth:`open` opens one."""
 
-    def __init__(self, ifname: str, srcip: IPv4Address | None) -> None:
-        self.name = ifname
-        self.sock = linux.CarpSocket(ifname)
-        self.garp = linux.GarpSender(ifname)
+    def __init__(
+        self,
+        name: str,
+        srcip: IPv4Address,
+        own: set[IPv4Address],
+        sock: linux.CarpSocket,
+        garp: linux.GarpSender,
+    ) -> None:
+        self.name = name
+        self.srcip = srcip  # adverts go from here
+        self.own = own  # an advert from one of these is our own
+        self.sock = sock
+        self.garp = garp
+        self.running: bool | None = None  # unknown until the first link state
+        self.send_errors = 0
+        self.sends_ok = 0
+        self._headers: dict[int, bytes] = {}  # payload length -> IPv4 header to the group
+
+    @classmethod
+    def open(cls, ifname: str, srcip: IPv4Address | None) -> Interface:
+        """Open ``ifname``'s sockets; adverts go from ``srcip``, else its first address."""
         addresses = [a.interface.ip for a in linux.ipv4_addresses(ifname)]
         if srcip is None:
             if not addresses:
                 raise OSError(f"interface {ifname} has no IPv4 address to send adverts from")
             srcip = addresses[0]
-        self.srcip = srcip
-        self.own = {srcip, *addresses}
-        self.running: bool | None = None  # unknown until the first link state
-        self.send_errors = 0
-        self.sends_ok = 0
+        sock = linux.CarpSocket(ifname)
+        try:
+            garp = linux.GarpSender(ifname)
+        except BaseException:
+            sock.close()
+            raise
+        return cls(ifname, srcip, {srcip, *addresses}, sock, garp)
+
+    def to_group(self, packet: bytes) -> bytes:
+        """``packet`` in an IPv4 packet from this interface to the group (``encode_ipv4``,
+        its header looked up by length: a vhid's adverts all have the same)."""
+        header = self._headers.get(len(packet))
+        if header is None:
+            header = self._headers[len(packet)] = ipv4_header(self.srcip, len(packet))
+        return header + packet
 
     def close(self) -> None:
         self.sock.close()
@@ -465,7 +494,9 @@ class Agent:
         names = sorted({v.ifname for v in self.vhids.values()})
         resumed = await self._resumable()
         for ifname in names:
-            self.interfaces[ifname] = await self._in_thread(Interface, ifname, self.config.srcip)
+            self.interfaces[ifname] = await self._in_thread(
+                Interface.open, ifname, self.config.srcip
+            )
             self.loop.add_reader(self.interfaces[ifname].sock.fileno(), self._readable, ifname)
         for vhid in self.vhids.values():
             if vhid.vip_ifname != vhid.ifname:
@@ -976,7 +1007,7 @@ class Agent:
                 for ipv4, peer in self._unicast(vhid, iface.srcip, packet):
                     sock.send(ipv4, peer)
             else:
-                sock.send(encode_ipv4(iface.srcip, packet))
+                sock.send(iface.to_group(packet))
         except OSError as exc:
             iface.sends_ok = 0
             iface.send_errors += 1

@@ -209,11 +209,15 @@ def compute_digest(key: bytes, vhid: int, addrs: Sequence[Address], counter: int
 
 
 def internet_checksum(data: bytes) -> int:
-    """RFC 1071 one's-complement checksum of an even-length buffer."""
-    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total > 0xFFFF:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
+    """RFC 1071 one's-complement checksum of an even-length buffer.
+
+    The one's-complement sum of the 16-bit words is the buffer read as one big number
+    modulo 0xFFFF (2**16 is 1 modulo 0xFFFF: each word counts as itself, and the end-around
+    carry is the modulo), with 0xFFFF, not 0, for a nonzero multiple: one C-level operation
+    for what a loop over the words does (an advert sent and one heard each need it)."""
+    total = int.from_bytes(data, "big")
+    folded = total % 0xFFFF or (0xFFFF if total else 0)
+    return ~folded & 0xFFFF
 
 
 def encode(
@@ -315,11 +319,13 @@ def encode_ipv4(
 ) -> bytes:
     """A whole IPv4 packet carrying ``carp`` to 224.0.0.18, or to the unicast peer ``dst``:
     TTL 255 either way (rule 5), DF, id 0, checksum set."""
-    return _ipv4_header(src, len(carp), tos, dst) + carp
+    return ipv4_header(src, len(carp), tos, dst) + carp
 
 
 @functools.lru_cache(maxsize=1024)
-def _ipv4_header(src: IPv4Address, length: int, tos: int, dst: IPv4Address | None) -> bytes:
+def ipv4_header(
+    src: IPv4Address, length: int, tos: int = 0x10, dst: IPv4Address | None = None
+) -> bytes:
     """The IPv4 header of :func:`encode_ipv4`: the same for every advert of a vhid to one
     destination (its source and length do not change), so it is built once."""
     check_range("tos", tos, 0, 255)

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from hafs.agentconf import AgentConfig, VhidEntry
 from hafs.carp import control, linux, vrrp, wire
-from hafs.carp.agent import Agent, Demotion, held_back
+from hafs.carp.agent import Agent, Demotion, Interface, held_back
 from hafs.carp.commands import demote_request, format_status, ucarp_config
 from hafs.carp.control import answer
 from hafs.carp.machine import LinkUp, VhidConfig, VhidMachine
@@ -36,14 +36,19 @@ PEER = IPv4Address("10.0.0.2")
 OWN = IPv4Address("10.0.0.1")
 
 
+def running_interface(sock: object) -> Interface:
+    """eth0, up, without I/O: ``sock`` stands in for its CARP socket; no GARP sender."""
+    iface = Interface("eth0", OWN, {OWN}, sock, None)  # type: ignore[arg-type]
+    iface.running = True
+    return iface
+
+
 def packet_path(config: AgentConfig) -> Iterator[Agent]:
     """An agent whose vhid is BACKUP, fed packets by hand: no sockets, no I/O in BACKUP."""
     agent = Agent(config)
     loop = asyncio.new_event_loop()
     agent._loop = loop
-    agent.interfaces["eth0"] = SimpleNamespace(  # type: ignore[assignment]
-        own={OWN}, running=True, srcip=OWN, sock=SimpleNamespace(recv=lambda: None)
-    )
+    agent.interfaces["eth0"] = running_interface(SimpleNamespace(recv=lambda: None))
     agent.hooks.submit = lambda vhid, commands: None  # type: ignore[method-assign]
     agent._handle(agent.vhids[("eth0", 1)], LinkUp())
     yield agent
@@ -508,15 +513,7 @@ def sends(agent: Agent) -> list[tuple[bytes, str]]:
     def send(packet: bytes, dst: str = linux.GROUP) -> None:
         sent.append((packet, dst))
 
-    agent.interfaces["eth0"] = SimpleNamespace(  # type: ignore[assignment]
-        own={OWN},
-        running=True,
-        srcip=OWN,
-        send_errors=0,
-        sends_ok=0,
-        name="eth0",
-        sock=SimpleNamespace(send=send),
-    )
+    agent.interfaces["eth0"] = running_interface(SimpleNamespace(send=send))
     return sent
 
 

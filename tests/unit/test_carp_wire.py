@@ -281,6 +281,28 @@ def test_decode_rejects_short_input() -> None:
     assert wire.decode(b"") == Rejected(Drop.SHORT, "0 bytes, a CARP header needs 36")
 
 
+def words_checksum(data: bytes) -> int:
+    """RFC 1071 as the RFC writes it: sum the 16-bit words, fold the carries, complement."""
+    total = sum(int.from_bytes(data[i : i + 2], "big") for i in range(0, len(data), 2))
+    while total > 0xFFFF:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+@pytest.mark.parametrize(
+    "data", [bytes(36), b"\xff" * 36, b"\xff\xfe\x00\x01", b"\x00\x01" * 18, GOOD, GOOD[:20]]
+)
+def test_the_checksum_is_rfc_1071s(data: bytes) -> None:
+    """All zeros, all ones (a nonzero sum that is a multiple of 0xFFFF), a valid header
+    (checksum 0): the same as the word-by-word sum."""
+    assert wire.internet_checksum(data) == words_checksum(data)
+
+
+@given(st.binary(max_size=64).map(lambda data: data[: len(data) // 2 * 2]))
+def test_the_checksum_of_any_even_buffer_is_rfc_1071s(data: bytes) -> None:
+    assert wire.internet_checksum(data) == words_checksum(data)
+
+
 @pytest.mark.parametrize("position", range(36))
 def test_any_changed_byte_fails_the_checksum(position: int) -> None:
     damaged = bytearray(GOOD)
