@@ -45,7 +45,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run by path as well as with -m
 
 import argparse
-import contextlib
 import json
 import os
 import re
@@ -69,7 +68,7 @@ from hafs.lab.state import Proc
 from hafs.lab.supervise import HAFS
 from hafs.service.config import KEEP_SNAPSHOTS
 from tests.lab.carp_bed import wait_for
-from tests.lab.faults_common import Writes, copies, kept_aside, served, writer
+from tests.lab.faults_common import Writes, copies, kept_aside, runs_zfs, served, writer
 from tests.lab.test_service import REPO, ServiceLab
 
 VHID = 1  # the VIP written to; its home is ha-file-server-1
@@ -365,18 +364,6 @@ def zfs_stall(s: ServiceLab) -> Fault:
     finally:
         zfs.signal(signal.SIGCONT)
     return Fault([kill_at], time.monotonic())
-
-
-def runs_zfs(pid: int) -> bool:
-    """Whether the process (any of its threads) has a ``zfs`` command running."""
-    with contextlib.suppress(OSError):
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            with contextlib.suppress(OSError):
-                for child in (task / "children").read_text().split():
-                    with contextlib.suppress(OSError):
-                        if Path(f"/proc/{child}/comm").read_text().strip() == "zfs":
-                            return True
-    return False
 
 
 def full(s: ServiceLab) -> Fault:

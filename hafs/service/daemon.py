@@ -49,8 +49,10 @@ STATUS_FILE = RUN_DIR / "replication.json"
 HELD_TIMEOUT = 10.0  # ssh's connect timeout and a remote python's start, with room
 TAKE_BACK_WAIT = 2.0  # seconds for the agent to preempt once the resync hold is released
 # a round running this long since it began or since the pool's last probe: probe it (again)
-# beside the round, which may be waiting on a hung pool (its zfs commands: up to 120 s)
-POOL_WATCH_AFTER = health.PROBE_TIMEOUT
+# beside the round, which may be waiting on a hung pool (its zfs commands: up to 120 s). A
+# round takes a second or two, up to an interval with a send: a probe then finds the pool
+# answering, and costs one `zpool list`
+POOL_WATCH_AFTER = 5.0
 POOL_WATCH_STEP = 1.0  # seconds between two looks at the round
 
 
@@ -300,10 +302,9 @@ class ServiceDaemon:
             log.info("%s: its shares may hold %s", vip.name, space.mib(services.limit(vip)))
             self.limited.add(vip.name)
         services.refresh(vip)
-        # a send still running after an interval goes on alone: a hung backup, or a long
-        # first send, holds up neither the other backups nor the other VIPs
-        wait = self.config.replication_interval
-        self.report[vip.name] = services.replicate(vip, wait_at_most=wait)
+        # sent only if still held once snapshotted, and a send still running after an
+        # interval goes on alone: a hung backup holds up neither the others nor other VIPs
+        self.report[vip.name] = services.replicate(vip, routine=True)
 
     def publish(self) -> None:
         """The round's report: lag per VIP and peer, and the kept-aside copies (so `hafs

@@ -327,9 +327,9 @@ class NodeServices:
         record_clients: bool = True,
         urgent: bool = False,
         to: str | None = None,
-        wait_at_most: float | None = None,
+        routine: bool = False,
     ) -> dict[str, dict[str, Any]]:
-        return replication.replicate(self, vip, record_clients, urgent, to, wait_at_most)
+        return replication.replicate(self, vip, record_clients, urgent, to, routine)
 
     def serve_pull(
         self, vip: VipService, peer: str, since: str | None, out: IO[bytes], handover: bool

@@ -3,11 +3,11 @@
 - :func:`replicate` (the service daemon, every ``replication_interval``): record the SMB
   clients, snapshot, send to every peer at once, prune. A VIP with nothing written since
   its newest snapshot gets no new one, and its peers that have that one get nothing: idle,
-  replication costs a few local ``zfs`` commands a round, no ssh. The daemon's round waits
-  for its sends a bounded time: a send still running then (a backup whose pool hangs
-  takes the stream and never answers; a first send of a big dataset) goes on alone, and
-  its peer is skipped until it ends (:class:`Sending`), so the other backups and VIPs
-  stay as current as before.
+  replication costs a few local ``zfs`` commands a round, no ssh. The daemon's round
+  (``routine``) sends only while this node holds the VIP, and waits for its sends one
+  interval at most: a send still running then (a backup whose pool hangs takes the stream
+  and never answers; a first send of a big dataset) goes on alone, and its peer is skipped
+  until it ends (:class:`Sending`), so the other backups and VIPs stay as current as before.
 - :func:`send`: incremental from the newest snapshot the peer has (remembered per peer, else
   asked), streamed over ssh into the receiver this node keeps running there
   (:mod:`hafs.service.receiver`), at nice 10.
@@ -286,7 +286,7 @@ def replicate(
     record_clients: bool = True,
     urgent: bool = False,
     to: str | None = None,
-    wait_at_most: float | None = None,
+    routine: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """Snapshot the VIP and send it to every other carrier that lacks it (``to``: to that
     one only; ``urgent``: see :func:`send`); per peer: outcome and lag. Nothing written since
@@ -295,16 +295,22 @@ def replicate(
     the peer has every write made before then (this node's clock), whether its snapshot was
     taken in this round or is an older one that nothing was written after.
 
-    ``wait_at_most`` (the daemon's round): a send still running after that many seconds
-    goes on alone (:class:`Sending`), and its peer is skipped until it ends; None: wait for
-    every send (a final incremental, a drain's)."""
+    ``routine`` (the daemon's round, not a final incremental or a drain's): nothing is sent
+    unless this node still holds the VIP once the snapshot is taken (a pool that hung
+    meanwhile held the round there while another node took the VIP over: this node's
+    snapshot is then a branch the backups must not follow), and a send still running after
+    one replication interval goes on alone (:class:`Sending`), its peer skipped until it
+    ends."""
     if record_clients:
         services.record_connections(vip)
     taken = time.time()  # every write made before this is in the snapshot that follows
     name = snapshot(services, vip)
+    if routine and not services.holds(vip):
+        log.warning("%s: no longer held here once snapshotted: nothing sent", vip.name)
+        return {}
     config = services.config
     peers = [p for p in vip.carriers if p != config.node and p in config.peers and to in (None, p)]
-    busy = {} if wait_at_most is None else services.sending_still(vip)
+    busy = services.sending_still(vip) if routine else {}
     behind = [p for p in peers if p not in busy and services.acked.get((vip.name, p)) != name]
 
     def send_to(peer: str) -> dict[str, Any]:
@@ -321,7 +327,7 @@ def replicate(
     report.update({peer: sending.still() for peer, sending in busy.items() if peer in report})
     if behind:
         sends = {peer: _in_thread(f"send {vip.name} to {peer}", send_to, peer) for peer in behind}
-        wait(sends.values(), timeout=wait_at_most)  # every backup at once
+        wait(sends.values(), timeout=config.replication_interval if routine else None)
         for peer, result in sends.items():
             if result.done():
                 report[peer] = result.result()

@@ -1,9 +1,11 @@
 """What the fault tests (tests/lab/test_faults.py), the move test (tests/lab/test_move.py) and
 the fault suite (bench/faults.py) judge by: a client writing to a VIP and what its server
-acknowledged, the names the client sees in a VIP's share, and those kept aside on the nodes."""
+acknowledged, the names the client sees in a VIP's share, and those kept aside on the nodes;
+and when a node's service daemon is in the middle of a round (to hang its pool then)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -12,12 +14,26 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from tests.lab.test_service import REPO, ServiceLab
 
 LIST_TRIES, LIST_PAUSE = 4, 5.0  # a VIP that just moved home may not serve yet (loaded CI)
 WRITER_SECONDS = 3600  # the writer runs until it is stopped
+
+
+def runs_zfs(pid: int) -> bool:
+    """Whether the process (any of its threads) has a ``zfs`` command running: a service
+    daemon's round, past its pool probe (``zpool``)."""
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                for child in (task / "children").read_text().split():
+                    with contextlib.suppress(OSError):
+                        if Path(f"/proc/{child}/comm").read_text().strip() == "zfs":
+                            return True
+    return False
 
 
 def served(s: ServiceLab, vhid: int) -> set[str]:

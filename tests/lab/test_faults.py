@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from itertools import pairwise
 
 from tests.lab.carp_bed import wait_for
-from tests.lab.faults_common import kept_aside, served
+from tests.lab.faults_common import kept_aside, runs_zfs, served
 from tests.lab.test_service import REPO, ServiceLab, service_lab
 
 __all__ = ["service_lab"]  # the fixture, for pytest
@@ -192,6 +192,8 @@ def test_a_killed_service_daemon_runs_again_and_replication_goes_on(
 
 
 POOL_TAKEOVER = 30.0  # the issue's bound: another node serves the VIP, with its data
+# a hung pool: the round's 5 s before the probe beside it, the probe's 10 s, then the takeover
+POOL_HANG_TAKEOVER = 45.0
 
 
 def test_a_holder_whose_zfs_daemon_dies_hands_its_vip_to_a_backup(
@@ -216,6 +218,33 @@ def test_a_holder_whose_zfs_daemon_dies_hands_its_vip_to_a_backup(
     print(f"\nvip1 served by {backup} {took:.1f}s after zfs-fuse died on {holder}")
     status = s.lab.run(holder, [sys.executable, "-m", "hafs", "demote", "--json"])
     assert '"pool-unhealthy": 240' in status, status
+
+
+def test_a_holder_whose_pool_hangs_in_the_middle_of_a_round_hands_its_vip_to_a_backup(
+    service_lab: ServiceLab,
+) -> None:
+    """zfs-fuse stopped (SIGSTOP: a hung pool) on vip1's holder while its service daemon's
+    round waits on a zfs command, which would wait two minutes: the probe beside the round
+    finds the pool hung, and the best backup serves vip1 with the data it had received."""
+    s = service_lab
+    holder, backup = "ha-file-server-1", s.cluster.vip(1).backups[0]
+    s.put(1, "before.txt", "written before the pool hung")
+    s.wait_replicated(1, backup, time.time())
+    zfs, daemon = s.lab.procs(holder)["zfs-fuse"], s.lab.service(holder)
+    assert daemon is not None
+    wait_for(lambda: runs_zfs(daemon.pid), 30, "a round's zfs command", step=0.005)
+    zfs.signal(signal.SIGSTOP)
+    try:  # the holder's smbd, stopped, waits in the hung file system until it answers
+        took = wait_for(
+            lambda: backup in s.smbd_nodes(1) and s.holders(1) == [backup],
+            POOL_HANG_TAKEOVER,
+            "vip1 served by its backup",
+            step=0.2,
+        )
+        assert s.get(1, "before.txt") == "written before the pool hung"
+        print(f"\nvip1 served by {backup} {took:.1f}s after {holder}'s pool hung mid-round")
+    finally:
+        zfs.signal(signal.SIGCONT)
 
 
 def test_a_backup_whose_pool_hangs_holds_up_neither_the_other_backups_nor_the_holder(

@@ -70,7 +70,6 @@ class FakeServices:
         self.held = held
         self.smbd: int | None = None
         self.calls: list[str] = []
-        self.waited: float | None = None  # how long the last replicate waited for its sends
         self.receivers = Receivers()  # no peer: never used
 
     def holds(self, vip: VipService) -> bool:
@@ -128,9 +127,8 @@ class FakeServices:
         self.calls.append("limit")
         return 1 << 30
 
-    def replicate(self, vip: VipService, wait_at_most: float | None = None) -> dict[str, Any]:
-        self.calls.append("replicate")
-        self.waited = wait_at_most
+    def replicate(self, vip: VipService, routine: bool = False) -> dict[str, Any]:
+        self.calls.append("replicate" if routine else "replicate, not routine")
         return {}
 
 
@@ -148,7 +146,6 @@ def test_dead_smbd_is_restarted_then_replication_goes_on() -> None:
     d, holds = daemon(services)
     d.tend(VIP, services.look())
     assert services.calls == ["start_smbd", "limit", "refresh []", "replicate"]
-    assert services.waited == CONFIG.replication_interval  # then a send goes on alone
     assert holds == [("smb-vip1", 0)]  # any earlier health demotion is released
 
 

@@ -59,7 +59,7 @@ class Draining(NodeServices):
         record_clients: bool = True,
         urgent: bool = False,
         to: str | None = None,
-        wait_at_most: float | None = None,
+        routine: bool = False,
     ) -> dict[str, dict[str, Any]]:
         assert urgent and not record_clients  # the clients wait; recorded before the step-down
         self.done.append(f"send {vip.name}" + (f" to {to}" if to else ""))

@@ -120,7 +120,7 @@ class Moving(NodeServices):
         record_clients: bool = True,
         urgent: bool = False,
         to: str | None = None,
-        wait_at_most: float | None = None,
+        routine: bool = False,
     ) -> dict[str, dict[str, Any]]:
         self.done.append(f"send to {to}" + (" (urgent)" if urgent else ""))
         return {"n2": {"ok": not self.lacks, "error": "n2 full"}}
