@@ -305,13 +305,13 @@ def replicate(
         services.record_connections(vip)
     taken = time.time()  # every write made before this is in the snapshot that follows
     name = snapshot(services, vip)
-    if routine and not services.holds(vip):
-        log.warning("%s: no longer held here once snapshotted: nothing sent", vip.name)
-        return {}
     config = services.config
     peers = [p for p in vip.carriers if p != config.node and p in config.peers and to in (None, p)]
     busy = services.sending_still(vip) if routine else {}
     behind = [p for p in peers if p not in busy and services.acked.get((vip.name, p)) != name]
+    if behind and routine and not services.holds(vip):  # asked only when there is a send
+        log.warning("%s: no longer held here once snapshotted: nothing sent", vip.name)
+        return {}
 
     def send_to(peer: str) -> dict[str, Any]:
         try:

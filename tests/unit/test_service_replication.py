@@ -237,10 +237,22 @@ def test_a_round_that_finds_the_vip_gone_once_snapshotted_sends_nothing(
     snapshot is a branch the backups must not follow (they would keep the new holder's
     writes aside and serve this node's older ones after a second failure)."""
     services, pool, peers = holder
-    services.holds = lambda vip: False  # type: ignore[method-assign]
-    pool.written = 1
+    asked: list[bool] = []
+
+    def holds(vip: VipService) -> bool:
+        asked.append(held)
+        return held
+
+    services.holds = holds  # type: ignore[method-assign]
+    held, pool.written = True, 1
+    assert replication.replicate(services, VIP, record_clients=False, routine=True)["n2"]["ok"]
+    assert asked == [True]
+    idle = replication.replicate(services, VIP, record_clients=False, routine=True)
+    assert idle["n2"]["ok"] and asked == [True]  # nothing to send: not asked (an ip, a socket)
+    peers.logins.clear()
+    held, pool.written = False, 2
     assert replication.replicate(services, VIP, record_clients=False, routine=True) == {}
-    assert peers.logins == []
+    assert peers.logins == [] and asked == [True, False]
 
 
 def test_a_push_starts_where_a_pull_served_by_another_process_ended(
