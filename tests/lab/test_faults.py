@@ -251,9 +251,10 @@ def test_a_backup_whose_pool_hangs_holds_up_neither_the_other_backups_nor_the_ho
     service_lab: ServiceLab,
 ) -> None:
     """zfs-fuse stopped (SIGSTOP: a hung pool) on vip1's first backup, whose sshd and
-    receiver still take a stream but never answer it: the holder's rounds do not wait for
-    that backup, so every write still reaches the other backups within two intervals, round
-    after round, and the holder's report says the hung one is still being sent to."""
+    receiver still take a stream but never answer it: the holder's rounds wait for that
+    backup one interval at most, so every write still reaches the other backups within about
+    two (that wait, then the next round), round after round, and the holder's report says
+    the hung one is still being sent to."""
     s = service_lab
     holder = "ha-file-server-1"
     hung, other = s.cluster.vip(1).backups[:2]
