@@ -40,7 +40,7 @@ import select
 import subprocess
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
 
@@ -290,23 +290,22 @@ class Receivers:
         """Close every session unused for :data:`IDLE_CLOSE` s, older than :data:`MAX_AGE`
         s, or ended (the daemon, every round), unless a send runs through it."""
         now = time.monotonic() if now is None else now
-        with self.lock:
-            idle = [
-                k
-                for k, s in self.sessions.items()
-                if not s.busy
+        self._close_where(
+            lambda s: (
+                not s.busy
                 and (now - s.used > IDLE_CLOSE or now - s.started > MAX_AGE or not s.alive())
-            ]
-            closing = [self.sessions.pop(k) for k in idle]
-        for session in closing:
-            session.close()
+            )
+        )
 
     def close_all(self) -> None:
         """Close every session, a send's too (the daemon re-executes itself)."""
+        self._close_where(lambda s: True)
+
+    def _close_where(self, closing: Callable[[Session], bool]) -> None:
         with self.lock:
-            closing = list(self.sessions.values())
-            self.sessions.clear()
-        for session in closing:
+            keys = [k for k, s in self.sessions.items() if closing(s)]
+            closed = [self.sessions.pop(k) for k in keys]
+        for session in closed:  # outside the lock: a close waits for the peer's exit
             session.close()
 
 
