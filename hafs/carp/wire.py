@@ -57,6 +57,7 @@ AUTHLEN = 7
 KEY_LEN = 20
 PASS_MAX = KEY_LEN - 1
 COUNTER_MAX = (1 << 64) - 1
+SHA1_BLOCK = 64  # bytes: HMAC pads its key to SHA-1's block
 
 IPV4_HEADER_LEN = 20
 IP_DF = 0x4000
@@ -174,19 +175,29 @@ class Hmac:
 
     Built from what a vhid's configuration fixes (key, vhid, addresses); a configuration
     that changes is a new ``Hmac``, so one can never sign with stale addresses or key.
+    As FreeBSD's ``carp_hmac_prepare`` and ``carp_hmac_generate`` do, it keeps HMAC's two
+    SHA-1 states (RFC 2104): the inner one fed the key's ipad and the fixed prefix, the outer
+    one the key's opad; a digest copies each and feeds the counter, then the inner digest
+    (three C calls fewer per advert than ``hmac``'s copy, which wraps them in Python).
     """
 
-    __slots__ = ("_prepared", "vhid")
+    __slots__ = ("_inner", "_outer", "vhid")
 
     def __init__(self, key: bytes, vhid: int, addrs: Sequence[Address]) -> None:
+        if len(key) > SHA1_BLOCK:  # make_key's keys are 20 bytes; a longer one is hashed
+            key = hashlib.sha1(key).digest()
+        block = key.ljust(SHA1_BLOCK, b"\0")
         self.vhid = vhid
-        self._prepared = hmac.new(key, _auth_prefix(vhid, addrs), hashlib.sha1)
+        self._inner = hashlib.sha1(bytes(b ^ 0x36 for b in block) + _auth_prefix(vhid, addrs))
+        self._outer = hashlib.sha1(bytes(b ^ 0x5C for b in block))
 
     def digest(self, counter: int) -> bytes:
         """The 20-byte digest of an advert of this vhid carrying ``counter``."""
-        mac = self._prepared.copy()
-        mac.update(counter.to_bytes(8, "big"))
-        return mac.digest()
+        inner = self._inner.copy()
+        inner.update(counter.to_bytes(8, "big"))
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()
 
     def header(self, advskew: int, advbase: int, counter: int) -> bytes:
         """The 36-byte CARP header of this vhid (``encode`` without its argument checks: the

@@ -151,6 +151,19 @@ def test_digest_is_hmac_sha1_over_vhid_sorted_addresses_and_counter() -> None:
     assert wire.compute_digest(KEY, 7, addrs, 5 << 32 | 6) == expected
 
 
+@pytest.mark.parametrize("length", [0, 1, 20, 63, 64, 65, 200])
+@given(seed=st.binary(min_size=1), vhid=st.integers(1, 255), counter=st.integers(0, 2**64 - 1))
+def test_the_prepared_sha1_states_give_rfc_2104s_hmac_for_any_key(
+    length: int, seed: bytes, vhid: int, counter: int
+) -> None:
+    """wire.Hmac keeps HMAC's inner and outer SHA-1 states itself: the same digest as
+    Python's hmac for keys shorter than, as long as and longer than SHA-1's 64-byte block."""
+    key = (seed * length)[:length]
+    message = bytes([2, 1, vhid]) + VIP.packed + counter.to_bytes(8, "big")
+    expected = hmac.new(key, message, hashlib.sha1).digest()
+    assert wire.Hmac(key, vhid, [VIP]).digest(counter) == expected
+
+
 def test_digest_ignores_address_order() -> None:
     a, b = IPv4Address("10.0.0.1"), IPv6Address("2001:db8::1")
     assert wire.compute_digest(KEY, 1, [a, b], 9) == wire.compute_digest(KEY, 1, [b, a], 9)
