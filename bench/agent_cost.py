@@ -30,7 +30,8 @@ vhids at VRRPv3 interval 0.1 s (hafs ``protocol = "vrrp3"``) beside keepalived's
 commit: ``git archive REV | tar -x -C DIR``), each right before the same case of this tree.
 
 Goal (issue 16): the pair of 255 vhids at advbase 1 at most 1.5 % of one core.
-Exits 1 when this tree's hafs misses its goal (whatever the ``--before`` tree's does).
+Exits 1 when this tree's hafs misses its goal, or a VIP of it is not where it belongs at the
+end (whatever the ``--before`` tree's does).
 
 Run as root from the repository root:
 ``python -m bench.agent_cost [--window S] [--quick] [--prefix P] [--pairs [--before DIR]]``.
@@ -222,12 +223,26 @@ def measure_pair(
     return PairCost(impl, vhids, interval, before is not None, cpu, placed, load)
 
 
+def pair_goal_case(cost: PairCost) -> bool:
+    """The case issue 16's goal is about: hafs, 255 vhids, CARP advbase 1."""
+    return cost.impl == "hafs" and cost.vhids == 255 and cost.interval == 1.0
+
+
+def pair_met(cost: PairCost) -> bool:
+    """This case's part of the exit code: the hafs of this tree kept every VIP on the master,
+    and is within the goal in the goal's case (another tree's agent, or keepalived: True)."""
+    if cost.impl != "hafs" or cost.before:
+        return True
+    pair = median([m + b for m, b in cost.cpu])
+    return cost.placed and (not pair_goal_case(cost) or pair <= PAIR_GOAL)
+
+
 def pair_row(cost: PairCost) -> list[str]:
     master = median([m for m, _ in cost.cpu])
     backup = median([b for _, b in cost.cpu])
     pair = median([m + b for m, b in cost.cpu])
     verdict = "-"
-    if cost.impl == "hafs" and cost.vhids == 255 and cost.interval == 1.0:
+    if pair_goal_case(cost):
         verdict = "ok" if pair <= PAIR_GOAL else "miss"
     if not cost.placed:
         verdict += ", VIPs misplaced"
@@ -260,7 +275,7 @@ def run_pairs(args: argparse.Namespace, window: float) -> bool:
                 flush=True,
             )
             rows.append(pair_row(cost))
-            met = met and (cost.before or not rows[-1][-1].startswith("miss"))
+            met = met and pair_met(cost)
     headers = ["impl", "timing", "vhids", "CPU master", "CPU backup", "CPU pair (1 core)"]
     print()
     print(table([*headers, "load", "verdict vs goal"], rows))
@@ -273,6 +288,11 @@ def run_pairs(args: argparse.Namespace, window: float) -> bool:
     return met
 
 
+def within_goal(cost: Cost) -> bool:
+    """Issue 4's goal: CPU and peak memory (ucarp's figures are shown beside, not judged)."""
+    return median(cost.cpu) < CPU_GOAL and cost.memory_mb["VmHWM"] < MEMORY_GOAL
+
+
 def row(cost: Cost) -> list[str]:
     cpu = median(cost.cpu)
     hwm = cost.memory_mb["VmHWM"]
@@ -283,8 +303,7 @@ def row(cost: Cost) -> list[str]:
         jitter = (
             f"{adverts['dev_p50_ms']:.1f}/{adverts['dev_p99_ms']:.1f}/{adverts['dev_max_ms']:.1f}"
         )
-    good = cpu < CPU_GOAL and hwm < MEMORY_GOAL
-    verdict = "ok" if good else "miss"
+    verdict = "ok" if within_goal(cost) else "miss"
     if not cost.all_master:
         verdict += ", a vhid lost its VIP"
     return [
@@ -340,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
         windows = ", ".join(f"{c:.2f}" for c in cost.cpu)
         print(f"  {impl} {count} vhids: CPU {windows} %, adverts {cost.adverts}", flush=True)
         rows.append(row(cost))
-        met = met and (impl != "hafs" or not rows[-1][-1].startswith("miss"))
+        met = met and (impl != "hafs" or (within_goal(cost) and cost.all_master))
     headers = ["impl", "vhids", "procs", "CPU (1 core)", "VmHWM", "VmRSS", "Pss", "adverts/s"]
     print()
     print(table([*headers, "interval dev p50/p99/max ms", "load", "verdict vs goal"], rows))

@@ -15,7 +15,7 @@ say, in the order they say it, and feeds them what happens:
   before.
 - time: the loop's monotonic clock; ``SetTimer`` sets the vhid's deadline in
   :class:`hafs.carp.deadlines.Deadlines`, one ``call_at`` handle for every vhid. A master's
-  advert may go up to 1 % of advbase early with others due then (one wake-up for them all);
+  advert may go up to 10 % of advbase early with others due then (one wake-up for them all);
   a backup's master-down never goes early.
 - links: a netlink monitor turns carrier changes into LinkUp/LinkDown, and a down interface
   adds 240 to the host-wide demotion, as FreeBSD does.
