@@ -107,7 +107,6 @@ import math
 import os
 import random
 import signal
-import socket
 import sys
 import time
 from collections import Counter
@@ -120,6 +119,7 @@ from typing import Any, NoReturn
 
 from pyroute2.netlink.exceptions import NetlinkError
 
+from hafs import systemd
 from hafs.agentconf import AGENT_SOCKET_ENV, PREVIOUS_MASTER_ENV, AgentConfig, VhidEntry
 from hafs.carp import linux, vrrp
 from hafs.carp.control import RELOAD_SECONDS, reload_marker
@@ -452,8 +452,7 @@ class Agent:
             self.loop.add_signal_handler(sig, self.stop)
         self.loop.add_signal_handler(signal.SIGHUP, self.reload)
         server = None
-        usec = os.environ.get("WATCHDOG_USEC", "")
-        self._watchdog = int(usec) / 2e6 if usec.isdigit() else None  # half, as systemd advises
+        self._watchdog = systemd.watchdog_every()
         try:
             await self._open()
             self._tick()
@@ -575,7 +574,7 @@ class Agent:
             return
         handoff = Handoff(handoff.written, stand_in, handoff.demotion, handoff.vhids)
         if self._watchdog is not None:  # the new image feeds it once it runs
-            sd_notify(f"WATCHDOG_USEC={int(STAND_IN_SECONDS * 1e6)}")
+            systemd.notify(f"WATCHDOG_USEC={int(STAND_IN_SECONDS * 1e6)}")
         argv = [sys.executable, *sys.orig_argv[1:]]
         log.info("agent %s: re-executing %s", self.config.node, " ".join(argv))
         for handler in logging.getLogger().handlers:
@@ -589,7 +588,7 @@ class Agent:
             marker.unlink(missing_ok=True)
             _stop_stand_in(stand_in)
             if self._watchdog is not None:
-                sd_notify(f"WATCHDOG_USEC={os.environ.get('WATCHDOG_USEC', '')}")
+                systemd.notify(f"WATCHDOG_USEC={os.environ.get('WATCHDOG_USEC', '')}")
 
     def _handoff_now(self) -> Handoff:
         vhids = {
@@ -694,7 +693,7 @@ class Agent:
             )
         _stop_stand_in(handoff.stand_in)
         if self._watchdog is not None:
-            sd_notify(f"WATCHDOG_USEC={os.environ.get('WATCHDOG_USEC', '')}")
+            systemd.notify(f"WATCHDOG_USEC={os.environ.get('WATCHDOG_USEC', '')}")
 
     # --- events in -----------------------------------------------------------------------
 
@@ -852,7 +851,7 @@ class Agent:
             self._silence_hold = not held and RESYNC_HOLD in self.demotion.holds
             self._demotion_changed()
         if self._watchdog is not None and now - self._watchdog_sent >= self._watchdog:
-            sd_notify("WATCHDOG=1")
+            systemd.notify("WATCHDOG=1")
             self._watchdog_sent = now
         self._ticker = self.loop.call_later(self.tick, self._tick)
 
@@ -1343,14 +1342,3 @@ async def _step_down(config: AgentConfig) -> list[Result]:
     await runner.drain(config.hook_timeout + SHUTDOWN_HOOK_WAIT)
     await runner.close()
     return runner.results
-
-
-def sd_notify(message: str) -> None:
-    """Tell systemd (Type=notify) ``message``; nothing when not started by systemd."""
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address:
-        return
-    if address.startswith("@"):
-        address = "\0" + address[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock, contextlib.suppress(OSError):
-        sock.sendto(message.encode(), address)

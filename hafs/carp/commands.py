@@ -18,7 +18,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
-from hafs import agentconf
+from hafs import agentconf, systemd
 from hafs.agentconf import AgentConfig, VhidEntry
 from hafs.carp import control
 from hafs.carp.wire import ucarp_refusal
@@ -40,12 +40,10 @@ def setup_logging(level: str) -> None:
 
 
 async def _run_agent(agent: Any) -> None:
-    from hafs.carp.agent import sd_notify
-
     try:  # the agent's tick feeds the watchdog (WATCHDOG=1)
-        await agent.run(ready=lambda: sd_notify("READY=1"))
+        await agent.run(ready=lambda: systemd.notify("READY=1"))
     finally:
-        sd_notify("STOPPING=1")
+        systemd.notify("STOPPING=1")
 
 
 def start(config: AgentConfig, log_level: str, **options: Any) -> int:

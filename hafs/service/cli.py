@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import faulthandler
 import json
 import logging
 import os
@@ -52,6 +53,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from hafs.service.daemon import ServiceDaemon
 
     services = _services(args)
+    # systemd's watchdog kills a daemon that no longer runs with SIGABRT: the journal then
+    # shows where each of its threads was
+    faulthandler.enable()
     ServiceDaemon(services, service_config.path_of(args.config)).run()
     return 0
 

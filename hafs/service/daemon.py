@@ -3,9 +3,8 @@
 Every ``replication_interval`` it first checks the pool (:mod:`hafs.service.health`: one that
 does not answer stops every smbd here and demotes the node), then tends each VIP this node
 holds: keeps its smbd alive (restart; if that fails, demote the node so a backup takes over),
-records the SMB clients,
-snapshots and sends to the other carriers, and publishes the lag per peer in
-``/var/run/hafs/replication.json`` (shown by ``hafs status``).
+records the SMB clients, snapshots and sends to the other carriers, and publishes the lag per
+peer in ``/var/run/hafs/replication.json`` (shown by ``hafs status``).
 
 Started while the node is held demoted ("resync": ``start_demoted`` in agent.toml on Linux,
 ``rc.d/hafs_demote`` at boot on FreeBSD), it asks every peer which VIPs it holds, brings every
@@ -15,6 +14,13 @@ it holds and sends the final incremental to every carrier before the CARP daemon
 so a graceful stop loses nothing. On SIGHUP (a reload: a deploy that changed hafs) it ends
 its round and re-executes itself, same pid, quiescing nothing: the new image finds the VIPs
 served, their smbd running and its state in /run/hafs, and carries on.
+
+A daemon that stopped running (SIGSTOP, a frozen process) replicates nothing while its VIPs
+are still served: every write since is in one place only. Under systemd a thread of its own
+feeds the watchdog (hooks/hafs-service.service: ``WatchdogSec``), so such a daemon is killed
+and started again, which finds its VIPs served (each smbd runs in a scope of its own) and
+carries on. Elsewhere (FreeBSD's daemon(8), the lab) only ``hafs status`` shows it: the
+report grows stale.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from hafs import systemd
 from hafs.errors import HafsError
 from hafs.holds import HOLD_DEMOTION, POOL_HOLD, QUORUM_HOLD, RESYNC_HOLD, smbd_hold
 from hafs.service import config as service_config
@@ -130,6 +137,11 @@ class ServiceDaemon:
         )
         self.start_membership()
         threading.Thread(target=self.watch_pool, name="hafs-pool-watch", daemon=True).start()
+        every = systemd.watchdog_every()
+        if every is not None:  # hooks/hafs-service.service: WatchdogSec
+            threading.Thread(
+                target=systemd.feed_watchdog, args=(every,), name="hafs-watchdog", daemon=True
+            ).start()
         while not self.stopping.is_set():
             began = self.round_began = time.monotonic()
             self.reload()

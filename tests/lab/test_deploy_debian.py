@@ -231,6 +231,9 @@ def check_unit_layout(root: Path) -> None:
     assert reload in agent
     service = settings(root / "etc/systemd/system/hafs-service.service")
     assert "ExecReload=/bin/kill -HUP $MAINPID" in service
+    for watched in (agent, service):  # a stopped daemon is restarted (hafs.systemd feeds it)
+        assert [line for line in watched if line.startswith("WatchdogSec=")], watched
+        assert [line for line in watched if line.startswith("TimeoutAbortSec=")], watched
     for unit in ("hafs-agent.service", "hafs-service.service"):
         lines = settings(root / "etc/systemd/system" / unit)
         assert not [line for line in lines if line.startswith("RuntimeDirectory")], unit

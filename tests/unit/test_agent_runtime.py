@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from collections.abc import Iterator
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -14,7 +13,7 @@ from typing import Any
 import pytest
 
 from hafs.agentconf import AGENT_SOCKET_ENV, PREVIOUS_MASTER_ENV, AgentConfig, VhidEntry
-from hafs.carp.agent import Agent, sd_notify
+from hafs.carp.agent import Agent
 from hafs.carp.hooks import Command, HookRunner
 from hafs.carp.machine import LinkUp, State, Transition
 from hafs.carp.metrics import AgentCollector
@@ -119,19 +118,6 @@ def test_metrics_describe_every_vhid(agent: Agent) -> None:
     assert samples[("hafs_carp_advskew", (("interface", "eth0"), ("vhid", "7")))] == 10
     assert samples[("hafs_carp_drops_total", (("reason", "bad ttl"), ("vhid", "")))] == 3
     assert samples[("hafs_carp_demotion", ())] == 0
-
-
-def test_sd_notify_sends_to_systemd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = str(tmp_path / "notify")
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
-        server.bind(path)
-        monkeypatch.setenv("NOTIFY_SOCKET", path)
-        sd_notify("READY=1")
-        sd_notify("WATCHDOG=1")
-        assert server.recv(100) == b"READY=1"
-        assert server.recv(100) == b"WATCHDOG=1"
-    monkeypatch.delenv("NOTIFY_SOCKET")
-    sd_notify("READY=1")  # not under systemd: nothing, no error
 
 
 def test_a_hook_leaving_a_child_on_its_stdout_does_not_stall_its_vhid() -> None:

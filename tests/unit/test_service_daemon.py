@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from hafs import systemd
 from hafs.service import config as service_config
 from hafs.service import move
 from hafs.service.cli import format_replication
@@ -530,3 +531,29 @@ def test_a_reload_re_executes_without_quiescing(monkeypatch: pytest.MonkeyPatch)
     d.reloading = False
     handlers[signal.SIGHUP]()
     assert d.reloading  # the handler run() installed
+
+
+@pytest.mark.parametrize(("usec", "fed"), [("30000000", [15.0]), (None, [])])
+def test_under_systemds_watchdog_a_thread_feeds_it(
+    monkeypatch: pytest.MonkeyPatch, usec: str | None, fed: list[float]
+) -> None:
+    """hooks/hafs-service.service's WatchdogSec: a daemon that stopped running (SIGSTOP, a
+    frozen process) replicates nothing; fed while it runs, systemd restarts it otherwise."""
+    services = FakeServices(start_ok=True)
+    d, _ = daemon(services)
+    monkeypatch.setattr(d, "start_membership", lambda: None)
+    monkeypatch.setattr(d, "shutdown", lambda: None)
+    monkeypatch.setattr(signal, "signal", lambda *_: None)  # this process keeps its own
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    if usec is None:
+        monkeypatch.delenv("WATCHDOG_USEC", raising=False)
+    else:
+        monkeypatch.setenv("WATCHDOG_USEC", usec)
+    feeding: list[float] = []
+    monkeypatch.setattr(systemd, "feed_watchdog", feeding.append)
+    d.stopping.set()  # no round: only what run() starts
+    d.run()
+    for thread in threading.enumerate():
+        if thread.name == "hafs-watchdog":
+            thread.join(5)  # the stand-in feeds once and returns
+    assert feeding == fed
