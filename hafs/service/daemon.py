@@ -19,8 +19,8 @@ A daemon that stopped running (SIGSTOP, a frozen process) replicates nothing whi
 are still served: every write since is in one place only. Under systemd a thread of its own
 feeds the watchdog (hooks/hafs-service.service: ``WatchdogSec``), so such a daemon is killed
 and started again, which finds its VIPs served (each smbd runs in a scope of its own) and
-carries on. Elsewhere (FreeBSD's daemon(8), the lab) only ``hafs status`` shows it: the
-report grows stale.
+carries on. Elsewhere (FreeBSD's daemon(8), the lab) it is only reported: ``hafs cluster
+status`` says its report is stale (exit 1), ``hafs status`` shows the lag growing.
 """
 
 from __future__ import annotations
